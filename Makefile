@@ -1,0 +1,29 @@
+# Two commands do all the set-up: `make demo` and `make test` (as root on Debian).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test test-unit lint bench clean
+
+setup:
+	@./.ci/bootstrap
+
+demo: setup
+	$(VENV)/bin/watchpost demo $(if $(DURATION),--duration $(DURATION),)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	-$(VENV)/bin/watchpost lab down 2>/dev/null
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

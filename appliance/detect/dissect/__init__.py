@@ -1,0 +1,51 @@
+"""Dissectors for the few packets that carry names: DNS, TLS/QUIC ClientHello, HTTP/1 requests.
+
+Hand-written over bytes because they run on the packet path (every DNS packet is queued);
+scapy and tshark check them in the tests. Each parser returns a record or None; `Dissectors`
+counts what was malformed and never lets an exception escape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TypeVar
+
+from appliance.detect.dissect.dns import parse_dns
+from appliance.detect.dissect.http import parse_request
+from appliance.detect.dissect.quic import parse_initial
+from appliance.detect.dissect.tls import parse_client_hello
+from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
+
+T = TypeVar("T")
+
+
+class Dissectors:
+    """The parsers, with counts of what they saw and what was malformed (for telemetry)."""
+
+    def __init__(self) -> None:
+        self.parsed: Counter[str] = Counter()
+        self.malformed: Counter[str] = Counter()
+
+    def _run(self, name: str, fn: Callable[[bytes], T | None], payload: bytes) -> T | None:
+        try:
+            rec = fn(payload)
+        except Exception:  # a parser bug must not cost a packet; count it as malformed input
+            rec = None
+        if rec is None:
+            self.malformed[name] += 1
+        else:
+            self.parsed[name] += 1
+        return rec
+
+    def dns(self, payload: bytes, tcp: bool = False) -> DnsMessage | None:
+        return self._run("dns", lambda b: parse_dns(b, tcp=tcp), payload)
+
+    def tls(self, payload: bytes) -> TlsHello | None:
+        return self._run("tls", parse_client_hello, payload)
+
+    def http(self, payload: bytes) -> HttpRequest | None:
+        return self._run("http", parse_request, payload)
+
+    def quic(self, payload: bytes) -> TlsHello | None:
+        return self._run("quic", parse_initial, payload)

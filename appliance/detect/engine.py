@@ -1,0 +1,353 @@
+"""Runs decoded packets through flows, dissectors and detectors; decides verdicts.
+
+The same engine runs inline (fed by the NFQUEUE worker) and offline (`watchpost replay`), so a
+pcap gives the alerts the live bridge would. It never raises into its caller: a detector or
+dissector that throws is counted and the packet is still judged (accepted).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.alerts.model import Alert, Signature
+from appliance.config import Config, ConfigError
+from appliance.detect import registry
+from appliance.detect.base import Detector, Options, hook
+from appliance.detect.dissect import Dissectors
+from appliance.detect.intel import IntelStore
+from appliance.detect.records import DnsMessage
+from appliance.inline.decode import TCP, UDP, Packet, ip_to_str
+from appliance.inline.flows import (
+    DIRECTION_NAMES,
+    VERDICT_BLOCK,
+    VERDICT_NONE,
+    VERDICT_PASS,
+    Flow,
+    FlowTable,
+    HomeNets,
+)
+
+log = logging.getLogger(__name__)
+
+# A TCP flow is judged (no more packets to Python) once this many client payload packets were
+# dissected; detectors that need more of a flow (cleartext logins) list their ports in
+# `Detector.deep_ports` and the ruleset queues longer heads there.
+JUDGE_AFTER_PAYLOADS = 1
+
+
+class Blocker(Protocol):
+    """Puts an address into the kernel drop set (block mode)."""
+
+    def block(self, addr: str, ttl: int) -> None: ...
+
+
+class AlertSink(Protocol):
+    def __call__(self, alert: Alert) -> None: ...
+
+
+class NameCache:
+    """Address → the DNS name it was last answered for, so alerts can say which domain it was."""
+
+    def __init__(self, size: int = 65536) -> None:
+        self.size = size
+        self._names: OrderedDict[bytes, str] = OrderedDict()
+
+    def learn(self, msg: DnsMessage) -> None:
+        for ans in msg.answers:
+            if ans.rrtype in (1, 28) and ans.data:
+                try:
+                    addr = ipaddress.ip_address(ans.data).packed
+                except ValueError:
+                    continue
+                self._names[addr] = msg.qname or ans.name
+                self._names.move_to_end(addr)
+        while len(self._names) > self.size:
+            self._names.popitem(last=False)
+
+    def get(self, addr: bytes) -> str:
+        return self._names.get(addr, "")
+
+
+@dataclass
+class EngineStats:
+    packets: int = 0
+    alerts: int = 0
+    blocked_packets: int = 0
+    hook_errors: Counter[str] = field(default_factory=Counter)
+
+
+class Context:
+    """What detectors get in every hook: the current time, intel, and ways to report and act."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.now = 0.0
+        self.names = NameCache()
+
+    @property
+    def config(self) -> Config:
+        return self._engine.config
+
+    @property
+    def intel(self) -> IntelStore:
+        return self._engine.intel
+
+    @property
+    def block_mode(self) -> bool:
+        return self._engine.config.inline.mode == "block"
+
+    def alert(
+        self,
+        detector: str,
+        signature: Signature,
+        *,
+        pkt: Packet | None = None,
+        flow: Flow | None = None,
+        src: str | None = None,
+        dst: str | None = None,
+        proto: str | None = None,
+        src_port: int | None = None,
+        dest_port: int | None = None,
+        app: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+        count: int = 1,
+        first_seen: float = 0.0,
+        block: str | None = None,
+    ) -> Alert:
+        """Report a finding. Addresses default to the packet's (or the flow's client → server).
+
+        With `block` set to an address and the engine in block mode, that address goes into the
+        kernel drop set (unless allow-listed) and the flow is dropped; the alert then says
+        ``blocked``.
+        """
+        if pkt is not None:
+            src = src or pkt.src_ip
+            dst = dst or pkt.dst_ip
+            proto = proto or pkt.proto_name
+            if src_port is None and pkt.proto in (TCP, UDP):
+                src_port = pkt.sport
+            if dest_port is None and pkt.proto in (TCP, UDP):
+                dest_port = pkt.dport
+        elif flow is not None:
+            src = src or ip_to_str(flow.client)
+            dst = dst or ip_to_str(flow.server)
+            if src_port is None and flow.proto in (TCP, UDP):
+                src_port = flow.client_port
+            if dest_port is None and flow.proto in (TCP, UDP):
+                dest_port = flow.server_port
+        if proto is None:
+            proto = {6: "TCP", 17: "UDP"}.get(flow.proto, str(flow.proto)) if flow else "IP"
+        action = "allowed"
+        if block and self._engine.block(block, flow):
+            action = "blocked"
+        alert = Alert(
+            detector=detector,
+            signature=signature,
+            timestamp=self.now,
+            src_ip=src or "",
+            dest_ip=dst or "",
+            proto=proto,
+            src_port=src_port,
+            dest_port=dest_port,
+            action=action,
+            direction=DIRECTION_NAMES[flow.direction] if flow is not None else "unknown",
+            app_proto=flow.app if flow is not None else "",
+            app=app or {},
+            details=details or {},
+            count=count,
+            first_seen=first_seen or self.now,
+            last_seen=self.now,
+            intel_version=self._engine.intel.version,
+        )
+        self._engine.stats.alerts += 1
+        self._engine.sink(alert)
+        return alert
+
+
+class Engine:
+    """Flows + dissectors + detectors over decoded packets."""
+
+    def __init__(
+        self,
+        config: Config,
+        intel: IntelStore,
+        sink: AlertSink,
+        blocker: Blocker | None = None,
+        detectors: list[Detector] | None = None,
+    ) -> None:
+        self.config = config
+        self.intel = intel
+        self.sink = sink
+        self.blocker = blocker
+        self.stats = EngineStats()
+        self.flows = FlowTable(config.inline.max_flows, HomeNets(config.inline.home_nets))
+        self.dissect = Dissectors()
+        self.ctx = Context(self)
+        self.detectors = detectors if detectors is not None else registry.create_detectors()
+        self._never_block = _networks(config.inline.never_block)
+        self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
+        self._deep: dict[int, int] = {}
+        self._next_tick = 0.0
+        # Called on every tick after the detectors (the alert pipeline's aggregation windows).
+        self.tickers: list[Callable[[float], None]] = []
+        self.configure(config, first=True)
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def configure(self, config: Config, first: bool = False) -> None:
+        """Apply a (validated) config to every detector; on any error nothing changes."""
+        staged: list[tuple[Detector, Options, set[str]]] = []
+        for det in self.detectors:
+            new = dict(config.detect.get(det.name, {}))
+            if not new:
+                new = registry.validate_options(det, {})
+            old = {} if first else dict(self.config.detect.get(det.name, {}))
+            updated = {k for k in new if first or old.get(k) != new[k]}
+            staged.append((det, Options(det.name, new), updated))
+        for det, opts, updated in staged:
+            if updated:
+                det.configure(opts, updated)  # raises ConfigError naming the option
+        self.config = config
+        self.flows.max_flows = config.inline.max_flows
+        self.flows.home = HomeNets(config.inline.home_nets)
+        self._never_block = _networks(config.inline.never_block)
+        enabled = [d for d, opts, _ in staged if opts.enabled]
+        self._deep = self.deep_ports()
+        self._hooks = {
+            name: [(d.name, fn) for d in enabled if (fn := hook(d, name)) is not None]
+            for name in ("packet", "dns", "tls", "http", "tick")
+        }
+
+    def check(self, config: Config) -> None:
+        """Raise ConfigError if `config` would be refused by a detector (dry run of configure)."""
+        for det in registry.create_detectors():
+            opts = Options(
+                det.name, config.detect.get(det.name) or registry.validate_options(det, {})
+            )
+            det.configure(opts, set(opts.as_dict()))
+
+    def set_intel(self, intel: IntelStore) -> None:
+        self.intel = intel
+
+    def deep_ports(self) -> dict[int, int]:
+        """Ports whose flows detectors want to see further into: port → head packets."""
+        out: dict[int, int] = {}
+        for d in self.detectors:
+            for port, n in getattr(d, "deep_ports", {}).items():
+                out[port] = max(n, out.get(port, 0))
+        return out
+
+    # -- the packet path -----------------------------------------------------------------------
+
+    def process(self, pkt: Packet) -> int:
+        """Run one packet through everything; returns the flow's verdict (VERDICT_*)."""
+        self.stats.packets += 1
+        ctx = self.ctx
+        ctx.now = pkt.ts
+        if pkt.ts >= self._next_tick:
+            self.tick(pkt.ts)
+        flow, from_client = self.flows.lookup(pkt)
+        for name, fn in self._hooks["packet"]:
+            try:
+                fn(ctx, pkt, flow, from_client)
+            except Exception:
+                self._hook_failed(name, "packet")
+        if pkt.payload_len and pkt.fragment != 2:
+            self._dissect(pkt, flow, from_client)
+        if flow.verdict == VERDICT_BLOCK:
+            self.stats.blocked_packets += 1
+        return flow.verdict
+
+    def _dissect(self, pkt: Packet, flow: Flow, from_client: bool) -> None:
+        ctx = self.ctx
+        d = self.dissect
+        if pkt.sport == 53 or pkt.dport == 53:
+            msg = d.dns(pkt.payload, pkt.proto == TCP)
+            if msg is not None:
+                flow.app = "dns"
+                if msg.response:
+                    ctx.names.learn(msg)
+                self._run("dns", pkt, flow, msg)
+            return
+        if not from_client or flow.verdict != VERDICT_NONE:
+            return
+        if pkt.proto == TCP:
+            payload = pkt.payload
+            first = payload[0]
+            if first == 0x16:
+                hello = d.tls(payload)
+                if hello is not None:
+                    flow.app = "tls"
+                    self._run("tls", pkt, flow, hello)
+            elif 0x41 <= first <= 0x5A:  # an upper-case letter: maybe an HTTP method
+                req = d.http(payload)
+                if req is not None:
+                    flow.app = "http"
+                    self._run("http", pkt, flow, req)
+            if flow.verdict == VERDICT_NONE and flow.server_port not in self._deep:
+                seen = flow.note("engine")
+                seen["payloads"] = n = seen.get("payloads", 0) + 1
+                if n >= JUDGE_AFTER_PAYLOADS:
+                    flow.verdict = VERDICT_PASS
+        elif pkt.proto == UDP and pkt.dport == 443 and pkt.data[pkt.payload_off] & 0xC0 == 0xC0:
+            hello = d.quic(pkt.payload)
+            if hello is not None:
+                flow.app = "quic"
+                self._run("tls", pkt, flow, hello)
+
+    def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
+        for name, fn in self._hooks[hook_name]:
+            try:
+                fn(self.ctx, pkt, flow, record)
+            except Exception:
+                self._hook_failed(name, hook_name)
+
+    def tick(self, now: float) -> None:
+        """Once a second: detector housekeeping and flow ageing."""
+        self._next_tick = now + 1.0
+        self.ctx.now = now
+        for name, fn in self._hooks["tick"]:
+            try:
+                fn(self.ctx, now)
+            except Exception:
+                self._hook_failed(name, "tick")
+        for fn in self.tickers:
+            fn(now)
+        self.flows.expire(now)
+
+    def _hook_failed(self, detector: str, hook_name: str) -> None:
+        key = f"{detector}.{hook_name}"
+        if not self.stats.hook_errors[key]:
+            log.exception("detector hook %s failed (further failures only counted)", key)
+        self.stats.hook_errors[key] += 1
+
+    # -- acting --------------------------------------------------------------------------------
+
+    def block(self, addr: str, flow: Flow | None) -> bool:
+        """Block `addr` if in block mode and not allow-listed; True if it was blocked."""
+        if self.config.inline.mode != "block" or self.is_never_block(addr):
+            return False
+        if flow is not None:
+            flow.verdict = VERDICT_BLOCK
+        if self.blocker is not None:
+            self.blocker.block(addr, self.config.inline.block_ttl)
+        return True
+
+    def is_never_block(self, addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return True
+        return any(ip in net for net in self._never_block)
+
+
+def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    try:
+        return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+    except ValueError as e:
+        raise ConfigError("inline.never_block", str(e)) from None
