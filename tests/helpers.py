@@ -1,0 +1,73 @@
+"""Shared test helpers: run scapy-built packets through the real engine and collect alerts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from appliance.alerts.pipeline import AlertPipeline
+from appliance.config import Config, from_dict
+from appliance.detect import intel as intel_mod
+from appliance.detect.engine import Engine
+from appliance.inline.decode import DecodeStats, decode_ip
+
+HOME = "198.18.0.0/24"
+
+
+def make_config(**sections: Any) -> Config:
+    """A Config from TOML-shaped keyword sections, with lab defaults for device and home_nets."""
+    data: dict[str, Any] = {"device": {"id": "test-dev", "site": "test-site"}}
+    data["inline"] = {"home_nets": [HOME]}
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(name), dict):
+            data[name] = {**data[name], **value}
+        else:
+            data[name] = value
+    return from_dict(data)
+
+
+class Harness:
+    """An engine + pipeline whose alerts land in `self.alerts` (EVE dicts)."""
+
+    def __init__(
+        self, config: Config | None = None, intel_paths: Iterable[str | Path] = ()
+    ) -> None:
+        self.config = config or make_config()
+        self.alerts: list[dict[str, Any]] = []
+        paths = [str(p) for p in intel_paths] or list(self.config.intel.paths)
+        self.pipeline = AlertPipeline(self.config, [self.alerts.append])
+        self.engine = Engine(self.config, intel_mod.load_files(paths), self.pipeline)
+        self.engine.tickers.append(self.pipeline.tick)
+        self.stats = DecodeStats()
+
+    def feed(self, packets: Iterable[Any], start: float = 1_800_000_000.0, step: float = 0.001):
+        """Feed scapy IP packets (or raw IP bytes); timestamps from `start`, `step` apart unless
+        the scapy packet has its own `.time` set explicitly via `time` attribute > 1e9."""
+        ts = start
+        verdicts = []
+        for p in packets:
+            raw = bytes(p)
+            t = float(getattr(p, "time", 0) or 0)
+            when = t if t > 1e9 and getattr(p, "_wp_time", False) else ts
+            pkt = decode_ip(raw, when, self.stats)
+            if pkt is not None:
+                verdicts.append(self.engine.process(pkt))
+            ts += step
+        return verdicts
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close every window (as replay does at the end) and return all alerts."""
+        self.engine.tick(self.engine.ctx.now + 1e9)
+        self.pipeline.close()
+        return self.alerts
+
+    def by_detector(self, name: str) -> list[dict[str, Any]]:
+        return [a for a in self.alerts if a["watchpost"]["detector"] == name]
+
+
+def at(pkt: Any, ts: float) -> Any:
+    """Give a scapy packet an explicit timestamp for `Harness.feed`."""
+    pkt.time = ts
+    pkt._wp_time = True
+    return pkt
