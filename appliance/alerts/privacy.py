@@ -32,18 +32,21 @@ class Pseudonymizer:
                 self._cache[addr] = tok
         return tok
 
-    def _office(self, text: str) -> bool:
+    def _office(self, text: str) -> str:
+        """The canonical form of `text` if it is an office address, else ""."""
         if not (text and (text[0].isdigit() or ":" in text)):
-            return False
+            return ""
         try:
-            return ipaddress.ip_address(text).packed in self._home
+            ip = ipaddress.ip_address(text)
         except ValueError:
-            return False
+            return ""
+        return ip.compressed if ip.packed in self._home else ""
 
     def apply(self, value: Any) -> Any:
         """`value` with every office address string replaced by its token (recursively)."""
         if isinstance(value, str):
-            return self.token(value) if self._office(value) else value
+            canonical = self._office(value)
+            return self.token(canonical) if canonical else value
         if isinstance(value, dict):
             return {k: self.apply(v) for k, v in value.items()}
         if isinstance(value, list):
