@@ -109,6 +109,9 @@ class TlsHello:
     ja4: str = ""
     supported_versions: list[int] = field(default_factory=list)
     quic: bool = False
+    # The hello was cut short (it continues in the next TCP segment or QUIC packet): what was
+    # read is kept (SNI, ALPN if they came early), fingerprints are left empty.
+    partial: bool = False
 
     def eve(self) -> dict[str, Any]:
         tls: dict[str, Any] = {}
