@@ -149,6 +149,53 @@ def decrypt_initial(data: bytes) -> tuple[int, bytes] | None:
     return version, plain
 
 
+def _encode_varint(value: int) -> bytes:
+    if value < 0x40:
+        return bytes((value,))
+    if value < 0x4000:
+        return struct.pack("!H", 0x4000 | value)
+    if value < 0x40000000:
+        return struct.pack("!I", 0x80000000 | value)
+    return struct.pack("!Q", 0xC000000000000000 | value)
+
+
+def build_initial(
+    dcid: bytes,
+    scid: bytes,
+    payload: bytes,
+    pn: int = 0,
+    pn_len: int = 4,
+    version: int = QUIC_V1,
+    token: bytes = b"",
+) -> bytes:
+    """A protected client Initial packet carrying `payload` (frames, padding included), for
+    crafting test and lab traffic (e.g. an HTTP/3 hello with a chosen SNI, sent with scapy)."""
+    key, iv, hp = client_initial_keys(dcid, version)
+    first = 0xC0 | (_VERSIONS[version][4] << 4) | (pn_len - 1)
+    length = pn_len + len(payload) + 16
+    header = (
+        bytes((first,))
+        + struct.pack("!I", version)
+        + bytes((len(dcid),))
+        + dcid
+        + bytes((len(scid),))
+        + scid
+        + _encode_varint(len(token))
+        + token
+        + _encode_varint(length)
+    )
+    pn_off = len(header)
+    header += pn.to_bytes(pn_len, "big")
+    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    packet = bytearray(header + AESGCM(key).encrypt(nonce, payload, header))
+    sample = bytes(packet[pn_off + 4 : pn_off + 20])
+    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sample)
+    packet[0] ^= mask[0] & 0x0F
+    for i in range(pn_len):
+        packet[pn_off + i] ^= mask[1 + i]
+    return bytes(packet)
+
+
 def crypto_frames(plain: bytes) -> CryptoBuffer | None:
     """The CRYPTO data of a decrypted Initial payload (PADDING, PING, ACK skipped); None if a
     frame is malformed before any CRYPTO data was seen."""
