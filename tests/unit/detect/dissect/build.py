@@ -6,9 +6,11 @@ hello holds (GREASE, odd ALPNs, many ciphers) and compare fingerprints with the 
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -94,6 +96,41 @@ def default_extensions(sni: str | None = "www.example.com", alpn=(b"h2", b"http/
         exts.append(ext_alpn(alpn))
     exts += [ext_versions([0x0304, 0x0303]), ext(0x0033, b"\x00\x00"), ext(0x002D, b"\x01\x01")]
     return exts
+
+
+def is_grease(v: int) -> bool:
+    return v & 0x0F0F == 0x0A0A and v >> 8 == v & 0xFF
+
+
+def ja4_reference(info: dict[str, Any], quic: bool = False) -> str:
+    """JA4 computed from tshark's dissection, written from the spec independently of the
+    dissector (strings throughout, as the spec describes it)."""
+    ciphers = [f"{c:04x}" for c in info["ciphers"] if not is_grease(c)]
+    exts = [f"{e:04x}" for e in info["extensions"] if not is_grease(e)]
+    versions = [v for v in info["supported_versions"] if not is_grease(v)]
+    version = max(versions) if versions else info["version"]
+    ver = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3"}.get(version, "00")
+    alpn = info["alpn"][0] if info["alpn"] else b""
+    if not alpn:
+        alpn_chars = "00"
+    elif all(chr(x).isascii() and chr(x).isalnum() for x in (alpn[0], alpn[-1])):
+        alpn_chars = chr(alpn[0]) + chr(alpn[-1])
+    else:
+        alpn_chars = alpn.hex()[0] + alpn.hex()[-1]
+    a = "{}{}{}{:02d}{:02d}{}".format(
+        "q" if quic else "t",
+        ver,
+        "d" if "0000" in exts else "i",
+        min(len(ciphers), 99),
+        min(len(exts), 99),
+        alpn_chars,
+    )
+    b = hashlib.sha256(",".join(sorted(ciphers)).encode()).hexdigest()[:12] if ciphers else "0" * 12
+    kept = sorted(e for e in exts if e not in ("0000", "0010"))
+    sigs = [f"{s:04x}" for s in info["sig_algs"] if not is_grease(s)]
+    text = ",".join(kept) + ("_" + ",".join(sigs) if sigs else "")
+    c = hashlib.sha256(text.encode()).hexdigest()[:12] if kept else "0" * 12
+    return f"{a}_{b}_{c}"
 
 
 # -- RFC 9001 Appendix A (client Initial) -------------------------------------------------------

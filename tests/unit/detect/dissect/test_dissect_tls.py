@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,6 +21,8 @@ from tests.unit.detect.dissect.build import (
     ext_point_formats,
     ext_sni,
     ext_versions,
+    is_grease,
+    ja4_reference,
     records,
     write_tcp_pcap,
 )
@@ -46,10 +47,6 @@ SPEC_JA4_NO_SIGALGS_C = "6d807ffa2a79"  # the spec's hash of the same extensions
 
 def _grease(i: int) -> int:
     return 0x0A0A + 0x1010 * (i % 16)
-
-
-def _is_grease(v: int) -> bool:
-    return v & 0x0F0F == 0x0A0A and v >> 8 == v & 0xFF
 
 
 def spec_hello(grease: bool = False, sig_algs: list[int] | None = SPEC_SIG_ALGS) -> bytes:
@@ -79,37 +76,6 @@ def spec_hello(grease: bool = False, sig_algs: list[int] | None = SPEC_SIG_ALGS)
         exts.insert(0, ext(_grease(1), b""))
         exts.append(ext(_grease(2), b"\x00"))
     return client_hello(ciphers, exts)
-
-
-def ja4_reference(info: dict[str, Any], quic: bool = False) -> str:
-    """JA4 computed from tshark's dissection, written from the spec independently of the
-    dissector (strings throughout, as the spec describes it)."""
-    ciphers = [f"{c:04x}" for c in info["ciphers"] if not _is_grease(c)]
-    exts = [f"{e:04x}" for e in info["extensions"] if not _is_grease(e)]
-    versions = [v for v in info["supported_versions"] if not _is_grease(v)]
-    version = max(versions) if versions else info["version"]
-    ver = {0x0304: "13", 0x0303: "12", 0x0302: "11", 0x0301: "10", 0x0300: "s3"}.get(version, "00")
-    alpn = info["alpn"][0] if info["alpn"] else b""
-    if not alpn:
-        alpn_chars = "00"
-    elif all(chr(x).isascii() and chr(x).isalnum() for x in (alpn[0], alpn[-1])):
-        alpn_chars = chr(alpn[0]) + chr(alpn[-1])
-    else:
-        alpn_chars = alpn.hex()[0] + alpn.hex()[-1]
-    a = "{}{}{}{:02d}{:02d}{}".format(
-        "q" if quic else "t",
-        ver,
-        "d" if "0000" in exts else "i",
-        min(len(ciphers), 99),
-        min(len(exts), 99),
-        alpn_chars,
-    )
-    b = hashlib.sha256(",".join(sorted(ciphers)).encode()).hexdigest()[:12] if ciphers else "0" * 12
-    kept = sorted(e for e in exts if e not in ("0000", "0010"))
-    sigs = [f"{s:04x}" for s in info["sig_algs"] if not _is_grease(s)]
-    text = ",".join(kept) + ("_" + ",".join(sigs) if sigs else "")
-    c = hashlib.sha256(text.encode()).hexdigest()[:12] if kept else "0" * 12
-    return f"{a}_{b}_{c}"
 
 
 # -- the JA4 specification ---------------------------------------------------------------------
@@ -221,7 +187,7 @@ def test_real_client_hellos_agree_with_tshark() -> None:
         assert got.ja3_hash == want["tls.handshake.ja3"][0]
         assert got.alpn == want["tls.handshake.extensions_alpn_str"]
         versions = [int(v, 16) for v in want["tls.handshake.extensions.supported_version"]]
-        assert got.supported_versions == [v for v in versions if not _is_grease(v)]
+        assert got.supported_versions == [v for v in versions if not is_grease(v)]
         assert got.ja4 == ja4_reference(info)
         assert not got.partial and not got.quic
     assert seen_sni == {"www.example.com", "api.example.org", "", "www.example.net"}
