@@ -1,0 +1,273 @@
+"""`dns-tunnel`: data carried in DNS lookups (iodine, dnscat2, DNSExfiltrator, malware C2).
+
+A tunnel encodes its data in the subdomain of a domain whose name server the attacker runs, so
+one computer looks up many different, long, random-looking names under that one domain, often
+with TXT or NULL questions whose answers carry data back. Ordinary names have some of these
+traits one at a time (a CDN hash like ``d1a2b3c4.cloudfront.net``, a DKIM key lookup, an AWS
+load balancer name), so each signature counts per computer and registrable domain over a
+`window` of seconds:
+
+- 8106001: `encoded_names` distinct names whose subdomain is long (at least `min_encoded`
+  characters) and looks encoded: hex, base32/base64-like random letters and digits, escaped
+  bytes. Severe: this is what tunnel traffic looks like.
+- 8106002: `unique_names` distinct subdomains under one domain (reversed-address lookups such as
+  DNS blocklists are not counted).
+- 8106003: `txt_names` distinct TXT or NULL questions under one domain; service names starting
+  with ``_`` (DKIM keys, ACME challenges, DMARC, SRV) are not counted.
+
+Alerts name the domain, never the full looked-up names: in a tunnel those *are* the data.
+State is bounded: at most `max_zones` (computer, domain) pairs, each holding at most a
+threshold's worth of name hashes, reset every window.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from appliance.alerts.model import Signature
+from appliance.detect.base import Detector, Loader, Options
+from appliance.detect.detectors._behaviour import check_range
+from appliance.detect.detectors.dga import GENERATED, randomness, split_name
+from appliance.detect.records import dns_type_name
+
+if TYPE_CHECKING:
+    from appliance.detect.engine import Context
+    from appliance.detect.records import DnsMessage
+    from appliance.inline.decode import Packet
+    from appliance.inline.flows import Flow
+
+CATEGORY = "DNS tunnel"
+ENCODED = Signature(
+    8106001,
+    "DNS tunnel: a computer looked up many long encoded-looking names under one domain "
+    "(data hidden in DNS)",
+    CATEGORY,
+    1,
+)
+UNIQUE = Signature(
+    8106002,
+    "DNS tunnel: a computer looked up an unusual number of different names under one domain",
+    CATEGORY,
+    2,
+)
+TXT_NULL = Signature(
+    8106003,
+    "DNS tunnel: a computer made many TXT or NULL lookups under one domain",
+    CATEGORY,
+    2,
+)
+
+TXT, NULL = 16, 10
+PRUNE_EVERY = 30.0
+_HEX = frozenset("0123456789abcdef")
+_ADDRESS_CHARS = frozenset("0123456789abcdef.")
+
+# Security products that look file hashes and addresses up in DNS by design (their queries look
+# exactly like a tunnel), and DNS blocklists.
+DEFAULT_IGNORE = (
+    "sophosxl.net",
+    "mcafee.com",
+    "e5.sk",
+    "cymru.com",
+    "spamhaus.org",
+    "spamcop.net",
+    "surbl.org",
+    "uribl.com",
+    "sorbs.net",
+    "barracudacentral.org",
+    "senderscore.com",
+    "dnswl.org",
+    "mailspike.net",
+)
+
+
+def looks_encoded(sub: str, min_length: int) -> bool:
+    """Whether a subdomain looks like encoded data: long, and hex, escaped or random-looking."""
+    data = sub.replace(".", "")
+    n = len(data)
+    if n < min_length:
+        return False
+    if "\\" in data:  # bytes a host name never holds (base64 '+', '/', '=', binary)
+        return True
+    if _HEX.issuperset(data):
+        return True
+    letters = sum(c.isalpha() for c in data)
+    if letters == n and n < 2 * min_length:
+        return False  # long words (a few long dictionary labels) rather than data
+    # Judge the longest label; a tunnel splits its data into labels of similar length.
+    longest = max(sub.split("."), key=len)
+    if len(longest) < min_length // 2:
+        return False
+    bits = randomness(longest.replace("-", ""))
+    return bits >= GENERATED or bits >= 1.5 * len(longest)
+
+
+def reversed_address(sub: str) -> bool:
+    """``4.3.2.1`` or a nibble-reversed IPv6 address: a blocklist or reverse lookup."""
+    return _ADDRESS_CHARS.issuperset(sub) and sub.count(".") >= 3
+
+
+class _Zone:
+    """One computer's recent lookups under one registrable domain."""
+
+    __slots__ = ("alerted", "encoded", "first", "last", "longest", "names", "txt")
+
+    def __init__(self, now: float) -> None:
+        self.first = self.last = now
+        self.names: set[int] = set()
+        self.encoded: set[int] = set()
+        self.txt: set[int] = set()
+        self.alerted: set[int] = set()  # signature ids already reported this window
+        self.longest = 0
+
+
+class DnsTunnelDetector(Detector):
+    name = "dns-tunnel"
+    signatures = (ENCODED, UNIQUE, TXT_NULL)
+
+    def __init__(self) -> None:
+        self._zones: dict[tuple[bytes, str], _Zone] = {}
+        self._next_prune = 0.0
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "window", float, 300.0, "Seconds over which lookups per computer and domain count."
+        )
+        loader.add_option(
+            "min_encoded",
+            int,
+            24,
+            "Shortest subdomain (characters, dots not counted) that can count as encoded data.",
+        )
+        loader.add_option(
+            "encoded_names",
+            int,
+            8,
+            "Distinct encoded-looking names under one domain within the window that raise an "
+            "alert.",
+        )
+        loader.add_option(
+            "unique_names",
+            int,
+            150,
+            "Distinct subdomains of one domain within the window that raise an alert.",
+        )
+        loader.add_option(
+            "txt_names",
+            int,
+            20,
+            "Distinct TXT/NULL lookups under one domain within the window that raise an alert.",
+        )
+        loader.add_option(
+            "ignore_domains",
+            tuple[str, ...],
+            DEFAULT_IGNORE,
+            "Registrable domains never judged (security products that query hashes by DNS).",
+        )
+        loader.add_option(
+            "max_zones",
+            int,
+            4096,
+            "(computer, domain) pairs tracked at once; the least recently active go first.",
+        )
+
+    def configure(self, opts: Options, updated: set[str]) -> None:
+        self.window = check_range(opts, "window", 1.0, 86400.0)
+        self.min_encoded = check_range(opts, "min_encoded", 8, 253)
+        self.encoded_names = check_range(opts, "encoded_names", 1, 100_000)
+        self.unique_names = check_range(opts, "unique_names", 2, 100_000)
+        self.txt_names = check_range(opts, "txt_names", 1, 100_000)
+        self.max_zones = check_range(opts, "max_zones", 1, 1_000_000)
+        ignore = set()
+        for i, d in enumerate(opts.ignore_domains):
+            text = d.strip(".").lower()
+            sub, label, _suffix = split_name(text)
+            if not label or sub or " " in text:
+                raise opts.error(
+                    f"ignore_domains[{i}]",
+                    f"expected a registrable domain such as example.com, got {d!r}",
+                )
+            ignore.add(text)
+        self.ignore = frozenset(ignore)
+
+    def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
+        qname = msg.qname
+        if msg.opcode != 0 or qname.count(".") < 2:
+            return  # no subdomain to carry data (example.com), or not a query
+        sub, label, suffix = split_name(qname)
+        if not sub:
+            return
+        domain = f"{label}.{suffix}"
+        if domain in self.ignore or reversed_address(sub):
+            return
+        now = ctx.now
+        key = (flow.client, domain)
+        zones = self._zones
+        zone = zones.pop(key, None)  # re-inserted: the dict stays in activity order
+        if zone is None or now - zone.first > self.window:
+            zone = _Zone(now)
+            while len(zones) >= self.max_zones:
+                del zones[next(iter(zones))]
+        zones[key] = zone
+        zone.last = now
+        h = hash(qname)
+        service = sub[0] == "_" or "._" in sub
+        if len(sub) > zone.longest:
+            zone.longest = len(sub)
+        if not service and len(zone.names) < self.unique_names:
+            zone.names.add(hash(sub))
+            if len(zone.names) >= self.unique_names:
+                self._report(ctx, flow, msg, zone, domain, UNIQUE, len(zone.names))
+        if msg.qtype in (TXT, NULL) and not service and len(zone.txt) < self.txt_names:
+            zone.txt.add(h)
+            if len(zone.txt) >= self.txt_names:
+                self._report(ctx, flow, msg, zone, domain, TXT_NULL, len(zone.txt))
+        if (
+            len(zone.encoded) < self.encoded_names
+            and h not in zone.encoded
+            and looks_encoded(sub, self.min_encoded)
+        ):
+            zone.encoded.add(h)
+            if len(zone.encoded) >= self.encoded_names:
+                self._report(ctx, flow, msg, zone, domain, ENCODED, len(zone.encoded))
+
+    def tick(self, ctx: Context, now: float) -> None:
+        if now < self._next_prune:
+            return
+        self._next_prune = now + PRUNE_EVERY
+        stale = [k for k, z in self._zones.items() if now - z.first > self.window]
+        for k in stale:
+            del self._zones[k]
+
+    def _report(
+        self,
+        ctx: Context,
+        flow: Flow,
+        msg: DnsMessage,
+        zone: _Zone,
+        domain: str,
+        sig: Signature,
+        count: int,
+    ) -> None:
+        if sig.sid in zone.alerted:
+            return
+        zone.alerted.add(sig.sid)
+        dns = {"type": "answer" if msg.response else "query", "rrname": domain}
+        dns["rrtype"] = dns_type_name(msg.qtype)
+        ctx.alert(
+            self.name,
+            sig,
+            flow=flow,
+            app={"dns": dns},
+            count=count,
+            first_seen=zone.first,
+            details={
+                "domain": domain,
+                "names": len(zone.names),
+                "encoded_names": len(zone.encoded),
+                "txt_null_names": len(zone.txt),
+                "longest_subdomain": zone.longest,
+                "window_s": self.window,
+                "note": "the looked-up names are not reported: in a tunnel they are the data",
+            },
+        )
