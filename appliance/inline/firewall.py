@@ -335,6 +335,11 @@ class Firewall:
     _native: bool | None = field(default=None, init=False)
     _spec: RulesetSpec | None = field(default=None, init=False)
 
+    @property
+    def applied(self) -> bool:
+        """Whether this instance has put a ruleset in place (and not removed it)."""
+        return self._spec is not None
+
     # -- detection ------------------------------------------------------------------------------
 
     def native_queue(self) -> bool:

@@ -119,7 +119,7 @@ def send_config(sock: socket.socket, message: bytes, seq: int, timeout: float = 
     for the caller to hand to the binding, so none is left without a verdict.
     """
     other: list[bytes] = []
-    sock.sendto(message, (0, 0))
+    sock.send(message)
     deadline = time.monotonic() + timeout
     while True:
         left = deadline - time.monotonic()
@@ -454,7 +454,8 @@ class WorkerProcess:
         self.queue_num = queue_num
         self.config = config
         self.stats: dict[str, int] = {}
-        self.restarts = 0
+        self.started_at = 0.0  # time.monotonic() of the last start
+        self.last_heard = 0.0  # ... and of the last message from the worker
         self._ctx = multiprocessing.get_context("spawn")
         self.conn: multiprocessing.connection.Connection | None = None
         self.proc: Any = None
@@ -469,6 +470,7 @@ class WorkerProcess:
         )
         self.proc.start()
         child.close()
+        self.started_at = self.last_heard = time.monotonic()
         self.conn = parent
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -502,6 +504,7 @@ class WorkerProcess:
         try:
             while self.conn.poll():
                 msg = self.conn.recv()
+                self.last_heard = time.monotonic()
                 kind = msg[0]
                 if kind == "alert":
                     on_alert(msg[1])
