@@ -209,7 +209,7 @@ def step_ssh_bruteforce(ctx: DemoContext) -> None:
             port=22,
         )
     )
-    for _ in range(8):
+    for _ in range(12):
         if ctx.left() < 2:
             break
         ctx.run("atk", "ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
@@ -253,7 +253,7 @@ STEPS: list[Step] = [
          step_scan_outbound),
     Step("syn-burst", "atk sends 100 SYNs to pc2's SMB port (hping3)", step_syn_burst),
     Step("ftp-brute", "atk tries 12 FTP passwords against pc2", step_ftp_bruteforce),
-    Step("ssh-brute", "atk tries SSH logins against pc2", step_ssh_bruteforce),
+    Step("ssh-brute", "atk tries 12 SSH logins against pc2", step_ssh_bruteforce),
     Step("cleartext", "pc1 logs in to an internet FTP server in the clear", step_cleartext_ftp),
     Step("dns-tunnel", "pc2 sends long encoded DNS labels (data leaving through DNS)",
          step_dns_tunnel),
