@@ -88,7 +88,7 @@ def read_name(data: bytes, off: int) -> tuple[str, int]:
         if ln & 0xC0:
             raise ValueError("reserved label type")
         total += ln + 1
-        if total > MAX_NAME:
+        if total >= MAX_NAME:  # with the root's zero byte, over 255 octets
             raise ValueError("name too long")
         start = off + 1
         off = start + ln

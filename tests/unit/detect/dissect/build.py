@@ -14,7 +14,6 @@ from typing import Any
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
-from scapy.packet import Raw
 from scapy.utils import rdpcap, wrpcap
 
 
@@ -208,8 +207,10 @@ def client_payloads(pcap: Path, dport: int) -> dict[int, bytes]:
     out = {}
     for i, pkt in enumerate(rdpcap(str(pcap)), start=1):
         for proto in (TCP, UDP):
-            if proto in pkt and pkt[proto].dport == dport and Raw in pkt:
-                out[i] = bytes(pkt[Raw].load)
+            if proto in pkt and pkt[proto].dport == dport:
+                payload = bytes(pkt[proto].payload)  # raw bytes, whatever scapy dissected
+                if payload:
+                    out[i] = payload
     return out
 
 
