@@ -31,13 +31,14 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("ip", "cidr", "domain", "url", "ja3", "ja4")
 # Bumped whenever parsing or the compiled layout changes: part of the version and the cache key.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 MAX_FILE_BYTES = 512 << 20
 MAX_LINE = 16 << 10  # longer lines are junk (the longest real URLs are a few KiB)
 CHUNK = 1 << 20
@@ -163,7 +164,8 @@ class IntelStore:
 
     def __init__(self) -> None:
         self.version = "empty"
-        self._v4s = array("I")  # range starts, sorted
+        self._v4h = array("Q")  # listed single addresses: address << 32 | severity, meta
+        self._v4s = array("I")  # listed networks as disjoint ranges: starts, sorted
         self._v4e = array("I")  # range ends (inclusive)
         self._v4v = array("I")  # meta id << 8 | prefix length of the listed entry
         self._v6s = b""  # 16-byte big-endian starts, sorted
@@ -196,6 +198,10 @@ class IntelStore:
         """The indicator covering a packed IPv4/IPv6 address, most specific first (O(log n))."""
         if len(addr) == 4:
             a = int.from_bytes(addr, "big")
+            hosts = self._v4h
+            i = bisect.bisect_left(hosts, a << 32)
+            if i < len(hosts) and hosts[i] >> 32 == a:  # a single address is the most specific
+                return self._ip_indicator(a, 32, (hosts[i] & 0x3FFFFF) << 8 | 32)
             i = bisect.bisect_right(self._v4s, a) - 1
             if i < 0 or a > self._v4e[i]:
                 return None
@@ -330,15 +336,19 @@ def _clean_domain(token: str) -> str | None:
 class _Builder:
     """Collects compact keys from all files, then sorts them into an `IntelStore`.
 
-    Keys are Python ints only while building: ``start << 32 | plen << 24 | sev << 22 | meta`` for
-    networks (sorting puts wider networks and then more severe entries first) and
-    ``hash << 32 | sev << 22 | meta`` for hashed kinds.
+    Keys: ``start << 32 | plen << 24 | sev << 22 | meta`` for networks (sorting puts wider
+    networks and then more severe entries first) and ``hash`` plus ``sev << 22 | meta`` for hashed
+    kinds. They are kept in 256 `array` buckets by their top byte rather than in Python lists, so
+    that building a million-entry store never holds a million Python ints: each bucket is sorted
+    on its own (IPv4 networks are at least /8, so no network spans two buckets).
     """
 
     def __init__(self) -> None:
-        self.v4: list[int] = []
+        self.h4: list[array[int]] = [array("Q") for _ in range(256)]  # /32: addr << 32 | tail
+        self.v4: list[array[int]] = [array("Q") for _ in range(256)]  # networks
         self.v6: list[int] = []
-        self.hashes: list[int] = []
+        self.hk: list[array[int]] = [array("Q") for _ in range(256)]
+        self.ht: list[array[int]] = [array("I") for _ in range(256)]
         self.meta: list[Meta] = []
         self._meta_ids: dict[Meta, int] = {}
         self.counts: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -414,28 +424,51 @@ class _Builder:
         self.counts[kind] += 1
         if kind in ("ip", "cidr"):
             bits, a, plen = parsed
-            (self.v4 if bits == 32 else self.v6).append(a << 32 | plen << 24 | tail)
+            if bits == 32 and plen == 32:
+                self.h4[a >> 24].append(a << 32 | tail)
+            elif bits == 32:
+                self.v4[a >> 24].append(a << 32 | plen << 24 | tail)
+            else:
+                self.v6.append(a << 32 | plen << 24 | tail)
         else:
             prefix = {"domain": _P_DOMAIN, "url": _P_URL, "ja3": _P_JA3, "ja4": _P_JA4}[kind]
-            self.hashes.append(_h64(prefix + parsed.encode()) << 32 | tail)
+            h = _h64(prefix + parsed.encode())
+            self.hk[h >> 56].append(h)
+            self.ht[h >> 56].append(tail)
 
-    def mark(self) -> tuple[int, int, int, dict[str, int]]:
-        return len(self.v4), len(self.v6), len(self.hashes), dict(self.counts)
+    def mark(self) -> tuple[list[int], int, list[int], dict[str, int]]:
+        return (
+            [len(b) for b in self.h4 + self.v4],
+            len(self.v6),
+            [len(b) for b in self.hk],
+            dict(self.counts),
+        )
 
-    def rollback(self, mark: tuple[int, int, int, dict[str, int]]) -> None:
+    def rollback(self, mark: tuple[list[int], int, list[int], dict[str, int]]) -> None:
         """Forget everything added since `mark` (a file refused as a whole)."""
-        del self.v4[mark[0] :]
+        for b, n in zip(self.h4 + self.v4, mark[0], strict=True):
+            del b[n:]
         del self.v6[mark[1] :]
-        del self.hashes[mark[2] :]
+        for hb, tb, n in zip(self.hk, self.ht, mark[2], strict=True):
+            del hb[n:]
+            del tb[n:]
         self.counts = dict(mark[3])
+
+    def _sorted_v4(self) -> Iterator[int]:
+        for i in range(256):
+            keys = sorted(self.v4[i])
+            self.v4[i] = array("Q")
+            yield from keys
 
     def build(self) -> IntelStore:
         store = IntelStore()
         store.meta = list(self.meta)
         store.counts = dict(self.counts)
-        self.v4.sort()
-        _flatten(self.v4, 32, store._v4s, store._v4e, store._v4v)
-        self.v4 = []
+        for i in range(256):  # duplicates stay: a lookup finds the first, the most severe
+            keys = sorted(self.h4[i])
+            self.h4[i] = array("Q")
+            store._v4h.extend(keys)
+        _flatten(self._sorted_v4(), 32, store._v4s, store._v4e, store._v4v)
         self.v6.sort()
         s6: list[int] = []
         e6: list[int] = []
@@ -443,20 +476,17 @@ class _Builder:
         store._v6s = b"".join(x.to_bytes(16, "big") for x in s6)
         store._v6e = b"".join(x.to_bytes(16, "big") for x in e6)
         self.v6 = []
-        self.hashes.sort()
         hk, hv = store._hk, store._hv
-        last = -1
-        for key in self.hashes:
-            h = key >> 32
-            if h != last:  # duplicates: the first (most severe) entry wins
-                hk.append(h)
-                hv.append(key & 0x3FFFFF)
-                last = h
-        self.hashes = []
+        for i in range(256):  # duplicates stay: a lookup finds the first, the most severe
+            keys = [h << 32 | t for h, t in zip(self.hk[i], self.ht[i], strict=True)]
+            self.hk[i], self.ht[i] = array("Q"), array("I")
+            keys.sort()
+            hk.extend([k >> 32 for k in keys])
+            hv.extend([k & 0x3FFFFF for k in keys])
         return store
 
 
-def _flatten(keys: list[int], bits: int, out_s: Any, out_e: Any, out_v: Any) -> None:
+def _flatten(keys: Iterable[int], bits: int, out_s: Any, out_e: Any, out_v: Any) -> None:
     """Sorted network keys → disjoint ranges where the most specific listed network wins.
 
     Networks (CIDRs) either nest or do not touch, so one pass with a stack of enclosing networks
@@ -572,6 +602,29 @@ class _Format:
         self.tail = self.b.tail(self.meta)
         return None
 
+    def parse_text(self, text: str, lineno: int, bad: Callable[[int, str], None]) -> int:
+        """Parse complete lines (`text` ends with a newline) numbered from `lineno` + 1;
+        returns the last line number."""
+        lines = text.split("\n")
+        lines.pop()
+        return self.parse_lines(lines, lineno, bad)
+
+    def parse_lines(self, lines: list[str], lineno: int, bad: Callable[[int, str], None]) -> int:
+        parse = self.parse
+        for line in lines:
+            lineno += 1
+            if not line:
+                continue
+            if line[0] == "#" and "watchpost:" in line:
+                why = self.directive(line)
+            elif len(line) > MAX_LINE:
+                why = f"line longer than {MAX_LINE} bytes"
+            else:
+                why = parse(line)
+            if why is not None:
+                bad(lineno, _explain(line, why))
+        return lineno
+
     def parse(self, line: str) -> str | None:
         if "#" in line:
             line = line.split("#", 1)[0]
@@ -582,6 +635,76 @@ class _Format:
             why = self.b.add(token.split(None, 1)[0], self.tail)
             return None if why is None else f"not an indicator line: {token[:80]!r}"
         return self.b.add(token, self.tail)
+
+
+class _Plain(_Format):
+    """One indicator per line, kinds mixed. The common kinds (IPv4, domains) take a fast path
+    because a million-line list must load in a few seconds on a Pi."""
+
+    def parse_lines(self, lines: list[str], lineno: int, bad: Callable[[int, str], None]) -> int:
+        b = self.b
+        h4, hk, ht = b.h4, b.hk, b.ht
+        pton, af_inet = socket.inet_pton, socket.AF_INET
+        domain_match = _DOMAIN_RE.fullmatch
+        blake = hashlib.blake2b
+        tail = self.tail
+        n_ip = n_dom = 0
+        for line in lines:
+            lineno += 1
+            if not line:
+                continue
+            c = line[0]
+            if c == "#":
+                if "watchpost:" in line:
+                    why = self.directive(line)
+                    tail = self.tail
+                    if why is not None:
+                        bad(lineno, why)
+                continue
+            if "#" in line:
+                line = line.split("#", 1)[0]
+            tok = line.strip()
+            if not tok or len(tok) > 253:
+                if tok:
+                    why = self.parse(tok) if len(line) <= MAX_LINE else "line too long"
+                    if why is not None:
+                        bad(lineno, _explain(line, why))
+                continue
+            c = tok[0]
+            if "0" <= c <= "9" and "0" <= tok[-1] <= "9":
+                try:
+                    a = int.from_bytes(pton(af_inet, tok), "big")
+                except OSError:
+                    pass
+                else:
+                    h4[a >> 24].append(a << 32 | tail)
+                    n_ip += 1
+                    continue
+            elif "." in tok and ":" not in tok and "/" not in tok and c != "*":
+                low = tok.lower()
+                if low[-1] == ".":
+                    low = low[:-1]
+                if low.isascii() and domain_match(low) is not None:
+                    h = int.from_bytes(blake(b"d\0" + low.encode(), digest_size=8).digest(), "big")
+                    hk[h >> 56].append(h)
+                    ht[h >> 56].append(tail)
+                    n_dom += 1
+                    continue
+            why = self.parse(tok)
+            if why is not None:
+                bad(lineno, _explain(line, why))
+        b.counts["ip"] += n_ip
+        b.counts["domain"] += n_dom
+        return lineno
+
+
+def _explain(line: str, why: str) -> str:
+    """Say "not UTF-8 text" for lines that were not, instead of the parser's complaint."""
+    try:
+        line.encode()
+    except UnicodeEncodeError:
+        return "not UTF-8 text"
+    return why
 
 
 class _Hosts(_Format):
@@ -788,7 +911,7 @@ def _sniff(head: list[str], path: Path, builder: _Builder) -> _Format:
             hostlike += 1
     if data and hostlike > len(data) // 2:
         return _Hosts(builder, Meta(path.stem, "blocklist", 2))
-    fmt = _Format(builder, meta)
+    fmt = _Plain(builder, meta)
     fmt.name = f"plain:{feed}" if feed else "plain"
     return fmt
 
@@ -862,29 +985,12 @@ def _parse_stream(
         if b"\0" in complete:
             report.broken = f"binary data (NUL bytes) after line {lineno}"
             return
-        lines = complete.decode("utf-8", "surrogateescape").split("\n")
-        lines.pop()  # empty: the text after the last newline is in carry
+        text = complete.decode("utf-8", "surrogateescape")
         if skipping:  # the first line is the end of an overlong one, already counted
             lineno += 1
-            lines = lines[1:]
+            text = text.partition("\n")[2]
             skipping = False
-        parse = fmt.parse
-        for line in lines:
-            lineno += 1
-            if not line:
-                continue
-            if line[0] == "#" and "watchpost:" in line:
-                why = fmt.directive(line)
-            elif len(line) > MAX_LINE:
-                why = f"line longer than {MAX_LINE} bytes"
-            else:
-                why = parse(line)
-            if why is not None:
-                try:
-                    line.encode()
-                except UnicodeEncodeError:
-                    why = "not UTF-8 text"
-                bad(lineno, why)
+        lineno = fmt.parse_text(text, lineno, bad)
         if len(carry) > MAX_LINE:
             bad(lineno + 1, f"line longer than {MAX_LINE} bytes")
             skipping = True
@@ -929,28 +1035,31 @@ def cache_path(paths: Iterable[str], cache_dir: str | None = None) -> Path | Non
     return where / f".watchpost-intel-{name}.cache"
 
 
-def _file_keys(paths: list[str]) -> list[dict[str, Any]] | None:
-    """size, mtime and content hash of every source (None when one cannot be read)."""
-    keys = []
-    for p in paths:
-        p = str(Path(p))
-        try:
-            with open(p, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_size > MAX_FILE_BYTES:
-                    return None
-                digest = hashlib.sha256()
+def _sources_match(files: list[dict[str, Any]], paths: list[str]) -> bool:
+    """Whether the cached sources are exactly `paths` with unchanged size, mtime and content
+    (the content hash is computed only when size and mtime already match)."""
+    if [x["path"] for x in files] != [str(Path(p)) for p in paths]:
+        return False
+    try:
+        for x in files:
+            st = os.stat(x["path"])
+            if (st.st_size, st.st_mtime_ns) != (x["size"], x["mtime_ns"]):
+                return False
+        for x in files:
+            digest = hashlib.sha256()
+            with open(x["path"], "rb") as f:
                 while chunk := f.read(CHUNK):
                     digest.update(chunk)
-        except OSError:
-            return None
-        keys.append({"path": p, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "sha256": digest.hexdigest()})  # fmt: skip
-    return keys
+            if digest.hexdigest() != x["sha256"]:
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _arrays(store: IntelStore) -> list[tuple[str, Any]]:
     return [
+        ("v4h", store._v4h),
         ("v4s", store._v4s),
         ("v4e", store._v4e),
         ("v4v", store._v4v),
@@ -1002,7 +1111,7 @@ def write_cache(store: IntelStore, path: Path) -> None:
         raise
 
 
-def read_cache(path: Path, keys: list[dict[str, Any]]) -> IntelStore | None:
+def read_cache(path: Path, paths: list[str]) -> IntelStore | None:
     """The cached store if it was compiled from exactly these file contents, else None."""
     try:
         with open(path, "rb") as f:
@@ -1012,9 +1121,7 @@ def read_cache(path: Path, keys: list[dict[str, Any]]) -> IntelStore | None:
             header = json.loads(f.read(hlen))
             if header.get("format") != FORMAT_VERSION or header.get("byteorder") != sys.byteorder:
                 return None
-            cached = [(x["path"], x["size"], x["mtime_ns"], x["sha256"]) for x in header["files"]]
-            wanted = [(k["path"], k["size"], k["mtime_ns"], k["sha256"]) for k in keys]
-            if cached != wanted:
+            if not _sources_match(header["files"], paths):
                 return None
             store = IntelStore()
             crc = 0
@@ -1022,11 +1129,14 @@ def read_cache(path: Path, keys: list[dict[str, Any]]) -> IntelStore | None:
                 typecode, n = header["arrays"][name]
                 if typecode != arr.typecode:
                     return None
-                raw = f.read(n * arr.itemsize)
-                if len(raw) != n * arr.itemsize:
-                    return None
-                crc = zlib.crc32(raw, crc)
-                arr.frombytes(raw)
+                if n:  # read straight into the array: no second copy of a large buffer
+                    arr = array(typecode, [0]) * n
+                    setattr(store, f"_{name}", arr)
+                    view = memoryview(arr).cast("B")
+                    if f.readinto(view) != len(view):
+                        return None
+                    crc = zlib.crc32(view, crc)
+                    view.release()
             n6s, n6e = header["v6"]
             store._v6s = f.read(n6s)
             store._v6e = f.read(n6e)
@@ -1075,9 +1185,8 @@ def load_files(
     t0 = time.monotonic()
     paths = [str(p) for p in paths]
     cpath = cache_path(paths, cache_dir) if cache else None
-    keys = _file_keys(paths) if cpath is not None else None
-    if cpath is not None and keys is not None:
-        store = read_cache(cpath, keys)
+    if cpath is not None and cpath.exists():
+        store = read_cache(cpath, paths)
         if store is not None:
             store.load_seconds = time.monotonic() - t0
             return store
@@ -1143,9 +1252,14 @@ class IntelManager:
         cache: bool = True,
         cache_dir: str | None = None,
         listeners: Iterable[Callable[[IntelStore], None]] = (),
+        isolate: bool = True,
     ) -> None:
         self.paths = tuple(str(p) for p in paths)
         self.cache = cache
+        # With a cache, compile in a child process first: parsing millions of lines then holds
+        # neither this process's GIL (the packet path) nor its memory (the peak goes with the
+        # child); this process only reads the finished cache.
+        self.isolate = isolate
         self.cache_dir = cache_dir
         self.listeners = list(listeners)
         self._store = IntelStore()
@@ -1172,6 +1286,8 @@ class IntelManager:
         with self._lock:
             t0 = time.monotonic()
             try:
+                if self.cache and self.isolate and self.paths:
+                    self._compile_in_child()
                 new = load_files(self.paths, cache=self.cache, cache_dir=self.cache_dir)
             except Exception as e:  # a bug or out of memory: keep serving the old store
                 log.exception("intel load failed")
@@ -1202,6 +1318,21 @@ class IntelManager:
                 log.info("%s (%.2fs, %s)", msg, seconds, new.loaded_from)
             self.last = result
             return result
+
+    def _compile_in_child(self) -> None:
+        """Refresh the cache in a subprocess; on any failure the load below parses in-process."""
+        cmd = [sys.executable, "-m", "appliance.detect.intel", "compile"]
+        if self.cache_dir:
+            cmd += ["--cache-dir", self.cache_dir]
+        try:
+            out = subprocess.run(
+                [*cmd, "--", *self.paths], capture_output=True, text=True, timeout=300, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("intel compile subprocess failed (%s); loading in-process", e)
+            return
+        if out.returncode not in (0, 1):
+            log.warning("intel compile subprocess exited %s: %s", out.returncode, out.stderr[-500:])
 
     def reload(self, paths: Iterable[str] | None = None) -> threading.Thread:
         """Start a background load (of new `paths`, if given); the old store serves until the
@@ -1247,3 +1378,26 @@ class IntelManager:
         if self.last is not None:
             out["last_load"] = {"ok": self.last.ok, "message": self.last.message}
         return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m appliance.detect.intel compile|check [--cache-dir D] [--] FILE...``: compile
+    the cache (used by `IntelManager` in a child process) or just report; prints the status as
+    JSON; exit 1 when a file was refused."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("compile", "check"):
+        print("usage: python -m appliance.detect.intel compile|check [--cache-dir D] FILE...")
+        return 2
+    cmd, args = args[0], args[1:]
+    cache_dir = None
+    if args[:1] == ["--cache-dir"] and len(args) >= 2:
+        cache_dir, args = args[1], args[2:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    store = load_files(args, cache=cmd == "compile", cache_dir=cache_dir)
+    print(json.dumps(store.status()))
+    return 1 if store.broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
