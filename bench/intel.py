@@ -174,10 +174,7 @@ class _NaiveStore:
         a = int.from_bytes(addr, "big")
         bits, nets, plens = (32, self.nets, self.plens) if len(addr) == 4 else (
             128, self.nets6, self.plens6)  # fmt: skip
-        for plen in plens:
-            if a & ~((1 << (bits - plen)) - 1) in nets[plen]:
-                return True
-        return False
+        return any(a & ~((1 << (bits - plen)) - 1) in nets[plen] for plen in plens)
 
     def match_domain(self, name: str) -> bool:
         while "." in name:
