@@ -623,6 +623,8 @@ class LabDaemon:
                 m = re.match(r"^\[(\d+):\d+\] .*-j NFQUEUE", line)
                 if m:
                     total, found = total + int(m.group(1)), True
+        if found:  # iptables-nft rules also show in `nft list ruleset`: count them once
+            return total
         res = self.lab.exec("app", "nft", "list", "ruleset", check=False)
         for line in res.stdout.splitlines():
             if re.search(r"\bqueue (flags [\w,]+ )?(num|to)\b", line):
