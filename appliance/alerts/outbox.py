@@ -75,8 +75,9 @@ class Outbox:
         self._cursor = 0  # highest seq handed out in this process
         self.write_errors = 0  # records that could not be stored (disk full, I/O error)
         self.delivered_total = 0  # acknowledged since start
-        # Called (outside the lock) after each stored alert: the link wakes its sender.
-        self.on_record: Callable[[], None] | None = None
+        # Called with the record (outside the lock) after each stored alert: the link wakes its
+        # sender and counts the alert for the daily summary.
+        self.on_record: Callable[[dict[str, Any]], None] | None = None
         self._db = self._open()
         self._seq = self._meta("seq")
 
@@ -155,7 +156,10 @@ class Outbox:
                 return
         callback = self.on_record
         if callback is not None:
-            callback()
+            try:
+                callback(eve)
+            except Exception:
+                log.exception("outbox on_record callback failed")
 
     def _evict_locked(self) -> None:
         excess = self._depth_locked() - self.max_rows
@@ -251,6 +255,21 @@ class Outbox:
                 )
             )
             self._held.update(seqs)
+
+    def retry_refused(self) -> None:
+        """The refusal back-off is over: hand the refused alerts out again."""
+        with self._lock:
+            self._resend.update(self._held)
+            self._held.clear()
+
+    def release(self, seqs: Iterable[int]) -> None:
+        """These were handed out but could not be given to the broker client: hand them out
+        again later."""
+        with self._lock:
+            for seq in seqs:
+                if seq in self._inflight:
+                    self._inflight.discard(seq)
+                    self._resend.add(seq)
 
     def requeue(self) -> None:
         """Hand everything in flight or refused out again (a new MQTT client, or the refusal
