@@ -101,6 +101,12 @@ class Context:
     def block_mode(self) -> bool:
         return self._engine.config.inline.mode == "block"
 
+    def block(self, addr: str) -> bool:
+        """Put `addr` into the kernel drop set without judging the current flow (block mode and
+        `inline.never_block` apply); True if blocked. For addresses learnt from other traffic,
+        such as the answers to a lookup of a listed domain."""
+        return self._engine.block(addr, None)
+
     def alert(
         self,
         detector: str,
