@@ -626,6 +626,15 @@ class Service:
     def stats(self) -> dict[str, Any]:
         """The service's own counters plus every component's `stats()`."""
         cfg = self.config
+        extra: dict[str, Any] = {}
+        for comp in self.components or ():
+            fn = getattr(comp, "stats", None)
+            if fn is None:
+                continue
+            try:
+                extra.update(fn())
+            except Exception:
+                self._component_failed(comp, "stats")
         agg: Counter[str] = Counter()
         for q in self.queues:
             agg.update(q.stats.as_dict())
@@ -670,15 +679,8 @@ class Service:
             "intel_version": store.version if store is not None else "",
             "intel_indicators": len(store) if store is not None else 0,
         }
-        for comp in self.components or ():
-            fn = getattr(comp, "stats", None)
-            if fn is None:
-                continue
-            try:
-                for key, value in fn().items():
-                    out.setdefault(key, value)
-            except Exception:
-                self._component_failed(comp, "stats")
+        for key, value in extra.items():
+            out.setdefault(key, value)  # components add keys, never replace the core ones
         return out
 
     def _status_line(self) -> str:

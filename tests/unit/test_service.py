@@ -1,0 +1,291 @@
+"""The daemon's plumbing without a kernel: sd_notify, block requests, components, reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from appliance.alerts.pipeline import AlertPipeline
+from appliance.config import ConfigError, load
+from appliance.detect.engine import Engine
+from appliance.detect.intel import IntelManager, IntelStore
+from appliance.inline.firewall import Counters, FirewallError
+from appliance.service import BlockRequests, Notifier, Service, build_components
+
+# -- sd_notify -----------------------------------------------------------------------------------
+
+
+def listener(tmp_path: Path) -> tuple[socket.socket, str]:
+    path = str(tmp_path / "notify.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(2)
+    return s, path
+
+
+def test_notify_sends_datagrams_to_the_socket(tmp_path: Path) -> None:
+    s, path = listener(tmp_path)
+    n = Notifier({"NOTIFY_SOCKET": path})
+    n.ready("monitor mode")
+    msg = s.recv(4096).decode().split("\n")
+    assert msg[0] == "READY=1"
+    assert "STATUS=monitor mode" in msg and f"MAINPID={os.getpid()}" in msg
+    n.close()
+    s.close()
+
+
+def test_notify_to_an_abstract_socket() -> None:
+    name = f"watchpost-test-{os.getpid()}"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind("\0" + name)
+    s.settimeout(2)
+    assert Notifier({"NOTIFY_SOCKET": "@" + name}).notify("STOPPING=1")
+    assert s.recv(100) == b"STOPPING=1"
+    s.close()
+
+
+def test_without_notify_socket_nothing_is_sent() -> None:
+    n = Notifier({})
+    assert n.notify("READY=1") is False
+    assert n.watchdog_interval == 0.0
+
+
+def test_watchdog_pings_at_most_every_third_of_the_interval(tmp_path: Path) -> None:
+    s, path = listener(tmp_path)
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "3000000"})
+    assert n.watchdog_interval == 3.0
+    for t in (100.0, 100.5, 100.9, 101.0, 101.5, 102.1):
+        n.ping(t)
+    s.settimeout(0.2)
+    got = []
+    while True:
+        try:
+            got.append(s.recv(100))
+        except TimeoutError:
+            break
+    assert got == [b"WATCHDOG=1"] * 3  # at 100.0, 101.0 and 102.1
+    s.close()
+
+
+def test_watchdog_for_another_pid_is_ignored() -> None:
+    n = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
+    assert n.watchdog_interval == 0.0
+
+
+# -- block requests --------------------------------------------------------------------------------
+
+
+class FakeFirewall:
+    def __init__(self, config: Any = None, fail: bool = False) -> None:
+        self.config = config
+        self.fail = fail
+        self.blocks: list[tuple[str, int]] = []
+        self.applied_configs: list[Any] = []
+        self.applied = False
+        self.removed = 0
+
+    def block(self, addr: str, ttl: int) -> bool:
+        if self.fail:
+            raise FirewallError(f"cannot block {addr}: nft: Error")
+        self.blocks.append((addr, ttl))
+        return addr != "198.18.0.1"
+
+    def native_queue(self) -> bool:
+        return False
+
+    def apply(self, config: Any, deep_ports: Any = None) -> None:
+        self.config = config
+        self.applied_configs.append(config)
+        self.applied = True
+
+    def remove(self) -> None:
+        self.removed += 1
+        self.applied = False
+
+    def blocked(self) -> dict[str, float | None]:
+        return {}
+
+    def never_block(self) -> list:
+        return []
+
+    def unblock(self, addr: str) -> bool:
+        return False
+
+    def counters(self) -> Counters:
+        return Counters()
+
+
+def test_block_requests_are_applied_once_per_half_ttl() -> None:
+    fw = FakeFirewall()
+    br = BlockRequests()
+    for _ in range(3):
+        br.block("203.0.113.66", 100)
+    br.block("198.18.0.1", 100)  # refused by the firewall (never-block)
+    br.flush(fw, now=1000.0)
+    assert fw.blocks == [("203.0.113.66", 100), ("198.18.0.1", 100)]
+    br.block("203.0.113.66", 100)
+    br.flush(fw, now=1040.0)  # 60 s left of 100: no refresh
+    br.block("203.0.113.66", 100)
+    br.block("198.18.0.1", 100)
+    br.flush(fw, now=1051.0)  # 49 s left: refresh; the refused one is asked again
+    assert fw.blocks[2:] == [("203.0.113.66", 100), ("198.18.0.1", 100)]
+    assert br.pending == []
+
+
+def test_block_request_failures_are_counted_not_raised(caplog) -> None:
+    br = BlockRequests()
+    br.block("203.0.113.66", 100)
+    with caplog.at_level(logging.ERROR):
+        br.flush(FakeFirewall(fail=True), now=0.0)
+    assert br.failed == 1
+    assert "cannot block 203.0.113.66" in caplog.text
+
+
+# -- components --------------------------------------------------------------------------------
+
+
+class Comp:
+    name = "comp"
+
+    def __init__(self, config: Any = None, refuse: bool = False) -> None:
+        self.configs: list[Any] = []
+        self.refuse = refuse
+
+    def configure(self, config: Any) -> None:
+        if self.refuse and config.inline.mode == "block":
+            raise ConfigError("hub.host", "cannot reach it")
+        self.configs.append(config)
+
+
+def make_comp(config: Any) -> Comp:
+    return Comp(config)
+
+
+def no_comp(config: Any) -> None:
+    return None
+
+
+def test_build_components_skips_missing_modules_and_none() -> None:
+    comps = build_components(
+        None,  # type: ignore[arg-type]
+        (
+            "tests.unit.test_service:make_comp",
+            "tests.unit.test_service:no_comp",
+            "appliance.not_in_this_build:thing",
+        ),
+    )
+    assert [type(c).__name__ for c in comps] == ["Comp"]
+
+
+# -- reload ------------------------------------------------------------------------------------
+
+
+def write_config(path: Path, **inline: Any) -> Path:
+    data = {
+        "device": {"id": "t", "site": "s", "state_dir": str(path.parent / "state")},
+        "inline": {"bridge": "lo", "uplink": "lo", "office": "lo", **inline},
+        "log": {"eve": str(path.parent / "eve.json"), "file": ""},
+    }
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def built_service(path: Path, components: list[Any]) -> Service:
+    """A Service wired like `start()` does, minus queues and kernel (unit tests)."""
+    cfg = load(path)
+    svc = Service(cfg, components, firewall=FakeFirewall(cfg), notifier=Notifier({}))  # type: ignore[arg-type]
+    svc.intel = IntelManager([])
+    svc.pipeline = AlertPipeline(cfg, [])
+    svc.engine = Engine(cfg, IntelStore(), svc.pipeline)
+    return svc
+
+
+def test_reload_with_a_bad_config_keeps_the_old_one(tmp_path: Path, caplog) -> None:
+    path = write_config(tmp_path / "wp.toml")
+    comp = Comp()
+    svc = built_service(path, [comp])
+    old = svc.config
+    path.write_text(path.read_text() + "\n[inline2]\nx = 1\n")
+    with caplog.at_level(logging.ERROR):
+        assert svc.reload() is False
+    assert svc.config is old
+    assert comp.configs == []
+    assert svc.counts["reloads_refused"] == 1
+    line = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert len(line) == 1 and "inline2: unknown section" in line[0]
+
+
+def test_reload_refused_by_a_component_rolls_the_others_back(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "wp.toml")
+    first, refusing = Comp(), Comp(refuse=True)
+    svc = built_service(path, [first, refusing])
+    old = svc.config
+    write_config(path, mode="block")
+    assert svc.reload() is False
+    assert svc.config is old
+    # The first component took the new config, then was given the old one back.
+    assert [c.inline.mode for c in first.configs] == ["block", "monitor"]
+    assert svc.firewall.applied_configs == []  # type: ignore[attr-defined]
+
+
+def test_reload_refuses_a_missing_bridge_port(tmp_path: Path, caplog) -> None:
+    path = write_config(tmp_path / "wp.toml")
+    svc = built_service(path, [])
+    write_config(path, office="nosuchport0")
+    with caplog.at_level(logging.ERROR):
+        assert svc.reload() is False
+    assert "no network interface 'nosuchport0'" in caplog.text
+
+
+def test_good_reload_reaches_engine_firewall_and_components(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "wp.toml")
+    comp = Comp()
+    svc = built_service(path, [comp])
+    write_config(path, mode="block", head_packets=4)
+    assert svc.reload() is True
+    assert svc.config.inline.mode == "block"
+    assert svc.engine is not None and svc.engine.config is svc.config
+    assert svc.firewall.applied_configs[-1] is svc.config  # type: ignore[attr-defined]
+    assert comp.configs[-1] is svc.config
+    assert svc.counts["reloads"] == 1
+
+
+def test_stats_merge_component_stats_without_overriding_core_keys(tmp_path: Path) -> None:
+    class Stats:
+        def stats(self) -> dict[str, Any]:
+            return {"hub_connected": True, "packets": -1}
+
+    class Broken:
+        def stats(self) -> dict[str, Any]:
+            raise RuntimeError("bug")
+
+    svc = built_service(write_config(tmp_path / "wp.toml"), [Stats(), Broken()])
+    out = svc.stats()
+    assert out["hub_connected"] is True
+    assert out["packets"] == 0
+    assert out["component_errors"] == 1
+    for key in ("decoded", "malformed", "flows", "alerts", "fail_open_events", "queue_depth",
+                "hook_errors"):  # fmt: skip
+        assert key in out
+
+
+def test_stop_removes_the_ruleset_even_without_a_start(tmp_path: Path) -> None:
+    svc = built_service(write_config(tmp_path / "wp.toml"), [])
+    svc.stop()
+    svc.stop()
+    assert svc.firewall.removed == 1  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
