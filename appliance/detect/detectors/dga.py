@@ -18,9 +18,10 @@ detector's business). The score is the evidence, in bits, that the label's lette
 uniformly random letters rather than from text: each pair costs -log2 P(b | a) under a letter-pair
 model of English (built once from the English manual pages of a Debian system, 61 M letters, and
 kept below as a table), minus log2(26) for uniform letters. Well-known technical abbreviations
-(cdn, img, api, ...) are masked first, pronounceable labels (enough vowels, no long consonant
-runs: pinyin, romaji) lose 8 bits, and letter/digit alternation adds evidence. A hex string of 12
-or more characters with digits and letters is taken as generated outright.
+(cdn, img, api, ...) are masked first, pronounceable labels (enough vowels, no consonant run
+longer than three: pinyin, romaji) are never taken as random, and letter/digit alternation adds
+evidence. A hex string of 12
+or more characters with at least three digits and a letter is taken as generated outright.
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def randomness(label: str) -> float:
     """
     n = len(label)
     digits = sum(c.isdigit() for c in label)
-    if n >= 12 and digits >= 3 and n - digits >= 2 and _HEX.issuperset(label):
+    if n >= 12 and digits >= 3 and digits < n and _HEX.issuperset(label):
         return GENERATED
     runs = _LETTER_RUNS.findall(_TOKENS.sub(".", label))
     bits = 0.0
@@ -171,8 +172,8 @@ def randomness(label: str) -> float:
         letters = "".join(runs)
         vowels = sum(c in _VOWELS for c in letters)
         longest = max((len(r) for r in _CONSONANT_RUNS.findall(label)), default=0)
-        if vowels >= 0.4 * len(letters) and longest <= 3:
-            bits -= 8.0
+        if vowels >= 0.35 * len(letters) and longest <= 3:
+            bits = min(bits, 0.0)  # reads as syllables (pinyin, romaji): not random
     switches = sum(1 for i in range(n - 1) if label[i].isdigit() != label[i + 1].isdigit())
     if switches > 2:
         bits += 1.5 * (switches - 2)
