@@ -37,7 +37,7 @@ import time
 import tomllib
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,8 +352,15 @@ def _json(payload: bytes) -> Any:
         return None
 
 
-def collect_retained(conn: Connection, topics: list[str], wait: float, settle: float) -> list[Any]:
-    """Retained messages on `topics`: read until `settle` s pass quietly (at most `wait` s)."""
+def collect_retained(
+    conn: Connection,
+    topics: list[str],
+    wait: float,
+    settle: float,
+    enough: Callable[[mqtt.MQTTMessage], bool] | None = None,
+) -> list[Any]:
+    """Retained messages on `topics`: read until `settle` s pass quietly (at most `wait` s), or
+    until one satisfies `enough`."""
     conn.subscribe(topics)
     out = []
     deadline = time.monotonic() + wait
@@ -367,6 +374,8 @@ def collect_retained(conn: Connection, topics: list[str], wait: float, settle: f
             break
         if msg.retain:
             out.append(msg)
+            if enough is not None and enough(msg):
+                break
     return out
 
 
@@ -374,7 +383,14 @@ def find_site(ctx: Ctx, conn: Connection, device: str) -> str:
     """The device's site: from settings, else from its retained status."""
     if ctx.settings.site:
         return ctx.settings.site
-    for msg in collect_retained(conn, [f"{ROOT}/+/{device}/status"], wait=3.0, settle=1.0):
+    msgs = collect_retained(
+        conn,
+        [f"{ROOT}/+/{device}/status"],
+        wait=3.0,
+        settle=1.0,
+        enough=lambda m: _split(m.topic)[1] == device,
+    )
+    for msg in msgs:
         site, dev, _ = _split(msg.topic)
         if dev == device:
             return site
@@ -523,7 +539,7 @@ def devices(obj: Ctx, as_json: bool, wait: float) -> None:
     site = obj.settings.site or "+"
     conn = obj.connect()
     try:
-        msgs = collect_retained(conn, [f"{ROOT}/{site}/+/status"], wait=wait, settle=1.0)
+        msgs = collect_retained(conn, [f"{ROOT}/{site}/+/status"], wait=wait, settle=min(1.0, wait))
     except OperatorError as e:
         fail(str(e))
     finally:
@@ -777,7 +793,10 @@ def set_config(
 
 def _current_desired(conn: Connection, desired_topic: str, key: Any) -> dict[str, Any]:
     """The args of the retained desired envelope, if it verifies with our key."""
-    for msg in collect_retained(conn, [desired_topic], wait=2.0, settle=0.5):
+    msgs = collect_retained(
+        conn, [desired_topic], wait=2.0, settle=0.5, enough=lambda m: m.topic == desired_topic
+    )
+    for msg in msgs:
         if msg.topic != desired_topic or not msg.payload:
             continue
         try:
