@@ -250,6 +250,9 @@ class HubLink:
         self.state = DISABLED if not config.hub.enabled else DOWN
         self.problem = "" if config.hub.enabled else "hub disabled in config"
         self.since = clock()
+        self._down_since = self.since
+        self.last_problem = ""  # why the link was down before it last came up
+        self.last_outage_s = 0.0
         self.counters = {
             "connects": 0,
             "connect_failures": 0,
@@ -387,6 +390,8 @@ class HubLink:
             "hub_problem": self.problem,
             "hub_since": self.since,
             "hub_bd_seq": self._bd_seq,
+            "hub_last_problem": self.last_problem,
+            "hub_last_outage_s": self.last_outage_s,
         }
         out.update({f"hub_{k}": v for k, v in self.counters.items()})
         if self.outbox is not None:
@@ -458,13 +463,20 @@ class HubLink:
 
     def _set(self, state: str, problem: str) -> None:
         with self._lock:
+            now = self.clock()
+            if state == UP and self.state != UP:
+                # Keep the story of the outage for telemetry: the hub cannot hear it live.
+                self.last_problem = self.problem
+                self.last_outage_s = round(now - self._down_since, 1)
+            elif state != UP and self.state == UP:
+                self._down_since = now
             if state != self.state or problem != self.problem:
                 if problem and problem != self.problem:
                     log.warning("hub link %s: %s", state, problem)
                 elif state != self.state:
                     log.info("hub link %s", state)
                 self.state, self.problem = state, problem
-                self.since = self.clock()
+                self.since = now
 
     def _load_bd_seq(self) -> int:
         try:
