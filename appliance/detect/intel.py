@@ -666,7 +666,11 @@ class _Plain(_Format):
             tok = line.strip()
             if not tok or len(tok) > 253:
                 if tok:
-                    why = self.parse(tok) if len(line) <= MAX_LINE else "line too long"
+                    why = (
+                        self.parse(tok)
+                        if len(line) <= MAX_LINE
+                        else f"line longer than {MAX_LINE} bytes"
+                    )
                     if why is not None:
                         bad(lineno, _explain(line, why))
                 continue

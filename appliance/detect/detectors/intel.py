@@ -1,29 +1,130 @@
-"""`intel`: traffic to or from addresses the threat-intel lists name."""
+"""`intel`: traffic with addresses, names and client fingerprints that threat-intel lists name.
+
+Where it looks (all cheap: one or two O(log n) lookups per new flow, per DNS message, per
+ClientHello, per HTTP request head):
+
+- the first packet of every flow: both addresses; and, when the server address was learnt from a
+  DNS answer for a listed domain, that domain (so an alert about an address names the domain);
+- DNS queries (the name and its parents), and answers (listed addresses, listed CNAME targets);
+- TLS and QUIC ClientHellos: SNI, JA3 and JA4;
+- HTTP/1 request heads: Host and the URL.
+
+In block mode a hit puts the listed address into the kernel drop set (the engine checks the mode
+and `inline.never_block`); a DNS answer for a listed domain blocks the addresses it returned.
+Signature ids are stable (8100001..8100010); the alert's category and severity come from the
+indicator, the details say what was listed and by whom.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
+    from appliance.detect.intel import Indicator
+    from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
     from appliance.inline.decode import Packet
     from appliance.inline.flows import Flow
 
-IP_HIT = Signature(8100001, "Threat intel: traffic with a listed address", "Threat intel", 1)
+CATEGORY = "Threat intel"
+IP_HIT = Signature(8100001, "Threat intel: traffic with a listed address", CATEGORY, 1)
+DNS_QUERY = Signature(8100002, "Threat intel: DNS lookup of a listed domain", CATEGORY, 1)
+DNS_ANSWER_IP = Signature(
+    8100003, "Threat intel: DNS answer points to a listed address", CATEGORY, 1
+)
+NAME_ADDR = Signature(
+    8100004, "Threat intel: connection to an address of a listed domain", CATEGORY, 1
+)
+TLS_SNI = Signature(8100005, "Threat intel: TLS connection to a listed server name", CATEGORY, 1)
+TLS_JA3 = Signature(8100006, "Threat intel: TLS client with a listed JA3 fingerprint", CATEGORY, 2)
+TLS_JA4 = Signature(8100007, "Threat intel: TLS client with a listed JA4 fingerprint", CATEGORY, 2)
+HTTP_HOST = Signature(8100008, "Threat intel: HTTP request to a listed host", CATEGORY, 1)
+HTTP_URL = Signature(8100009, "Threat intel: HTTP request for a listed URL", CATEGORY, 1)
+DNS_BLOCKED = Signature(
+    8100010, "Threat intel: blocked the addresses of a listed domain", CATEGORY, 1
+)
+
+A, AAAA, CNAME = 1, 28, 5
 
 
 class IntelDetector(Detector):
     name = "intel"
-    signatures = (IP_HIT,)
+    signatures = (
+        IP_HIT,
+        DNS_QUERY,
+        DNS_ANSWER_IP,
+        NAME_ADDR,
+        TLS_SNI,
+        TLS_JA3,
+        TLS_JA4,
+        HTTP_HOST,
+        HTTP_URL,
+        DNS_BLOCKED,
+    )
+
+    def __init__(self) -> None:
+        self.block = True
+        self.block_fingerprints = False
+        self.domain_addresses = True
+        self._sigs: dict[tuple[int, str, int], Signature] = {}
 
     def load(self, loader: Loader) -> None:
-        loader.add_option("block", bool, True, "In block mode, drop traffic with listed hosts.")
+        loader.add_option(
+            "block",
+            bool,
+            True,
+            "In block mode, drop traffic with listed addresses, names and URLs (and the "
+            "addresses DNS returns for listed domains).",
+        )
+        loader.add_option(
+            "block_fingerprints",
+            bool,
+            False,
+            "In block mode, also drop servers contacted by a client whose JA3/JA4 fingerprint is "
+            "listed (fingerprints are shared by unrelated clients: off by default).",
+        )
+        loader.add_option(
+            "domain_addresses",
+            bool,
+            True,
+            "Alert on connections to addresses that DNS returned for a listed domain.",
+        )
 
     def configure(self, opts: Options, updated: set[str]) -> None:
         self.block = opts.block
+        self.block_fingerprints = opts.block_fingerprints
+        self.domain_addresses = opts.domain_addresses
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _sig(self, base: Signature, ind: Indicator) -> Signature:
+        """The signature with the indicator's category and severity (sid and text unchanged)."""
+        key = (base.sid, ind.category, ind.severity)
+        sig = self._sigs.get(key)
+        if sig is None:
+            sev = ind.severity if ind.severity in (1, 2, 3) else base.severity
+            sig = Signature(base.sid, base.name, ind.category or base.category, sev)
+            if len(self._sigs) < 4096:  # categories come from feeds: keep the memo bounded
+                self._sigs[key] = sig
+        return sig
+
+    @staticmethod
+    def _details(ind: Indicator, **extra: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "indicator": ind.value,
+            "kind": ind.kind,
+            "source": ind.source,
+            "category": ind.category,
+        }
+        if ind.tags:
+            out["tags"] = ind.tags
+        out.update({k: v for k, v in extra.items() if v})
+        return out
+
+    # -- hooks ----------------------------------------------------------------------------------
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
         # Judge each flow once, on its first packet: later head packets add nothing.
@@ -36,14 +137,138 @@ class IntelDetector(Detector):
                 listed = pkt.dst_ip if addr is pkt.dst else pkt.src_ip
                 ctx.alert(
                     self.name,
-                    IP_HIT,
+                    self._sig(IP_HIT, ind),
                     pkt=pkt,
                     flow=flow,
-                    details={
-                        "indicator": ind.value,
-                        "source": ind.source,
-                        "category": ind.category,
-                    },
+                    details=self._details(ind, listed=listed, domain=ctx.names.get(addr)),
                     block=listed if self.block else None,
                 )
                 return
+        if not self.domain_addresses:
+            return
+        name = ctx.names.get(pkt.dst)
+        if name:
+            ind = intel.match_domain(name)
+            if ind is not None:
+                ctx.alert(
+                    self.name,
+                    self._sig(NAME_ADDR, ind),
+                    pkt=pkt,
+                    flow=flow,
+                    details=self._details(ind, domain=name, address=pkt.dst_ip),
+                    block=pkt.dst_ip if self.block else None,
+                )
+
+    def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
+        intel = ctx.intel
+        if not msg.response:
+            ind = intel.match_domain(msg.qname)
+            if ind is not None:
+                ctx.alert(
+                    self.name,
+                    self._sig(DNS_QUERY, ind),
+                    pkt=pkt,
+                    flow=flow,
+                    app=msg.eve(),
+                    details=self._details(ind, query=msg.qname),
+                )
+            return
+        # An answer: the listed name may be the question or a CNAME on the way.
+        hit = intel.match_domain(msg.qname)
+        if hit is None:
+            for ans in msg.answers:
+                if ans.rrtype == CNAME and ans.data:
+                    hit = intel.match_domain(ans.data)
+                    if hit is not None:
+                        break
+        addresses = [a.data for a in msg.answers if a.rrtype in (A, AAAA) and a.data]
+        if hit is not None and self.block and addresses and ctx.block_mode:
+            # The DNS flow itself is left alone (the resolver is usually allow-listed); the
+            # addresses go into the drop set, the alert reads "client → address, blocked".
+            blocked = [a for a in addresses if ctx.block(a)]
+            if blocked:  # (blocking the first again below only refreshes its timeout)
+                ctx.alert(
+                    self.name,
+                    self._sig(DNS_BLOCKED, hit),
+                    src=pkt.dst_ip,
+                    dst=blocked[0],
+                    proto=pkt.proto_name,
+                    app=msg.eve(),
+                    details=self._details(hit, query=msg.qname, addresses=blocked),
+                    block=blocked[0],
+                )
+        for addr in addresses:
+            ind = intel.match_ip_text(addr)
+            if ind is not None:
+                ctx.alert(
+                    self.name,
+                    self._sig(DNS_ANSWER_IP, ind),
+                    pkt=pkt,
+                    flow=flow,
+                    app=msg.eve(),
+                    details=self._details(ind, query=msg.qname, address=addr),
+                )
+                return  # one alert per answer is enough; the connection will say the rest
+
+    def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
+        intel = ctx.intel
+        proto = "QUIC" if hello.quic else "TLS"
+        if hello.sni:
+            ind = intel.match_domain(hello.sni)
+            if ind is not None:
+                ctx.alert(
+                    self.name,
+                    self._sig(TLS_SNI, ind),
+                    pkt=pkt,
+                    flow=flow,
+                    app=hello.eve(),
+                    details=self._details(ind, sni=hello.sni, transport=proto),
+                    block=pkt.dst_ip if self.block else None,
+                )
+                return
+        for sig, ind in (
+            (TLS_JA3, intel.match_ja3(hello.ja3_hash)),
+            (TLS_JA4, intel.match_ja4(hello.ja4)),
+        ):
+            if ind is not None:
+                ctx.alert(
+                    self.name,
+                    self._sig(sig, ind),
+                    pkt=pkt,
+                    flow=flow,
+                    app=hello.eve(),
+                    details=self._details(ind, sni=hello.sni, transport=proto),
+                    block=pkt.dst_ip if self.block and self.block_fingerprints else None,
+                )
+                return
+
+    def http(self, ctx: Context, pkt: Packet, flow: Flow, req: HttpRequest) -> None:
+        intel = ctx.intel
+        target = req.path
+        if target.startswith(("http://", "https://")):  # absolute form (a proxy request)
+            url = target
+            host = target.split("/", 3)[2]
+        else:
+            host = req.host
+            if not host:
+                return
+            url = f"http://{host}{target if target.startswith('/') else '/' + target}"
+        ind = intel.match_url(url)
+        sig = HTTP_URL
+        if ind is None:
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            if not name or name[0] == "[" or name.replace(".", "").isdigit():
+                return  # an address: the packet hook judged it already
+            ind = intel.match_domain(name)
+            sig = HTTP_HOST
+        if ind is None:
+            return
+        ctx.alert(
+            self.name,
+            self._sig(sig, ind),
+            pkt=pkt,
+            flow=flow,
+            app=req.eve(),
+            details=self._details(ind, host=host),
+            block=pkt.dst_ip if self.block else None,
+        )
