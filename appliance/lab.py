@@ -592,6 +592,14 @@ class LabDaemon:
         self.close()
         return code
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: the daemon's ruleset stays behind (bypass lets traffic on)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.close()
+
     def close(self) -> None:
         if self._notify is not None:
             sock, self._notify = self._notify, None

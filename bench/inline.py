@@ -13,7 +13,10 @@ Figures (each with its baseline):
   the daemon's worst case.
 
 Order: baseline, daemon, daemon, baseline (ABBA) in the full run so that drift of a shared
-machine affects both sides alike; the medians are reported. BENCH_QUICK: one of each, shorter.
+machine affects both sides alike; the medians are reported. The full run also measures iperf3
+after the daemon was killed with SIGKILL (``inline_mbps_after_crash``): its ruleset stays, the
+queue rules' bypass lets everything through, and as no flow gets a verdict mark every packet
+walks all the queue rules. BENCH_QUICK: one of each, shorter.
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ def run(quick: bool) -> dict[str, Any]:
         config = lab_config(tmp)
         order = ["baseline", "daemon"] if quick else ["baseline", "daemon", "daemon", "baseline"]
         runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "daemon": []}
+        rules_only: float | None = None
         daemon: LabDaemon | None = None
         try:
             for side in order:
@@ -208,6 +212,13 @@ def run(quick: bool) -> dict[str, Any]:
                 runs[side].append(measure(lab, quick, daemon))
                 if daemon is not None and not daemon.alive():
                     raise RuntimeError(f"the daemon died during the run: {daemon.log_tail()}")
+            if not quick:
+                # A crashed daemon: its ruleset stays and bypass must keep traffic flowing.
+                daemon = LabDaemon(lab, config).start()
+                daemon.kill()
+                daemon = None
+                rules_only = iperf(lab, 5)
+                _log(f"daemon killed (-9), ruleset left: iperf3 {rules_only:.0f} Mbit/s")
         finally:
             if daemon is not None:
                 daemon.stop()
@@ -224,7 +235,7 @@ def run(quick: bool) -> dict[str, Any]:
     base_mbps, d_mbps = _median(b, "mbps"), _median(d, "mbps")
     base_p99, d_p99 = _median(b, "rtt_p99"), _median(d, "rtt_p99")
     base_conns, d_conns = _median(b, "conns_per_s"), _median(d, "conns_per_s")
-    return {
+    out: dict[str, Any] = {
         "inline_throughput_ratio": round(d_mbps / base_mbps, 3) if base_mbps else 0.0,
         "inline_mbps_daemon": round(d_mbps, 1),
         "inline_mbps_baseline": round(base_mbps, 1),
@@ -243,6 +254,9 @@ def run(quick: bool) -> dict[str, Any]:
         "new_conns_fail_open_events": sum(r["fail_open"] for r in d),
         "new_conns_queued_packets": sum(r["queue_delivered"] for r in d),
     }
+    if rules_only is not None:
+        out["inline_mbps_after_crash"] = round(rules_only, 1)
+    return out
 
 
 if __name__ == "__main__":
