@@ -1,0 +1,113 @@
+"""The daemon inline in the lab: traffic flows, verdicts reach conntrack, crashes and restarts
+leave the office online, and a clean stop leaves a plain bridge."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from inlinekit import Daemons, kernel, nothing_of_ours, ping, ruleset
+
+from appliance.inline.firewall import MARK_MASK, MARK_PASS
+from appliance.lab import Lab
+
+pytestmark = pytest.mark.root
+
+
+def conntrack(lab: Lab) -> list[str]:
+    return lab.exec("app", "cat", "/proc/net/nf_conntrack").stdout.splitlines()
+
+
+def test_ping_and_tcp_through_the_daemon_with_verdicts_in_conntrack(
+    lab: Lab, serve, daemons: Daemons
+) -> None:
+    serve.http("web")
+    d = daemons.start()
+    assert ping(lab, "pc1", lab.addr("web")) == 3
+    res = lab.exec("pc1", "curl", "-sS", "-m", "5", "http://www.example.com/inline")
+    assert "lab page /inline" in res.stdout
+    k = kernel(lab)
+    # The heads went through the daemon: the kernel handed packets to our queue.
+    assert k["queues"][0]["id_sequence"] > 0
+    assert k["counters"]["queued"] >= k["queues"][0]["id_sequence"]
+    # The HTTP connection was judged after its request: PASS is in its conntrack mark, so the
+    # kernel stopped queueing it.
+    http = [ln for ln in conntrack(lab) if " dport=80 " in ln and "src=198.18.0.11" in ln]
+    assert http, "no conntrack entry for the HTTP connection"
+    marks = [int(re.search(r" mark=(\d+)", ln).group(1)) for ln in http]
+    assert all(m & MARK_MASK == MARK_PASS for m in marks)
+    assert k["counters"]["verdicts"] >= 1
+    d.stop()
+    assert nothing_of_ours(ruleset(lab))
+    assert ping(lab, "pc1", lab.addr("web")) == 3
+
+
+def _normal(text: str | None) -> str:
+    """Ruleset text without counters and timers, to compare rulesets."""
+    text = re.sub(r"counter packets \d+ bytes \d+", "counter", text or "")
+    return re.sub(r" expires \S+", "", text)
+
+
+def test_kill9_loses_no_ping_and_a_restart_replaces_the_leftovers(
+    lab: Lab, serve, daemons: Daemons
+) -> None:
+    serve.http("web")
+    web = lab.addr("web")
+    d = daemons.start()
+    before = ruleset(lab)
+    fast = lab.popen(
+        "pc1", "ping", "-n", "-q", "-i", "0.002", "-c", "1500", "-W", "1", web,
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(1.0)
+    daemons.kill9(d)
+    out, _ = fast.communicate(timeout=30)
+    assert "1500 packets transmitted, 1500 received" in out, out
+    # No daemon: the leftover rules bypass (nobody listens), traffic keeps flowing.
+    assert ping(lab, "pc1", web, count=5, interval=0.05) == 5
+    res = lab.exec("pc1", "curl", "-sS", "-m", "5", "http://www.example.com/after-kill")
+    assert "lab page /after-kill" in res.stdout
+    left = ruleset(lab)
+    assert left["table"] is not None and "-N WATCHPOST" in left["ipt4"]
+    # A new daemon replaces what the dead one left: the same ruleset, nothing twice.
+    daemons.start()
+    after = ruleset(lab)
+    for key in ("table", "ipt4", "ipt6"):
+        assert _normal(after[key]) == _normal(before[key])
+    for text in (after["ipt4"], after["ipt6"]):
+        assert text.count("-j WATCHPOST") == 1
+        assert text.count("-N WATCHPOST") == 1
+    assert after["all"].count("table inet watchpost") == 1
+    # A clean stop leaves nothing of ours: a plain bridge.
+    daemons.started[-1].stop()
+    assert nothing_of_ours(ruleset(lab))
+    assert ping(lab, "pc1", web) == 3
+
+
+def test_a_second_daemon_is_refused_and_leaves_the_first_alone(lab: Lab, daemons: Daemons) -> None:
+    first = daemons.start()
+    cfg = daemons.config()
+    res = lab.exec("app", sys.executable, "-m", "appliance", "run", "--config", str(cfg),
+                   check=False, timeout=60)  # fmt: skip
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if "ERROR" in ln]
+    assert len(lines) == 1 and "NFQUEUE 0 is already bound" in lines[0], res.stderr
+    assert first.alive()
+    assert ruleset(lab)["table"] is not None
+    assert ping(lab, "pc1", lab.addr("web")) == 3
+    assert kernel(lab)["queues"][0]["id_sequence"] > 0
+
+
+def test_bad_config_exits_nonzero_naming_the_key(lab: Lab, daemons: Daemons) -> None:
+    cfg = daemons.config()
+    cfg.write_text(cfg.read_text().replace('mode = "monitor"', 'mode = "drop-all"'))
+    res = lab.exec("app", sys.executable, "-m", "appliance", "run", "--config", str(cfg),
+                   check=False, timeout=60)  # fmt: skip
+    assert res.returncode != 0
+    assert res.stderr.strip().splitlines() == [
+        "error: inline.mode: expected 'monitor' or 'block', got 'drop-all'"
+    ]
+    assert nothing_of_ours(ruleset(lab))
