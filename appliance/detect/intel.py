@@ -396,7 +396,7 @@ class _Builder:
                     return None, f"not an address: {token[:80]!r}"
                 return _Builder.parse_token(m.group(1) or m.group(2))
             return ("ip", (128, int.from_bytes(packed, "big"), 128))
-        if c.isdigit() and token[-1].isdigit():
+        if c.isdigit() and token[-1].isdigit() and "." in token:
             try:
                 packed = socket.inet_pton(socket.AF_INET, token)
             except OSError:

@@ -67,6 +67,7 @@ def test_plain_list_mixed_kinds(tmp_path: Path) -> None:
     assert store.match_ja4("t13d1516h2_8daaf6152771_b186095e22b7") is None
     assert intel.classify("198.51.100.0/24") == "cidr"
     assert intel.classify("not an indicator") is None
+    assert intel.classify("7e824c638af271eed109ff808babf7f8") == "ja3"  # digits at both ends
 
 
 def test_subdomains_match_lookalikes_do_not(tmp_path: Path) -> None:

@@ -1,0 +1,348 @@
+"""intel: hits on listed addresses, DNS names, SNI, JA3/JA4 and HTTP host/URL; look-alikes are
+left alone; block mode drops what is listed and nothing on the allow-list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scapy.layers.dns import DNS, DNSQR, DNSRR
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName, TLS_Ext_SupportedGroups
+from scapy.layers.tls.handshake import TLSClientHello
+from scapy.layers.tls.record import TLS
+
+from appliance.config import ConfigError
+from appliance.detect.detectors import intel as det
+from appliance.detect.dissect.tls import parse_client_hello
+from appliance.detect.records import TlsHello
+from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.inline.flows import VERDICT_BLOCK
+from tests.helpers import Harness, at, make_config
+
+PC1, PC2 = "198.18.0.11", "198.18.0.12"
+RESOLVER = "203.0.113.53"
+EVIL = "203.0.113.66"
+WEB = "203.0.113.10"
+T0 = 1_800_000_000.0
+
+
+def hello(sni: str, ciphers: tuple[int, ...] = (0x1301, 0xC02F)) -> bytes:
+    """A TLS ClientHello record built with scapy's TLS layer."""
+    exts = [TLS_Ext_SupportedGroups(groups=[29, 23])]
+    if sni:
+        exts.insert(0, TLS_Ext_ServerName(servernames=[ServerName(servername=sni.encode())]))
+    return bytes(TLS(msg=[TLSClientHello(ciphers=list(ciphers), ext=exts)]))
+
+
+ODD_CIPHERS = (0xC02B, 0x009E, 0x0033)  # a client whose fingerprint we list
+ODD = parse_client_hello(hello("files.example.net", ODD_CIPHERS))
+assert ODD is not None
+
+
+@pytest.fixture
+def feeds(tmp_path: Path) -> list[Path]:
+    plain = tmp_path / "watchlist.txt"
+    plain.write_text(
+        "# watchpost: source=hub category=malware severity=1\n"
+        f"{EVIL}\n"
+        "evil.example\n"
+        "http://203.0.113.10/bins/mips\n"
+        "2001:db8:bad::66\n"
+    )
+    phish = tmp_path / "phish.txt"
+    phish.write_text(
+        "# watchpost: source=phishtank category=phishing severity=2\nlogin-bank.example\n"
+    )
+    fps = tmp_path / "fingerprints.txt"
+    fps.write_text(f"# watchpost: category=malware-tls severity=2\n{ODD.ja3_hash}\n")
+    ja4 = tmp_path / "ja4.txt"
+    ja4.write_text(f"# watchpost: category=malware-tls severity=3\n{ODD.ja4}\n")
+    return [plain, phish, fps, ja4]
+
+
+def tcp_flow(src: str, dst: str, dport: int, payload: bytes = b"", ts: float = T0, sport=40000):
+    c, s = IP(src=src, dst=dst), IP(src=dst, dst=src)
+    pkts = [
+        at(c / TCP(sport=sport, dport=dport, flags="S"), ts),
+        at(s / TCP(sport=dport, dport=sport, flags="SA"), ts + 0.001),
+        at(c / TCP(sport=sport, dport=dport, flags="A"), ts + 0.002),
+    ]
+    if payload:
+        pkts.append(at(c / TCP(sport=sport, dport=dport, flags="PA") / payload, ts + 0.003))
+    return pkts
+
+
+def dns_exchange(client: str, qname: str, answers: list[tuple[str, str]], ts: float = T0):
+    """A query and its answer; `answers` are (type, rdata) for the name."""
+    q = at(
+        IP(src=client, dst=RESOLVER)
+        / UDP(sport=53000, dport=53)
+        / DNS(id=7, rd=1, qd=DNSQR(qname=qname)),
+        ts,
+    )
+    rrs = [DNSRR(rrname=qname, type=rtype, ttl=60, rdata=rdata) for rtype, rdata in answers]
+    r = at(
+        IP(src=RESOLVER, dst=client)
+        / UDP(sport=53, dport=53000)
+        / DNS(id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=qname), an=rrs),
+        ts + 0.01,
+    )
+    return [q, r]
+
+
+def http_get(host: str, path: str = "/") -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.0\r\n\r\n".encode()
+
+
+class FakeBlocker:
+    def __init__(self) -> None:
+        self.blocked: list[str] = []
+
+    def block(self, addr: str, ttl: int) -> None:
+        self.blocked.append(addr)
+
+
+def run(feeds: list[Path], packets: list[Any], **config: Any) -> tuple[Harness, list[dict]]:
+    h = Harness(make_config(**config), intel_paths=feeds)
+    blocker = FakeBlocker()
+    h.engine.blocker = blocker
+    h.verdicts = h.feed(packets)  # type: ignore[attr-defined]
+    h.blocker = blocker  # type: ignore[attr-defined]
+    h.finish()
+    return h, h.by_detector("intel")  # other detectors (web, exposure) may see these too
+
+
+def sids(alerts: list[dict]) -> list[int]:
+    return [a["alert"]["signature_id"] for a in alerts]
+
+
+# -- addresses -----------------------------------------------------------------------------------
+
+
+def test_listed_address_outbound_one_alert_per_flow(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC1, EVIL, 443, b"\x17\x03\x03\x00\x05hello"))
+    assert sids(alerts) == [8100001]
+    a = alerts[0]
+    assert (a["src_ip"], a["dest_ip"], a["dest_port"]) == (PC1, EVIL, 443)
+    assert a["alert"]["signature"] == "Threat intel: traffic with a listed address"
+    assert (a["alert"]["category"], a["alert"]["severity"], a["alert"]["action"]) == (
+        "malware",
+        1,
+        "allowed",
+    )
+    d = a["watchpost"]["details"]
+    assert (d["indicator"], d["source"], d["category"], d["kind"]) == (EVIL, "hub", "malware", "ip")
+    assert a["watchpost"]["detector"] == "intel" and a["watchpost"]["direction"] == "outbound"
+    assert a["watchpost"]["intel_version"] not in ("", "empty")
+
+
+def test_listed_address_inbound_and_v6(feeds: list[Path]) -> None:
+    from scapy.layers.inet6 import IPv6
+
+    v6 = at(IPv6(src="2001:db8:bad::66", dst="2001:db8:1::11") / TCP(dport=22, flags="S"), T0 + 1)
+    _, alerts = run(feeds, [*tcp_flow(EVIL, PC2, 3389), v6])
+    assert sids(alerts) == [8100001, 8100001]
+    assert alerts[0]["watchpost"]["details"]["listed"] == EVIL
+    assert alerts[1]["watchpost"]["details"]["indicator"] == "2001:db8:bad::66"
+
+
+def test_unlisted_neighbour_address_is_quiet(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC1, "203.0.113.67", 443) + tcp_flow(PC1, WEB, 80))
+    assert alerts == []
+
+
+# -- DNS -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("qname", ["evil.example", "a.b.EVIL.example"])
+def test_dns_query_for_listed_domain_and_subdomain(feeds: list[Path], qname: str) -> None:
+    _, alerts = run(feeds, dns_exchange(PC1, qname, [("A", "198.51.100.99")]))
+    assert sids(alerts) == [8100002]
+    a = alerts[0]
+    assert (a["src_ip"], a["dest_ip"]) == (PC1, RESOLVER)
+    assert a["dns"]["rrname"] == qname.lower()
+    d = a["watchpost"]["details"]
+    assert (d["indicator"], d["query"], d["kind"]) == ("evil.example", qname.lower(), "domain")
+
+
+@pytest.mark.parametrize(
+    "qname", ["notevil.example", "evil.example.com", "example", "login-bank.example.org"]
+)
+def test_dns_lookalikes_are_quiet(feeds: list[Path], qname: str) -> None:
+    _, alerts = run(feeds, dns_exchange(PC1, qname, [("A", "198.51.100.99")]))
+    assert alerts == []
+
+
+def test_connection_to_address_of_listed_domain_names_it(feeds: list[Path]) -> None:
+    pkts = dns_exchange(PC1, "www.evil.example", [("A", "198.51.100.99")])
+    pkts += tcp_flow(PC1, "198.51.100.99", 443, ts=T0 + 1)
+    _, alerts = run(feeds, pkts)
+    assert sids(alerts) == [8100002, 8100004]
+    d = alerts[1]["watchpost"]["details"]
+    assert (d["domain"], d["address"], d["indicator"]) == (
+        "www.evil.example",
+        "198.51.100.99",
+        "evil.example",
+    )
+    assert alerts[1]["dest_ip"] == "198.51.100.99"
+
+
+def test_dns_answer_with_listed_address(feeds: list[Path]) -> None:
+    pkts = dns_exchange(PC1, "cdn.example.net", [("A", EVIL)])
+    pkts += tcp_flow(PC1, EVIL, 443, ts=T0 + 1)
+    _, alerts = run(feeds, pkts)
+    assert sids(alerts) == [8100003, 8100001]
+    assert alerts[0]["watchpost"]["details"]["address"] == EVIL
+    assert alerts[0]["watchpost"]["details"]["query"] == "cdn.example.net"
+    # The address alert says which name the office host had looked up.
+    assert alerts[1]["watchpost"]["details"]["domain"] == "cdn.example.net"
+
+
+# -- TLS and QUIC --------------------------------------------------------------------------------
+
+
+def test_tls_sni_listed(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC1, WEB, 443, hello("Login-Bank.example")))
+    assert sids(alerts) == [8100005]
+    a = alerts[0]
+    assert a["tls"]["sni"] == "login-bank.example"
+    assert (a["alert"]["category"], a["alert"]["severity"]) == ("phishing", 2)
+    d = a["watchpost"]["details"]
+    assert (d["indicator"], d["source"], d["transport"]) == (
+        "login-bank.example",
+        "phishtank",
+        "TLS",
+    )
+
+
+def test_tls_sni_lookalike_quiet(feeds: list[Path]) -> None:
+    pkts = tcp_flow(PC1, WEB, 443, hello("notevil.example"))
+    pkts += tcp_flow(PC1, WEB, 443, hello("evil.example.net"), sport=40001)
+    _, alerts = run(feeds, pkts)
+    assert alerts == []
+
+
+def test_tls_ja3_and_ja4_listed(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC2, WEB, 443, hello("files.example.net", ODD_CIPHERS)))
+    assert sids(alerts) == [8100006]  # JA3 first; one fingerprint alert per hello
+    d = alerts[0]["watchpost"]["details"]
+    assert (d["indicator"], d["kind"], d["sni"]) == (ODD.ja3_hash, "ja3", "files.example.net")
+    assert alerts[0]["alert"]["category"] == "malware-tls"
+
+
+def test_ja4_alone(feeds: list[Path], tmp_path: Path) -> None:
+    _, alerts = run([feeds[3]], tcp_flow(PC2, WEB, 443, hello("files.example.net", ODD_CIPHERS)))
+    assert sids(alerts) == [8100007]
+    assert (alerts[0]["alert"]["severity"], alerts[0]["watchpost"]["details"]["kind"]) == (3, "ja4")
+    _, quiet = run([feeds[3]], tcp_flow(PC2, WEB, 443, hello("files.example.net")))
+    assert quiet == []
+
+
+def test_quic_sni_through_the_hook(feeds: list[Path]) -> None:
+    """QUIC Initials reach the same `tls` hook with `quic=True` (the dissector decrypts them)."""
+    h = Harness(make_config(), intel_paths=feeds)
+    raw = bytes(IP(src=PC1, dst=WEB) / UDP(sport=50000, dport=443) / (b"\xc3" + b"\0" * 40))
+    pkt = decode_ip(raw, T0, DecodeStats())
+    assert pkt is not None
+    h.engine.ctx.now = T0
+    flow, _ = h.engine.flows.lookup(pkt)
+    detector = next(d for d in h.engine.detectors if d.name == "intel")
+    detector.tls(h.engine.ctx, pkt, flow, TlsHello(0x0303, "evil.example", quic=True))
+    detector.tls(h.engine.ctx, pkt, flow, TlsHello(0x0303, "notevil.example", quic=True))
+    alerts = h.finish()
+    assert sids(alerts) == [8100005]
+    assert alerts[0]["watchpost"]["details"]["transport"] == "QUIC"
+    assert alerts[0]["quic"]["sni"] == "evil.example"
+
+
+# -- HTTP ----------------------------------------------------------------------------------------
+
+
+def test_http_host_listed(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC1, WEB, 80, http_get("cdn.evil.example:8080", "/x")))
+    assert sids(alerts) == [8100008]
+    a = alerts[0]
+    assert a["http"]["hostname"] == "cdn.evil.example:8080"
+    assert a["watchpost"]["details"]["indicator"] == "evil.example"
+
+
+def test_http_url_listed(feeds: list[Path]) -> None:
+    _, alerts = run(feeds, tcp_flow(PC1, WEB, 80, http_get(WEB, "/bins/mips?arch=7")))
+    assert sids(alerts) == [8100009]
+    d = alerts[0]["watchpost"]["details"]
+    assert (d["indicator"], d["kind"]) == ("http://203.0.113.10/bins/mips", "url")
+    assert "arch=7" not in str(alerts[0])  # query values never leave the device
+
+
+def test_http_lookalikes_quiet(feeds: list[Path]) -> None:
+    pkts = tcp_flow(PC1, WEB, 80, http_get("notevil.example", "/"))
+    pkts += tcp_flow(PC1, WEB, 80, http_get(WEB, "/bins/mipsel"), sport=40001)
+    pkts += tcp_flow(PC1, WEB, 80, http_get(WEB, "/"), sport=40002)
+    _, alerts = run(feeds, pkts)
+    assert alerts == []
+
+
+# -- block mode ----------------------------------------------------------------------------------
+
+
+def test_block_mode_drops_listed_address(feeds: list[Path]) -> None:
+    h, alerts = run(feeds, tcp_flow(PC1, EVIL, 443), inline={"mode": "block"})
+    assert h.blocker.blocked == [EVIL]
+    assert h.verdicts[0] == VERDICT_BLOCK
+    assert alerts[0]["alert"]["action"] == "blocked"
+
+
+def test_block_mode_respects_never_block(feeds: list[Path]) -> None:
+    h, alerts = run(
+        feeds, tcp_flow(PC1, EVIL, 443), inline={"mode": "block", "never_block": [f"{EVIL}/32"]}
+    )
+    assert h.blocker.blocked == []
+    assert VERDICT_BLOCK not in h.verdicts
+    assert alerts[0]["alert"]["action"] == "allowed"
+
+
+def test_monitor_mode_and_block_option_off_drop_nothing(feeds: list[Path]) -> None:
+    pkts = tcp_flow(PC1, EVIL, 443) + dns_exchange(PC1, "evil.example", [("A", "198.51.100.99")])
+    h, alerts = run(feeds, pkts)
+    assert h.blocker.blocked == [] and VERDICT_BLOCK not in h.verdicts and alerts
+    h, alerts = run(feeds, pkts, inline={"mode": "block"}, detect={"intel": {"block": False}})
+    assert h.blocker.blocked == [] and VERDICT_BLOCK not in h.verdicts
+    assert {a["alert"]["action"] for a in alerts} == {"allowed"}
+
+
+def test_block_mode_dns_hit_blocks_answer_addresses_not_the_resolver(feeds: list[Path]) -> None:
+    pkts = dns_exchange(
+        PC1,
+        "evil.example",
+        [("A", "198.51.100.99"), ("A", "198.51.100.98"), ("AAAA", "2001:db8::9")],
+    )
+    h, alerts = run(feeds, pkts, inline={"mode": "block", "never_block": ["198.51.100.98/32"]})
+    assert sorted(set(h.blocker.blocked)) == ["198.51.100.99", "2001:db8::9"]
+    assert RESOLVER not in h.blocker.blocked
+    assert VERDICT_BLOCK not in h.verdicts  # the DNS flow itself passes
+    blocked = [a for a in alerts if a["alert"]["signature_id"] == 8100010]
+    assert len(blocked) == 1
+    b = blocked[0]
+    assert (b["src_ip"], b["dest_ip"], b["alert"]["action"]) == (PC1, "198.51.100.99", "blocked")
+    assert b["watchpost"]["details"]["addresses"] == ["198.51.100.99", "2001:db8::9"]
+
+
+def test_fingerprint_hits_do_not_block_unless_asked(feeds: list[Path]) -> None:
+    pkts = tcp_flow(PC2, WEB, 443, hello("files.example.net", ODD_CIPHERS))
+    h, alerts = run(feeds, pkts, inline={"mode": "block"})
+    assert h.blocker.blocked == [] and alerts[0]["alert"]["action"] == "allowed"
+    h, alerts = run(
+        feeds, pkts, inline={"mode": "block"}, detect={"intel": {"block_fingerprints": True}}
+    )
+    assert h.blocker.blocked == [WEB] and alerts[0]["alert"]["action"] == "blocked"
+
+
+def test_options_are_declared_and_checked() -> None:
+    with pytest.raises(ConfigError, match="detect.intel.block"):
+        make_config(detect={"intel": {"block": "yes"}})
+    with pytest.raises(ConfigError, match="detect.intel.colour"):
+        make_config(detect={"intel": {"colour": 1}})
+    assert {s.sid for s in det.IntelDetector.signatures} == set(range(8100001, 8100011))
+    assert all(s.name.startswith("Threat intel: ") for s in det.IntelDetector.signatures)
