@@ -60,7 +60,6 @@ TXT_NULL = Signature(
 TXT, NULL = 16, 10
 PRUNE_EVERY = 30.0
 _HEX = frozenset("0123456789abcdef")
-_ADDRESS_CHARS = frozenset("0123456789abcdef.")
 
 # Security products that look file hashes and addresses up in DNS by design (their queries look
 # exactly like a tunnel), and DNS blocklists.
@@ -103,8 +102,12 @@ def looks_encoded(sub: str, min_length: int) -> bool:
 
 
 def reversed_address(sub: str) -> bool:
-    """``4.3.2.1`` or a nibble-reversed IPv6 address: a blocklist or reverse lookup."""
-    return _ADDRESS_CHARS.issuperset(sub) and sub.count(".") >= 3
+    """Whether the subdomain starts with a reversed IPv4 address (``4.3.2.1``, as in DNS
+    blocklist lookups like ``4.3.2.1.zen.example.org``) or a nibble-reversed IPv6 one."""
+    labels = sub.split(".", 32)
+    if len(labels) >= 4 and all(lb.isdigit() and len(lb) <= 3 for lb in labels[:4]):
+        return True
+    return len(labels) >= 32 and all(len(lb) == 1 and lb in _HEX for lb in labels[:32])
 
 
 class _Zone:
