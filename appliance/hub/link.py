@@ -858,3 +858,9 @@ def _failed(rc: Any) -> bool:
     if hasattr(rc, "is_failure"):
         return bool(rc.is_failure)
     return _value(rc) >= 0x80
+
+
+def component(config: Config) -> HubLink | None:
+    """The daemon's factory (``"appliance.hub.link:component"`` in service.COMPONENTS): a link
+    when the config has a hub, else None."""
+    return HubLink(config) if config.hub.enabled else None

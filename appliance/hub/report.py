@@ -28,19 +28,27 @@ log = logging.getLogger(__name__)
 TOP = 10
 MAX_KEYS = 5000  # per tally: a scan from thousands of sources must not grow the file unbounded
 MAX_PENDING = 14  # finished reports kept while the hub is unreachable
-# Service counters whose daily change goes into the report (traffic seen, blocked, passed).
-TRAFFIC_WORDS = ("packets", "flows", "bytes", "block", "pass", "allow", "drop", "fail_open")
-GAUGE_WORDS = ("depth", "inflight", "active", "open_", "queue_len", "since", "age", "percent")
+# Cumulative counters of the daemon's stats (appliance.service.Service.stats) whose daily change
+# goes into the report: traffic seen, passed and blocked, and what the kernel let through.
+TRAFFIC_COUNTERS = (
+    "packets",
+    "decoded",
+    "malformed",
+    "verdicts_pass",
+    "verdicts_block",
+    "blocked_packets",
+    "queued_by_kernel",
+    "queue_dropped",
+    "fail_open_events",
+)
 
 
 def traffic_counters(stats: Mapping[str, Any]) -> dict[str, float]:
-    """The cumulative traffic counters among a service's stats (see TRAFFIC_WORDS)."""
+    """The cumulative traffic counters among a service's stats (see TRAFFIC_COUNTERS)."""
     out = {}
-    for key, value in stats.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        k = key.lower()
-        if any(w in k for w in TRAFFIC_WORDS) and not any(w in k for w in GAUGE_WORDS):
+    for key in TRAFFIC_COUNTERS:
+        value = stats.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = float(value)
     return out
 
