@@ -20,6 +20,7 @@ MODULES: tuple[str, ...] = (
     "bench.engine",
     "bench.intel",
     "bench.inline",
+    "bench.dissect",
 )
 
 

@@ -26,6 +26,7 @@ _U16 = struct.Struct("!H")
 # (the master-file notation), so a label holding a dot or a control byte cannot pose as
 # another name in an alert or an intel match.
 _PLAIN = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_*/"
+_PLAIN_DOT = _PLAIN + b"."
 
 # rrtypes whose data is a domain name at offset 0 (NS, CNAME, PTR) or 2 (MX).
 _NAME_AT = {2: 0, 5: 0, 12: 0, 15: 2}
@@ -49,22 +50,30 @@ def host_text(name: bytes) -> str:
     escaped as in `label_text`."""
     if name.endswith(b"."):
         name = name[:-1]
-    if not name.translate(None, _PLAIN + b"."):
+    if not name.translate(None, _PLAIN_DOT):
         return name.decode("ascii").lower()
     return ".".join(label_text(lb) for lb in name.split(b"."))
 
 
-def read_name(data: bytes, off: int) -> tuple[str, int]:
+# A per-message memo of names already read: start offset → (text, wire octets without the
+# root byte, pointer jumps). Compressed answers mostly point at the question or a CNAME target
+# read just before, so most answer names cost one dict lookup.
+NameCache = dict[int, tuple[str, int, int]]
+
+
+def read_name(data: bytes, off: int, cache: NameCache | None = None) -> tuple[str, int]:
     """The name at `off` and the offset just after it (after the first pointer, if any).
 
     Raises ValueError on a name that runs off the end, loops, or exceeds 255 octets.
     Pointers must point backwards (to an earlier offset than the label being read), which
     with the jump limit rules out loops.
     """
+    start_off = off
     labels: list[bytes] = []
     end = -1
     total = 0
     jumps = 0
+    suffix = ""
     n = len(data)
     while True:
         if off >= n:
@@ -83,6 +92,13 @@ def read_name(data: bytes, off: int) -> tuple[str, int]:
             jumps += 1
             if jumps > MAX_JUMPS or target >= off:
                 raise ValueError("pointer loop")
+            if cache is not None and target in cache:
+                suffix, more, more_jumps = cache[target]
+                total += more
+                jumps += more_jumps
+                if total >= MAX_NAME or jumps > MAX_JUMPS:
+                    raise ValueError("name too long")
+                break
             off = target
             continue
         if ln & 0xC0:
@@ -95,15 +111,22 @@ def read_name(data: bytes, off: int) -> tuple[str, int]:
         if off > n:
             raise ValueError("label runs off the end")
         labels.append(data[start:off])
-    if not labels:
-        return "", end
-    name = b".".join(labels)
-    if not name.translate(None, _PLAIN + b"."):
-        return name.decode("ascii").lower(), end
-    return ".".join(label_text(lb) for lb in labels), end
+    if labels:
+        raw = b".".join(labels)
+        if not raw.translate(None, _PLAIN_DOT):
+            name = raw.decode("ascii").lower()
+        else:
+            name = ".".join([label_text(lb) for lb in labels])
+        if suffix:
+            name = name + "." + suffix
+    else:
+        name = suffix
+    if cache is not None:
+        cache[start_off] = (name, total, jumps)
+    return name, end
 
 
-def _rdata_text(data: bytes, rrtype: int, off: int, rdlen: int) -> str:
+def _rdata_text(data: bytes, rrtype: int, off: int, rdlen: int, cache: NameCache) -> str:
     """Rendered record data for address and name records; "" for everything else."""
     if rrtype == 1:
         if rdlen != 4:
@@ -118,7 +141,7 @@ def _rdata_text(data: bytes, rrtype: int, off: int, rdlen: int) -> str:
         return ""  # TXT, NULL and the rest: payload, never kept
     if rdlen < skip + 1:
         raise ValueError("short name record")
-    name, end = read_name(data, off + skip)
+    name, end = read_name(data, off + skip, cache)
     if end > off + rdlen:
         raise ValueError("name overruns its record")
     return name
@@ -150,8 +173,9 @@ def _parse(data: bytes, transport: str) -> DnsMessage | None:
     qname = ""
     qtype = 0
     off = 12
+    cache: NameCache = {}
     if qdcount:
-        qname, off = read_name(data, off)
+        qname, off = read_name(data, off, cache)
         if off + 4 > len(data):
             return None
         (qtype,) = _U16.unpack_from(data, off)
@@ -172,12 +196,12 @@ def _parse(data: bytes, transport: str) -> DnsMessage | None:
         return msg
     try:
         for _ in range(qdcount - 1):
-            _, off = read_name(data, off)
+            _, off = read_name(data, off, cache)
             off += 4
         answers = msg.answers
         n = len(data)
         for _ in range(min(ancount, MAX_ANSWERS)):
-            name, off = read_name(data, off)
+            name, off = read_name(data, off, cache)
             if off + 10 > n:
                 break
             rrtype, _cls, ttl, rdlen = _RR.unpack_from(data, off)
@@ -185,7 +209,7 @@ def _parse(data: bytes, transport: str) -> DnsMessage | None:
             if off + rdlen > n:
                 break
             answers.append(
-                DnsAnswer(name, rrtype, ttl, _rdata_text(data, rrtype, off, rdlen), rdlen)
+                DnsAnswer(name, rrtype, ttl, _rdata_text(data, rrtype, off, rdlen, cache), rdlen)
             )
             off += rdlen
     except (ValueError, IndexError, struct.error):

@@ -183,10 +183,10 @@ def parse_handshake(msg: bytes, quic: bool = False) -> TlsHello | None:
     ja3 = ",".join(
         (
             str(version),
-            "-".join(map(str, ciphers_ng)),
-            "-".join(map(str, exts)),
-            "-".join(map(str, groups)),
-            "-".join(map(str, formats)),
+            _dec_list(ciphers_ng),
+            _dec_list(exts),
+            _dec_list(groups),
+            _dec_list(formats),
         )
     )
     hello.ja3 = ja3
@@ -229,6 +229,11 @@ def ja4(
     else:
         c = _NO_HASH
     return f"{a}_{b}_{c}"
+
+
+def _dec_list(values: list[int]) -> str:
+    """'4865-4866-...': JA3's decimal lists (one C-level format instead of str() per value)."""
+    return ("%d-" * len(values))[:-1] % tuple(values)
 
 
 def _hex_list(values: list[int]) -> str:
