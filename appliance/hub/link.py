@@ -617,7 +617,7 @@ class HubLink:
             _rc, self._sub_mid = client.subscribe(subs)
         except Exception:
             log.exception("subscribe failed")
-        self._next_telemetry = time.monotonic() + min(5.0, self.config.hub.telemetry_interval)
+        self._next_telemetry = 0.0  # the hub gets a fresh picture at the next tick
         if self.handler is not None:
             try:
                 self.handler.on_connect()

@@ -206,3 +206,53 @@ def test_commands_and_desired_config_reach_the_handler_and_answers_come_back(
         assert link.stats()["hub_refused"] == 0
     finally:
         link.close()
+
+
+def test_telemetry_and_the_daily_summary_reach_the_hub(
+    broker: Broker, hub: Client, pki: PKI, tmp_path: Path
+) -> None:
+    from appliance.alerts.model import Alert, Signature
+    from appliance.alerts.pipeline import AlertPipeline
+    from appliance.hub.link import HubLink
+
+    config = device_config(pki, broker, tmp_path / "state")
+    link = HubLink(config)
+    pipeline = AlertPipeline(config, [], journal=link.journal)
+
+    class Service:
+        def stats(self) -> dict[str, Any]:
+            return {"packets": 1234, "verdicts_block": 7, "verdicts_pass": 99, **link.stats()}
+
+    link.start(Service())
+    try:
+        wait_for(lambda: link.stats()["hub_state"] == "up", what="link up")
+        now = time.time()
+        link.tick(now)
+        tel = wait_for(lambda: hub.json_on(f"{ROOT}/telemetry"))[0]
+        assert tel["counters"]["packets"] == 1234 and tel["counters"]["hub_state"] == "up"
+        assert {"cpu_percent", "mem_used_percent", "temperature_c"} <= set(tel["system"])
+        sig = Signature(9_100_003, "ssh brute force", "Attempted Login", 2)
+        for i in range(3):
+            pipeline(
+                Alert(
+                    "ssh",
+                    sig,
+                    now + i,
+                    "198.51.100.23",
+                    f"198.18.0.{11 + i}",
+                    "TCP",
+                    src_port=40000,
+                    dest_port=22,
+                    action="blocked",
+                )
+            )
+        wait_for(lambda: len(hub.on(f"{ROOT}/alerts")) == 3, what="alerts")
+        link.tick(now + 86400)  # the next day: yesterday's report goes out
+        rep = wait_for(lambda: hub.json_on(f"{ROOT}/summary"))[0]
+        assert rep["device"] == "dev1" and rep["alerts"] == 3 and rep["blocked"] == 3
+        assert rep["top_sources"] == [{"ip": "198.51.100.23", "alerts": 3}]
+        assert rep["top_ports"] == [{"port": "TCP/22", "alerts": 3}]
+        assert rep["by_detector"] == {"ssh": 3}
+        wait_for(lambda: not link.report.pending, what="summary acknowledged")
+    finally:
+        link.close()
