@@ -136,13 +136,13 @@ def new_conns(lab: Lab, seconds: float, conc: int = 32, limit: int = 500_000) ->
 
 def measure(lab: Lab, quick: bool, daemon: LabDaemon | None) -> dict[str, Any]:
     side = "daemon" if daemon else "baseline"
-    t = 2 if quick else 5
+    t = 1 if quick else 5
     mbps = iperf(lab, t)
     _log(f"{side}: iperf3 {mbps:.0f} Mbit/s")
-    rtts, lost = ping_rtts(lab, 300 if quick else 1000)
+    rtts, lost = ping_rtts(lab, 200 if quick else 1000)
     _log(f"{side}: ping p50 {pct(rtts, 50):.3f} ms, p99 {pct(rtts, 99):.3f} ms, lost {lost}")
     before = _kernel(daemon)
-    conns = new_conns(lab, 1.5 if quick else 4.0)
+    conns = new_conns(lab, 1.0 if quick else 4.0)
     after = _kernel(daemon)
     hits = after["hits"] - before["hits"]
     delivered = after["delivered"] - before["delivered"]
