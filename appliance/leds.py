@@ -1,0 +1,186 @@
+"""The three LEDs and the button: what the office owner glances at.
+
+    green  health:   on = inspecting; blinking = starting or reloading; off = stopped
+    amber  hub link: on = connected; blinking = trying (the reason is on the page and in the
+                     status API); off = no hub configured
+    red    alerts:   blinking = a high-severity alert not yet acknowledged; on = a fault (traffic
+                     passed uninspected: fail-open, or a component failed); off = all quiet
+
+A short press of the button acknowledges alerts (as the hub's `ack-alerts` does). `identify`
+blinks all three together so an installer can find the right box in a cupboard.
+
+Off a Raspberry Pi there are no GPIO pins: gpiozero never falls back by itself, so we choose its
+MockFactory explicitly and the state shows in the status API instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from gpiozero import LED, Button
+from gpiozero.pins.mock import MockFactory
+
+from appliance.config import Config, LedsConfig
+
+log = logging.getLogger(__name__)
+
+OFF, ON, BLINK, FAST = "off", "on", "blink", "fast"
+_BLINK_TIMES = {BLINK: (0.5, 0.5), FAST: (0.15, 0.15)}
+MODEL_FILE = Path("/proc/device-tree/model")
+FAULT_HOLD = 600.0  # seconds the red LED stays on after a fail-open event
+
+
+def on_raspberry_pi() -> bool:
+    try:
+        return "raspberry pi" in MODEL_FILE.read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
+def pin_factory(real: bool | None = None) -> Any:
+    """gpiozero's default factory on a Pi, its MockFactory anywhere else."""
+    if real if real is not None else on_raspberry_pi():
+        return None  # gpiozero picks lgpio/RPi.GPIO itself
+    return MockFactory()
+
+
+class Leds:
+    """LED state machine driven by the service's stats once a second (a daemon component)."""
+
+    def __init__(self, config: LedsConfig, factory: Any = None) -> None:
+        self.config = config
+        self._factory = factory if factory is not None else pin_factory()
+        self.mock = isinstance(self._factory, MockFactory)
+        self.state = {"green": BLINK, "amber": OFF, "red": OFF}
+        self.unacked_alerts = 0
+        self.fault = ""
+        self._identify_until = 0.0
+        self._last_alerts: int | None = None
+        self._last_fail_open: int | None = None
+        self._fail_open_at = -1e18
+        self._lock = threading.Lock()
+        self._leds: dict[str, LED] = {}
+        self._button: Button | None = None
+        self._shown: dict[str, str] = {}
+        if config.enabled:
+            self._open()
+
+    def _open(self) -> None:
+        c = self.config
+        for name in ("green", "amber", "red"):
+            self._leds[name] = LED(getattr(c, name), pin_factory=self._factory)
+        self._button = Button(c.button, pin_factory=self._factory, bounce_time=0.05)
+        self._button.when_pressed = lambda: self.ack()
+        self._render()
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def ack(self) -> int:
+        """Acknowledge alerts (button or `ack-alerts`); returns how many were outstanding."""
+        with self._lock:
+            n, self.unacked_alerts = self.unacked_alerts, 0
+        self._render()
+        return n
+
+    def identify(self, seconds: float) -> None:
+        """Blink everything fast for `seconds` (the hub's `identify` command)."""
+        self._identify_until = time.monotonic() + max(0.0, min(seconds, 600.0))
+        self._render()
+
+    def update(self, stats: dict[str, Any]) -> None:
+        """Derive the LED states from the service's stats."""
+        alerts = int(stats.get("alerts_high", 0) or 0)
+        with self._lock:
+            if self._last_alerts is not None and alerts > self._last_alerts:
+                self.unacked_alerts += alerts - self._last_alerts
+            self._last_alerts = alerts
+        fail_open = int(stats.get("fail_open_events", 0) or 0)
+        if self._last_fail_open is not None and fail_open > self._last_fail_open:
+            self._fail_open_at = time.monotonic()
+        self._last_fail_open = fail_open
+        running = stats.get("running", True)
+        hub = stats.get("hub") or {}
+        self.fault = ""
+        if time.monotonic() - self._fail_open_at < FAULT_HOLD:
+            self.fault = "traffic passed uninspected recently (queue full: fail-open)"
+        elif stats.get("component_errors"):
+            self.fault = "a component failed"
+        self.state = {
+            "green": ON if running else OFF,
+            "amber": OFF if not hub.get("enabled") else ON if hub.get("connected") else BLINK,
+            "red": ON if self.fault else BLINK if self.unacked_alerts else OFF,
+        }
+        self._render()
+
+    # -- output ---------------------------------------------------------------------------------
+
+    def shown(self) -> dict[str, str]:
+        """What each LED shows now (for the status API and page)."""
+        if time.monotonic() < self._identify_until:
+            return {"green": FAST, "amber": FAST, "red": FAST}
+        return dict(self.state)
+
+    def _render(self) -> None:
+        want = self.shown()
+        if not self._leds or want == self._shown:
+            return
+        for name, mode in want.items():
+            led = self._leds[name]
+            if mode == ON:
+                led.on()
+            elif mode == OFF:
+                led.off()
+            else:
+                on_t, off_t = _BLINK_TIMES[mode]
+                led.blink(on_time=on_t, off_time=off_t, background=True)
+        self._shown = want
+
+    # -- component hooks ------------------------------------------------------------------------
+
+    def start(self, service: Any) -> None:
+        self._service = service
+
+    def tick(self, now: float) -> None:
+        service = getattr(self, "_service", None)
+        if service is not None:
+            self.update(service.stats())
+        else:
+            self._render()
+
+    def configure(self, config: Config) -> None:
+        if config.leds != self.config:
+            self.close()
+            self.config = config.leds
+            self._shown = {}
+            if config.leds.enabled:
+                self._open()
+
+    def stop(self) -> None:
+        self.state = {"green": OFF, "amber": OFF, "red": OFF}
+        self._identify_until = 0.0
+        self._render()
+        self.close()
+
+    def close(self) -> None:
+        for dev in [*self._leds.values(), self._button]:
+            if dev is not None:
+                dev.close()
+        self._leds = {}
+        self._button = None
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "leds": self.shown(),
+            "leds_mock": self.mock,
+            "unacked_alerts": self.unacked_alerts,
+            "fault": self.fault,
+        }
+
+
+def build(config: Config) -> Leds | None:
+    """Service component factory: None when LEDs are disabled."""
+    return Leds(config.leds) if config.leds.enabled else None
