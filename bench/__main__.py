@@ -21,6 +21,7 @@ MODULES: tuple[str, ...] = (
     "bench.intel",
     "bench.inline",
     "bench.dissect",
+    "bench.hub",
 )
 
 
