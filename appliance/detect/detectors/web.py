@@ -93,7 +93,8 @@ _SQLI = re.compile(
         .{0,40}?(?:--|\#|/\*|\b(?:and|or|select)\b)
     |\b(?:sleep|pg_sleep)\s*\(\s*\d+\s*\)\s*(?:--|\#|/\*|$|['")])
     |\bwaitfor\s+delay\s+'
-    |['"`)]\s*;\s*(?:drop|insert|update|delete|exec|execute|shutdown|declare|select)\b
+    |(?:['"`)]|\b\d+)\s*;\s*(?:drop\s+(?:table|database)|delete\s+from|insert\s+into
+        |update\s+\w+\s+set|exec(?:ute)?[\s(]|shutdown\b|declare\s+@|select\s)
     |\binto\s+(?:out|dump)file\b
     |@@(?:version|datadir|hostname)\b
     |\bxp_cmdshell\b
@@ -172,7 +173,7 @@ _PROGRAM = re.compile(
 _IOT_FILE = re.compile(
     r"""/(?:bins?|[\w.-]{0,20})\.sh$
     |/mozi\.[amsd]$
-    |\.(?:arm[4-7]?|mips(?:el)?|mpsl|m68k|ppc|sh4|spc|sparc|x86(?:_64)?|i[3-6]86|aarch64|arc)$
+    |[./](?:arm[4-7]?|mips(?:el)?|mpsl|m68k|ppc|sh4|spc|sparc|x86(?:_64)?|i[3-6]86|aarch64|arc)$
     |/bins?/[\w.-]+$
     """,
     re.IGNORECASE | re.VERBOSE,
