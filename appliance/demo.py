@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from appliance.lab import Lab, LabDaemon, LabError, lab_config, stop
+from appliance.lab import Lab, LabDaemon, LabError, lab_config, require_root, stop
 
 
 class DemoError(RuntimeError):
@@ -47,6 +47,7 @@ class DemoContext:
     servers: list[subprocess.Popen] = field(default_factory=list)
     daemon: LabDaemon | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, dict[str, Any]] = field(default_factory=dict)  # laid over the lab config
     verbose: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -80,6 +81,9 @@ class Step:
     says: str  # one line for the audience: what happens and what the appliance should see
     run: Callable[[DemoContext], None]
     needs: tuple[str, ...] = ()  # executables the step uses (skipped when one is missing)
+    # "setup" steps run before the daemon starts (servers, a hub broker) and may add config
+    # tables to `ctx.config` (e.g. ``ctx.config["hub"] = {...}``); "traffic" steps run after.
+    phase: str = "traffic"
 
 
 def need(*tools: str) -> None:
@@ -242,7 +246,7 @@ def step_dga(ctx: DemoContext) -> None:
 
 STEPS: list[Step] = [
     Step("services", "lab servers: web, FTP, TLS on the internet side, FTP in the office",
-         step_services),
+         step_services, phase="setup"),
     Step("office", "ordinary office traffic: DNS, a web page, pings", step_office,
          ("dig", "curl", "ping")),
     Step("intel", "pc1 calls c2.example.net (203.0.113.66, listed in the intel file)",
@@ -348,6 +352,7 @@ def run_demo(
     verbose: bool = False,
 ) -> int:
     """Run the demo; returns the exit code. Everything is torn down on every way out."""
+    require_root()
     if not LabDaemon.available():
         raise DemoError(
             "the daemon command `watchpost run` is not in this build yet "
@@ -364,13 +369,19 @@ def run_demo(
     try:
         ctx.say(f"demo: building lab {prefix} ...")
         lab.up()
-        config = lab_config(tmp)
+        plan = steps if steps is not None else STEPS
+        for step in plan:
+            if step.phase == "setup":
+                _run_step(ctx, step)
+        config = lab_config(tmp, **ctx.config)
         ctx.say(f"demo: config {config}, EVE alerts in {tmp / 'eve.json'}")
         tail = EveTail(tmp / "eve.json", lambda eve: ctx.say(format_alert(eve)))
         tail.start()
         ctx.daemon = LabDaemon(lab, config).start()
         ctx.say("demo: daemon inline (monitor mode); traffic starts")
-        for step in steps if steps is not None else STEPS:
+        for step in plan:
+            if step.phase == "setup":
+                continue
             if ctx.left() <= 0:
                 ctx.say(f"demo: time is up, skipping {step.name} and the rest")
                 break

@@ -245,7 +245,7 @@ class Lab:
 
     def up(self) -> Lab:
         """Build the lab (or leave a complete one as it is); a half-built one is rebuilt."""
-        _require_root()
+        require_root()
         with self._locked():
             if self.is_up():
                 return self
@@ -260,7 +260,7 @@ class Lab:
 
     def down(self) -> list[str]:
         """Remove everything of this prefix, also what a crashed run left; returns namespaces."""
-        _require_root()
+        require_root()
         with self._locked():
             return self._down()
 
@@ -667,7 +667,7 @@ def _need(binary: str, package: str) -> None:
         raise LabError(f"`{binary}` is missing: apt install {package} (or run `make setup`)")
 
 
-def _require_root() -> None:
+def require_root() -> None:
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces and bridges): run it with sudo")
     _need("ip", "iproute2")
@@ -731,7 +731,7 @@ def lab_status(prefix: str, as_json: bool) -> None:
     """Show which lab namespaces exist and what runs in them."""
     try:
         lb = Lab(prefix)
-        _require_root()
+        require_root()
         click.echo(json.dumps(lb.status(), indent=2) if as_json else lb.describe())
     except LabError as e:
         _fail(str(e))
@@ -745,7 +745,7 @@ def lab_exec(prefix: str, host: str, cmd: tuple[str, ...]) -> None:
     """Run CMD inside lab host HOST (e.g. `watchpost lab exec pc1 ping -c1 203.0.113.10`)."""
     try:
         lb = Lab(prefix)
-        _require_root()
+        require_root()
         ns = lb.ns(host)
     except LabError as e:
         _fail(str(e))

@@ -42,3 +42,19 @@ def test_lab_config_refuses_a_bad_override(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="inline.head_packets"):
         lab_config(tmp_path / "x", inline={"head_packets": "many"})
     assert not (tmp_path / "x").exists()
+
+
+def test_not_root_gets_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from appliance.cli import main
+
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    with pytest.raises(LabError, match="needs root"):
+        Lab("wpnoroot").up()
+    for args in (["lab", "up"], ["lab", "down"], ["lab", "status"], ["demo", "--duration", "5"]):
+        res = CliRunner().invoke(main, [*args, "--prefix", "wpnoroot"])
+        assert res.exit_code == 2, (args, res.output)
+        assert res.output.strip().splitlines() == [
+            "error: the lab needs root (network namespaces and bridges): run it with sudo"
+        ], args
