@@ -225,8 +225,9 @@ class DevProc:
     """tests/integration/hub/devproc.py: the pipeline + outbox + link in a process of its own,
     driven over stdin, so it can be killed with SIGKILL like the daemon."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, wrap: tuple[str, ...] = ()) -> None:
         self.config_path = config_path
+        self.wrap = wrap  # e.g. ("ip", "netns", "exec", NS): run it inside a lab namespace
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -234,7 +235,7 @@ class DevProc:
     def start(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen(
-            [sys.executable, str(DEVPROC), str(self.config_path)],
+            [*self.wrap, sys.executable, str(DEVPROC), str(self.config_path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
