@@ -519,6 +519,13 @@ class CommandHandler:
             except CommandFailed as e:
                 self._reject(reply, env["id"], e.code, str(e), cmd=env["cmd"])
                 return
+            except (ValueError, OSError, NotImplementedError, TimeoutError) as e:
+                self._reject(reply, env["id"], FAILED, f"{env['cmd']}: {e}", cmd=env["cmd"])
+                return
+            except Exception as e:  # a bug in a device action: still answer
+                log.exception("command %s failed", env["cmd"])
+                self._reject(reply, env["id"], FAILED, f"{env['cmd']}: internal error: {e!r}")
+                return
             if result is None:  # a job command that answered for itself
                 return
             self._accept(env)

@@ -672,3 +672,16 @@ def test_stats(rig: Rig) -> None:
         "commands_rejected": 1,
         "desired_version": 0,
     }
+
+
+def test_device_errors_are_answered_and_change_nothing(rig: Rig) -> None:
+    def no_leds(seconds: int) -> None:
+        raise NotImplementedError("this unit has no LEDs to blink")
+
+    def buggy(ids: Any) -> int:
+        raise KeyError("oops")
+
+    rig.device.identify = no_leds  # type: ignore[method-assign]
+    rig.device.ack_alerts = buggy  # type: ignore[method-assign]
+    assert_rejected(rig, rig.env("identify"), "failed", "identify: this unit has no LEDs")
+    assert_rejected(rig, rig.env("ack-alerts"), "failed", "internal error")
