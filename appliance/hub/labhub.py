@@ -37,6 +37,15 @@ class LabHub:
     ca: Path = Path()
     log: Path = Path()
 
+    def operator_args(self) -> list[str]:
+        """Options for `watchpost hub ...` run inside a lab namespace (e.g. `hub` itself):
+        ``lab.exec("hub", "watchpost", "hub", *h.operator_args(), "tail", "--count", "3")``;
+        add ``--command-key`` for `send`."""
+        return [
+            "--host", self.address, "--port", str(self.port), "--ca", str(self.ca),
+            "--cert", str(self.hub_cert), "--key", str(self.hub_key), "--site", self.site,
+        ]  # fmt: skip
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -104,3 +113,14 @@ def start_lab_hub(
         ca=ca_dir / "ca.pem",
         log=log,
     )
+
+
+def demo_setup(ctx: Any) -> None:
+    """A `watchpost demo` "setup" step (appliance.demo.Step(..., phase="setup")): the hub broker
+    in the lab, and the daemon's ``[hub]`` table pointing at it. The broker is stopped with the
+    demo's other servers; `ctx.notes["hub"]` holds the LabHub (operator identity, log)."""
+    hub = start_lab_hub(ctx.lab, ctx.workdir)
+    ctx.serve(hub.proc)
+    ctx.config["hub"] = dict(hub.hub_table)
+    ctx.notes["hub"] = hub
+    ctx.say(f"   hub broker at {hub.address}:{hub.port} (TLS, client certificates, per-site ACL)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,14 @@ def test_the_appliance_reports_to_the_lab_hub_through_its_uplink(lab: Any, tmp_p
         assert any(s["state"] == "ready" for s in on("status"))
         # The broker saw the appliance connect from its management address (through the bridge).
         assert "198.18.0.2" in hub.log.read_text()
+        # The operator CLI, with the hub identity, sees the device's retained status.
+        res = lab.exec(
+            "hub", sys.executable, "-m", "appliance", "hub", *hub.operator_args(),
+            "devices", "--json", "--wait", "2", check=False,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        devices = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+        assert any(hub.device_id in json.dumps(d) and "ready" in json.dumps(d) for d in devices)
     finally:
         if dev is not None:
             dev.stop()
