@@ -49,6 +49,7 @@ from appliance.config import load as load_config
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore
 from appliance.inline.firewall import Counters, Firewall, FirewallError, RulesetSpec
+from appliance.inline.flows import FlowTable, HomeNets
 from appliance.inline.queue import QueueWorker, WorkerProcess, port_sides, queue_table
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ class Service:
         self._stop_requested = False
         self._reload_requested = False
         self._stopped = False
-        self._intel_changed = False
+        self._new_intel: IntelStore | None = None
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._old_signals: dict[int, Any] = {}
         self._log_handlers: list[logging.Handler] = []
@@ -343,6 +344,8 @@ class Service:
             self.blocks.flush(self.firewall, time.time())
         if self._reload_requested:
             self.reload()
+        if self._new_intel is not None:
+            self._take_new_intel()
         now = time.monotonic()
         if now >= self._next_tick:
             self._next_tick = now + TICK
@@ -359,10 +362,6 @@ class Service:
             self.engine.tick(now)
         if self.workers:
             self._supervise_workers()
-            if self._intel_changed:
-                self._intel_changed = False
-                for w in self.workers:
-                    w.send("intel", self.config)
         for comp in self.components or ():
             fn = getattr(comp, "tick", None)
             if fn is not None:
@@ -532,6 +531,7 @@ class Service:
                 self.eve.reopen()  # after logrotate
         self.pipeline.configure(new)
         self.engine.configure(new)
+        fresh_flows(self.engine, new)  # judge every flow again under the new config
         self.firewall.config = new
         keys = ("queue", "workers", "queue_maxlen")
         if force_queues or any(getattr(new.inline, k) != getattr(old.inline, k) for k in keys):
@@ -548,10 +548,19 @@ class Service:
         self.intel.reload(new.intel.paths)
 
     def _on_intel(self, store: IntelStore) -> None:
-        """IntelManager listener (its loader thread): swap the store in; workers at next tick."""
-        if self.engine is not None:
-            self.engine.set_intel(store)
-        self._intel_changed = True
+        """IntelManager listener (its loader thread): the main loop swaps the store in."""
+        self._new_intel = store
+        self._wakeup()
+
+    def _take_new_intel(self) -> None:
+        """In the main loop: use the new intel store and judge every flow afresh with it."""
+        store, self._new_intel = self._new_intel, None
+        if store is None or self.engine is None:
+            return
+        self.engine.set_intel(store)
+        fresh_flows(self.engine, self.config)
+        for w in self.workers:
+            w.send("intel", self.config)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -714,6 +723,12 @@ class Service:
         self._log_handlers = handlers
         if problem:
             log.warning("%s (logging to stderr only)", problem)
+
+
+def fresh_flows(engine: Engine, config: Config) -> None:
+    """Forget the flows the engine knows, so each is judged again (after a reload: a new mode,
+    new intel or new detector options apply to flows already under way, too)."""
+    engine.flows = FlowTable(config.inline.max_flows, HomeNets(config.inline.home_nets))
 
 
 def _name(comp: Any) -> str:

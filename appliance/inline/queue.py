@@ -35,7 +35,7 @@ from typing import Any
 from appliance.config import Config
 from appliance.inline.decode import SIDE_INTERNET, SIDE_OFFICE, SIDE_UNKNOWN, DecodeStats, decode_ip
 from appliance.inline.firewall import MARK_BLOCK, MARK_MASK, MARK_PASS
-from appliance.inline.flows import VERDICT_BLOCK, VERDICT_PASS
+from appliance.inline.flows import VERDICT_BLOCK, VERDICT_PASS, FlowTable
 
 log = logging.getLogger(__name__)
 
@@ -426,8 +426,10 @@ def worker_main(
                 elif msg[0] == "configure":
                     engine.configure(msg[1])
                     worker.configure(msg[1])
+                    engine.flows = FlowTable(msg[1].inline.max_flows, engine.flows.home)
                 elif msg[0] == "intel":
                     engine.set_intel(intel_mod.load_files(msg[1].intel.paths))
+                    engine.flows = FlowTable(msg[1].inline.max_flows, engine.flows.home)
             now = time.time()
             if now >= next_stats:
                 next_stats = now + 1.0
