@@ -205,7 +205,13 @@ def ja4(
     alpn: list[bytes],
     sig_algs: list[int],
 ) -> str:
-    """The JA4 fingerprint from a hello's values, GREASE already removed."""
+    """The JA4 fingerprint from a hello's values, GREASE already removed.
+
+    ALPN characters follow the specification text (JA4.md): a first or last byte that is not
+    ASCII alphanumeric makes both characters come from the hex of the first ALPN value, as
+    s2n-tls does too. (FoxIO's own tools have printed such bytes differently over time; only
+    odd ALPN values are affected, never h2, h3, http/1.1.)
+    """
     ver = JA4_VERSIONS.get(max(supported_versions) if supported_versions else version, "00")
     first = alpn[0] if alpn else b""
     if not first:

@@ -81,7 +81,8 @@ def test_rfc9001_client_initial_hello() -> None:
     assert hello.sni == "example.com"
     assert hello.alpn == ["alpn"]
     assert hello.supported_versions == [0x0304]
-    assert hello.ja4.startswith("q13d0211an_")
+    # As ja4plus 1.4.0 (an independent implementation, run once) computes it for this packet.
+    assert hello.ja4 == "q13d0211an_62ed6f6ca7ad_4d634acda6c0"
     assert hello == parse_handshake(RFC_HELLO, quic=True)
     assert hello.eve() == {"quic": {"sni": "example.com", "ja4": hello.ja4}}
 

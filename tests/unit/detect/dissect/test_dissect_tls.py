@@ -208,6 +208,25 @@ def test_real_client_hello_fingerprint_shapes() -> None:
     assert by_sni["www.example.net"].eve()["tls"]["version"] == "TLS 1.3"
 
 
+# JA4 of the fixture's hellos as an independent implementation computed them (ja4plus 1.4.0
+# from PyPI, run once over tests/data/dissect/handshakes.pcap; not a test dependency).
+INDEPENDENT_JA4 = {
+    "www.example.com": "t13d311000_e8f1e7e78f70_1f22a2ca17c4",
+    "api.example.org": "t12d2808h2_d943125447b4_e7e480e5a997",
+    "": "t13i310900_e8f1e7e78f70_1f22a2ca17c4",
+    "www.example.net": "t13d3112h2_e8f1e7e78f70_b26ce05bbdd6",
+}
+
+
+def test_real_client_hellos_match_an_independent_ja4_implementation() -> None:
+    got = {}
+    for payload in _hello_payloads().values():
+        hello = parse_client_hello(payload)
+        assert hello is not None
+        got[hello.sni] = hello.ja4
+    assert got == INDEPENDENT_JA4
+
+
 @needs_tshark
 def test_greased_and_fragmented_hellos_agree_with_tshark(tmp_path: Path) -> None:
     """Hellos tshark has not seen from a real client: GREASE values, three records."""
