@@ -11,6 +11,7 @@ the CRYPTO frames in offset order, and parse the ClientHello with the TLS code p
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -42,6 +43,7 @@ _VERSIONS = {
     ),
 }
 
+MAX_DATAGRAMS = 4  # Initials gathered for one hello by `parse_initials`
 MAX_FRAMES = 512  # frames read from one packet (Chrome scatters its hello over dozens)
 MAX_ACK_RANGES = 64
 MAX_CRYPTO = 65536  # CRYPTO stream bytes gathered (a ClientHello is a few kB)
@@ -241,15 +243,24 @@ def parse_initial(data: bytes) -> TlsHello | None:
     """The ClientHello (quic=True) in a client's QUIC Initial datagram, or None.
 
     A hello larger than one packet (post-quantum key shares) yields a partial record from the
-    first packet; a later packet holding only the rest of the stream yields None.
+    first packet; a later packet holding only the rest of the stream yields None (a caller
+    that keeps a flow's first Initials can read the whole hello with `parse_initials`).
     """
+    return parse_initials((data,))
+
+
+def parse_initials(datagrams: Sequence[bytes]) -> TlsHello | None:
+    """The ClientHello carried by the CRYPTO frames of one or more client Initial datagrams of
+    a connection (at most MAX_DATAGRAMS; ones that do not decrypt are skipped)."""
+    buf = CryptoBuffer()
     try:
-        got = decrypt_initial(data)
-        if got is None:
-            return None
-        buf = crypto_frames(got[1])
-        if buf is None:
-            return None
+        for data in datagrams[:MAX_DATAGRAMS]:
+            got = decrypt_initial(data)
+            if got is None:
+                continue
+            frames = crypto_frames(got[1])
+            if frames is not None:
+                buf.chunks.extend(frames.chunks)
         stream = buf.contiguous()
         return parse_handshake(stream, quic=True) if stream else None
     except (ValueError, IndexError, struct.error):

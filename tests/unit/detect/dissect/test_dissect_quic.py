@@ -19,6 +19,7 @@ from appliance.detect.dissect.quic import (
     crypto_frames,
     decrypt_initial,
     parse_initial,
+    parse_initials,
 )
 from appliance.detect.dissect.tls import parse_handshake
 from tests.unit.detect.dissect.build import (
@@ -163,6 +164,10 @@ def test_hello_over_two_initial_packets() -> None:
     assert got is not None
     assert got.partial and got.sni == "pq.example.com" and got.ja4 == ""
     assert parse_initial(second) is None
+    whole = parse_handshake(hello, quic=True)
+    assert parse_initials([first, second]) == whole
+    assert parse_initials([second, b"junk", first]) == whole  # any order, undecryptable skipped
+    assert parse_initials([second]) is None
 
 
 def test_quic_v2_initial() -> None:
