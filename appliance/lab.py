@@ -57,6 +57,8 @@ HOSTS: dict[str, tuple[str | None, str]] = {
     "atk": ("198.51.100.23", "an attacker on the internet"),
     "hub": ("192.0.2.10", "the regional hub's broker"),
 }
+# Second addresses (servers answering for more than one name).
+EXTRA_ADDRESSES: dict[str, tuple[str, ...]] = {"web": ("203.0.113.11",)}
 OFFICE_NET = "198.18.0.0/24"
 GATEWAY = "198.18.0.1"
 # The router's internet-side addresses, one per range (all on its `inet` bridge).
@@ -70,7 +72,9 @@ LAB_NAMES: dict[str, str] = {
     "example.com": "203.0.113.10",
     "www.example.com": "203.0.113.10",
     "files.example.com": "203.0.113.10",
-    "login-update.example.org": "203.0.113.10",  # served by `web`; listed by name in the demo
+    # Listed by name in the demo intel; on `web`'s second address, so that its lookup does not
+    # make every connection to www.example.com look like one to a listed domain.
+    "login-update.example.org": "203.0.113.11",
     "c2.example.net": "203.0.113.66",
     "evil.example.net": "203.0.113.66",
     "dns.example.net": "203.0.113.53",
@@ -332,6 +336,8 @@ class Lab:
                 net = next(n for n in INTERNET_GATEWAYS if _in_net(addr, n))
                 prefix_len, gw = net.split("/")[1], INTERNET_GATEWAYS[net]
             self._ip(h, "addr", "add", f"{addr}/{prefix_len}", "dev", "eth0")
+            for extra in EXTRA_ADDRESSES.get(h, ()):
+                self._ip(h, "addr", "add", f"{extra}/{prefix_len}", "dev", "eth0")
             self._ip(h, "link", "set", "eth0", "up")
             self._ip(h, "route", "add", "default", "via", gw)
         self._start_resolver()

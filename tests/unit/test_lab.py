@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, load
-from appliance.lab import HOSTS, LAB_NAMES, Lab, LabError, lab_config
+from appliance.lab import EXTRA_ADDRESSES, HOSTS, LAB_NAMES, Lab, LabError, lab_config
 
 ALLOWED = [ipaddress.ip_network(n) for n in
            ("198.18.0.0/15", "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]  # fmt: skip
@@ -16,6 +16,7 @@ ALLOWED = [ipaddress.ip_network(n) for n in
 
 def test_every_address_is_in_the_documented_ranges() -> None:
     addrs = [a for a, _role in HOSTS.values() if a] + list(LAB_NAMES.values())
+    addrs += [a for extra in EXTRA_ADDRESSES.values() for a in extra]
     for a in addrs:
         assert any(ipaddress.ip_address(a) in n for n in ALLOWED), a
 

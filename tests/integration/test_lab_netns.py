@@ -60,6 +60,9 @@ def test_resolver_answers_lab_names_and_nxdomain(lab: Lab) -> None:
         assert LAB_NAMES[name] == addr
         res = lab.exec("pc2", "dig", "+short", "+time=2", "+tries=1", name)
         assert res.stdout.split() == [addr]
+    # A name on web's second address: reachable like the first.
+    res = lab.exec("pc2", "ping", "-c", "1", "-W", "2", "login-update.example.org")
+    assert "from 203.0.113.11" in res.stdout
     res = lab.exec("pc2", "dig", "+time=2", "+tries=1", "no-such-host.example.com")
     assert "status: NXDOMAIN" in res.stdout
     res = lab.exec("pc2", "dig", "+time=2", "+tries=1", "qx7fz2k.com")
