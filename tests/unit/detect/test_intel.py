@@ -499,3 +499,13 @@ def test_manager_compiles_in_a_child_process(tmp_path: Path) -> None:
     assert res.ok and mgr.store.loaded_from == "cache"  # the child wrote it, we only read it
     assert mgr.store.match_domain("a.evil.example") is not None
     assert mgr.status()["version"] == mgr.version != "empty"
+
+
+def test_check_command_reports_refused_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    good = tmp_path / "good.txt"
+    good.write_text("203.0.113.66\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\0\0")
+    assert intel.main(["check", str(good)]) == 0
+    assert intel.main(["check", str(good), str(bad)]) == 1
+    assert "binary data" in capsys.readouterr().out
