@@ -72,9 +72,11 @@ def parse_request(data: bytes) -> HttpRequest | None:
     )
     names = req.header_names
     for raw in lines[1 : MAX_HEADERS + 1]:
+        if raw == b"\r" or not raw:
+            break  # the empty line ending the head (LF-only clients): the body follows
         name, colon, value = raw.partition(b":")
         if not colon or not name or name[0] in b" \t":
-            continue  # an empty line (end of head), a folded continuation or junk
+            continue  # a folded continuation or junk
         key = name.strip().lower()
         if b" " in key or b"\t" in key:
             continue

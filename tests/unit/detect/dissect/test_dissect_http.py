@@ -123,6 +123,8 @@ def test_odd_but_real_requests() -> None:
 def test_body_is_not_read_as_headers() -> None:
     req = parse_request(b"POST /f HTTP/1.1\r\nHost: h\r\n\r\nUser-Agent: from-the-body\r\n")
     assert req is not None and req.user_agent == "" and req.header_names == ["host"]
+    lf = parse_request(b"POST /f HTTP/1.0\nHost: h\n\nUser-Agent: from-the-body\n")
+    assert lf is not None and lf.user_agent == "" and lf.header_names == ["host"]
 
 
 def test_header_count_is_bounded() -> None:
