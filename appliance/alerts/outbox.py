@@ -310,7 +310,9 @@ class Outbox:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            oldest = self._db.execute("SELECT min(created) FROM alerts").fetchone()[0]
+            # By seq (the primary key, no table scan): status pages ask for this every second.
+            row = self._db.execute("SELECT created FROM alerts ORDER BY seq LIMIT 1").fetchone()
+            oldest = row[0] if row else None
             return {
                 "outbox_depth": int(meta["depth"]),
                 "outbox_inflight": len(self._inflight),

@@ -225,3 +225,17 @@ def test_kill_9_mid_stream_loses_no_numbered_alert_and_leaves_no_gap(tmp_path: P
         assert set(acked) <= set(seqs)
         assert seqs == list(range(1, len(seqs) + 1))
         assert len(seqs) - max(acked) <= 1
+
+
+def test_stats_report_depth_and_the_age_of_the_oldest_waiting_alert(tmp_path: Path) -> None:
+    now = [1000.0]
+    box = Outbox(tmp_path / "o.sqlite", clock=lambda: now[0])
+    box.record(eve())
+    now[0] = 1030.0
+    box.record(eve())
+    now[0] = 1050.0
+    s = box.stats()
+    assert s["outbox_depth"] == 2 and s["outbox_oldest_age_s"] == 50.0 and s["outbox_seq"] == 2
+    box.delivered([1])
+    assert box.stats()["outbox_oldest_age_s"] == 20.0
+    box.close()
