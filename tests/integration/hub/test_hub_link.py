@@ -256,3 +256,19 @@ def test_telemetry_and_the_daily_summary_reach_the_hub(
         wait_for(lambda: not link.report.pending, what="summary acknowledged")
     finally:
         link.close()
+
+
+def test_pattern_acl_mode_keeps_devices_to_their_own_id(pki: PKI, tmp_path: Path) -> None:
+    b = Broker(pki, tmp_path / "broker", acl_mode="pattern")
+    b.start()
+    try:
+        d1 = pki.device("dev1")
+        dev = Client(b, d1.cert, d1.key, client_id="dev1")
+        assert dev.publish(f"{ROOT}/alerts", b"{}").value == 0
+        assert dev.publish("watchpost/v1/siteB/dev2/alerts", b"{}").value == 0x87
+        assert dev.publish(f"{ROOT}/cmd", b"{}").value == 0x87
+        # The documented limit of this mode: the site level is a wildcard.
+        assert dev.publish("watchpost/v1/siteB/dev1/alerts", b"{}").value == 0
+        dev.close()
+    finally:
+        b.stop()
