@@ -615,7 +615,7 @@ class _Format:
             lineno += 1
             if not line:
                 continue
-            if line[0] == "#" and "watchpost:" in line:
+            if line[0] == "#" and _is_directive(line):
                 why = self.directive(line)
             elif len(line) > MAX_LINE:
                 why = f"line longer than {MAX_LINE} bytes"
@@ -655,7 +655,7 @@ class _Plain(_Format):
                 continue
             c = line[0]
             if c == "#":
-                if "watchpost:" in line:
+                if _is_directive(line):
                     why = self.directive(line)
                     tail = self.tail
                     if why is not None:
@@ -700,6 +700,10 @@ class _Plain(_Format):
         b.counts["ip"] += n_ip
         b.counts["domain"] += n_dom
         return lineno
+
+
+def _is_directive(line: str) -> bool:
+    return line.lstrip("# \t").startswith("watchpost:")
 
 
 def _explain(line: str, why: str) -> str:
