@@ -632,7 +632,16 @@ class _Format:
         if not token:
             return None
         if " " in token or "\t" in token:  # "indicator  trailing words": the first word counts
-            why = self.b.add(token.split(None, 1)[0], self.tail)
+            words = token.split()
+            # DShield block list: "start end prefix-length ..." is the network start/prefix
+            if (
+                len(words) >= 3
+                and words[2].isdigit()
+                and ":" not in words[0]
+                and self.b.parse_token(words[1])[0] == "ip"
+            ):
+                return self.b.add(f"{words[0]}/{words[2]}", self.tail)
+            why = self.b.add(words[0], self.tail)
             return None if why is None else f"not an indicator line: {token[:80]!r}"
         return self.b.add(token, self.tail)
 
@@ -886,7 +895,8 @@ def _sniff(head: list[str], path: Path, builder: _Builder) -> _Format:
         feed = "spamhaus-drop"
 
     columns = None
-    for ln in head:
+    csv_like = bool(data) and sum(1 for d in data if "," in d) > len(data) // 2
+    for ln in head if csv_like else ():  # a header only counts when the rows have commas
         columns = _csv_header(ln)
         if columns is not None:
             break
@@ -913,9 +923,13 @@ def _sniff(head: list[str], path: Path, builder: _Builder) -> _Format:
         fmt.name = f"csv:{feed}" if feed else "csv"
         return fmt
     hostlike = 0
-    for d in data:
+    for d in data:  # "0.0.0.0 name": an address, then a name (not "start end" ranges)
         parts = d.split("#", 1)[0].split()
-        if len(parts) >= 2 and builder.parse_token(parts[0])[0] == "ip":
+        if (
+            len(parts) >= 2
+            and builder.parse_token(parts[0])[0] == "ip"
+            and (parts[1].lower() in _HOSTS_IGNORED or builder.parse_token(parts[1])[0] == "domain")
+        ):
             hostlike += 1
     if data and hostlike > len(data) // 2:
         return _Hosts(builder, Meta(path.stem, "blocklist", 2))

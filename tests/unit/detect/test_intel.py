@@ -509,3 +509,16 @@ def test_check_command_reports_refused_files(tmp_path: Path, capsys: pytest.Capt
     assert intel.main(["check", str(good)]) == 0
     assert intel.main(["check", str(good), str(bad)]) == 1
     assert "binary data" in capsys.readouterr().out
+
+
+def test_sniffing_does_not_mistake_plain_lists(tmp_path: Path) -> None:
+    """A comment that reads like a CSV header, DShield's "start end prefix" ranges and trailing
+    words keep a plain list plain."""
+    f = write(tmp_path / "notes.txt", "# ip, domain, url lists below\n203.0.113.5\nevil.example\n")
+    ds = write(tmp_path / "block.txt", "64.62.156.0\t64.62.156.255\t24\t356\tHE\n")
+    words = write(tmp_path / "words.txt", "203.0.113.9 seen scanning\nbad.example phishing kit\n")
+    store = load_files([str(f), str(ds), str(words)])
+    assert [r.format for r in store.files] == ["plain", "plain", "plain"]
+    assert not store.problems
+    assert ip(store, "64.62.156.200").value == "64.62.156.0/24"
+    assert ip(store, "203.0.113.9") is not None and store.match_domain("bad.example") is not None
