@@ -1008,7 +1008,7 @@ def tail(
                 raise OperatorError(f"connection lost: {conn.lost}")
     except OperatorError as e:
         fail(str(e))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, BrokenPipeError):  # Ctrl-C, or `| head` has read enough
         pass
     finally:
         conn.close()
