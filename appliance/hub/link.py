@@ -394,6 +394,16 @@ class HubLink:
             "hub_last_outage_s": self.last_outage_s,
         }
         out.update({f"hub_{k}": v for k, v in self.counters.items()})
+        # The shape the LEDs and the status page read (appliance.leds: amber = hub link).
+        out["hub"] = {
+            "enabled": self.config.hub.enabled,
+            "connected": self.state == UP,
+            "state": self.state,
+            "problem": self.problem,
+            "since": self.since,
+            "host": self.config.hub.host,
+            "port": self.config.hub.port,
+        }
         if self.outbox is not None:
             out.update(self.outbox.stats())
         return out

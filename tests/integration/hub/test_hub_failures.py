@@ -72,6 +72,9 @@ def down_because(dev: Device, *words: str) -> str:
         return p if s["hub_state"] == "down" and all(w in p for w in words) else ""
 
     problem = wait_for(check, what=f"link down because of {words}: {dev.stats()['hub_problem']}")
+    snap = dev.stats()
+    hub = snap["hub"]  # what the LEDs (amber blinking) and the status page read
+    assert hub["enabled"] and not hub["connected"] and hub["problem"] == snap["hub_problem"]
     # The rest keeps running: alerts are still numbered and stored while the link is down.
     before = dev.stats()["outbox_depth"]
     dev.alerts(3)

@@ -233,6 +233,7 @@ def test_without_a_hub_there_is_no_outbox_and_the_link_is_disabled(tmp_path: Pat
     link.start()
     link.tick(0.0)
     assert link.journal is None and link.stats()["hub_state"] == "disabled"
+    assert link.stats()["hub"]["enabled"] is False and not link.stats()["hub"]["connected"]
     link.stop()
     assert link_mod.component(cfg) is None
 
