@@ -385,10 +385,12 @@ class HubLink:
             self.report.save()
 
     def stats(self) -> dict[str, Any]:
+        with self._lock:  # one consistent view of state, problem and since
+            state, problem, since = self.state, self.problem, self.since
         out: dict[str, Any] = {
-            "hub_state": self.state,
-            "hub_problem": self.problem,
-            "hub_since": self.since,
+            "hub_state": state,
+            "hub_problem": problem,
+            "hub_since": since,
             "hub_bd_seq": self._bd_seq,
             "hub_last_problem": self.last_problem,
             "hub_last_outage_s": self.last_outage_s,
@@ -397,10 +399,10 @@ class HubLink:
         # The shape the LEDs and the status page read (appliance.leds: amber = hub link).
         out["hub"] = {
             "enabled": self.config.hub.enabled,
-            "connected": self.state == UP,
-            "state": self.state,
-            "problem": self.problem,
-            "since": self.since,
+            "connected": state == UP,
+            "state": state,
+            "problem": problem,
+            "since": since,
             "host": self.config.hub.host,
             "port": self.config.hub.port,
         }
