@@ -365,6 +365,7 @@ class CommandHandler:
         self._transfer: bundle.Transfer | None = None
         self._transfer_reply: Reply | None = None
         self._transfer_id: str | None = None
+        self._transfer_eid: str | None = None  # the envelope of its latest chunk
         self.counters: Counter[str] = Counter()
         self._commands: dict[str, Callable[[dict[str, Any], Reply], dict[str, Any] | None]] = {
             "ping": self._ping,
@@ -480,7 +481,7 @@ class CommandHandler:
             self._end_transfer(
                 "failed",
                 f"intel-update: no chunk for {self.transfer_timeout:g} s, missing {missing}",
-                self._transfer_id,
+                self._transfer_eid,
                 None,
             )
         finally:
@@ -761,6 +762,7 @@ class CommandHandler:
                 )
                 return
         self._transfer_reply = reply
+        self._transfer_eid = eid
         try:
             fresh_chunk = t.add(index, data, now)
         except bundle.BundleError as e:

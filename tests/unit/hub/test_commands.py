@@ -460,6 +460,7 @@ def test_intel_update_missing_chunk_times_out(rig: Rig) -> None:
     rig.handler._transfer_reply = answers.append
     rig.handler.tick(rig.clock[0] + 301)
     assert answers[0]["job"]["state"] == "failed"
+    assert answers[0]["id"] == envs[-1]["id"]  # answers the latest chunk's envelope
     assert "missing 2" in answers[0]["error"]
     _intel_unchanged(rig, before)
 
