@@ -56,7 +56,7 @@ from paho.mqtt.properties import Properties
 from appliance import __version__
 from appliance.alerts.outbox import Outbox
 from appliance.config import Config, ConfigError, atomic_write
-from appliance.hub.report import DailyReport, SystemMetrics
+from appliance.hub.report import DailyReport, SystemMetrics, traffic_counters
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ class HubLink:
         self._pause_until = 0.0
         self._summaries_inflight: set[str] = set()
         self._service_stats: dict[str, Any] = {}
+        self._last_counts: tuple[float, dict[str, float]] | None = None  # for telemetry rates
         self._last_status: tuple[Any, ...] = ()
         self._started_mono = time.monotonic()
         self._connected = False
@@ -413,13 +414,29 @@ class HubLink:
     # -- reports -------------------------------------------------------------------------------
 
     def telemetry(self) -> dict[str, Any]:
+        """Counters (the service's stats, ours included), per-second rates of the traffic
+        counters since the previous telemetry, and the machine's vital signs."""
         counters = dict(self._service_stats) or {}
         counters.update(self.stats())
+        mono = time.monotonic()
+        now_counts = traffic_counters(counters)
+        now_counts["alerts"] = float(counters.get("alerts", 0) or 0)
+        rates: dict[str, float] = {}
+        if self._last_counts is not None:
+            then, before = self._last_counts
+            span = mono - then
+            if span > 0:
+                rates = {
+                    f"{k}_per_s": round(max(0.0, v - before.get(k, v)) / span, 3)
+                    for k, v in now_counts.items()
+                }
+        self._last_counts = (mono, now_counts)
         return {
             "ts": self.clock(),
             "device": self.config.device.id,
-            "uptime": int(time.monotonic() - self._started_mono),
+            "uptime": int(mono - self._started_mono),
             "counters": counters,
+            "rates": rates,
             "system": self.metrics.sample(),
         }
 

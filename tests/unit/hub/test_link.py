@@ -224,6 +224,11 @@ def test_status_and_telemetry_payloads(pki: Path, tmp_path: Path) -> None:
     tel = link.telemetry()
     assert tel["counters"]["packets"] == 10 and tel["counters"]["outbox_depth"] == 0
     assert "temperature_c" in tel["system"] and "cpu_percent" in tel["system"]
+    assert tel["rates"] == {}  # the first telemetry has nothing to compare with
+    link._service_stats["packets"] = 110
+    link._last_counts = (link._last_counts[0] - 10.0, link._last_counts[1])  # type: ignore[index]
+    rates = link.telemetry()["rates"]
+    assert 9.0 < rates["packets_per_s"] <= 10.0 and rates["alerts_per_s"] == 0.0
     link.outbox.close()  # type: ignore[union-attr]
 
 
