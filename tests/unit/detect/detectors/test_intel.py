@@ -3,6 +3,7 @@ left alone; block mode drops what is listed and nothing on the allow-list."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,8 @@ from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import intel as det
+from appliance.detect.dissect.quic import build_initial
 from appliance.detect.dissect.tls import parse_client_hello
-from appliance.detect.records import TlsHello
-from appliance.inline.decode import DecodeStats, decode_ip
 from appliance.inline.flows import VERDICT_BLOCK
 from appliance.replay import replay
 from tests.helpers import Harness, at, make_config
@@ -243,21 +243,35 @@ def test_ja4_alone(feeds: list[Path], tmp_path: Path) -> None:
     assert quiet == []
 
 
-def test_quic_sni_through_the_hook(feeds: list[Path]) -> None:
-    """QUIC Initials reach the same `tls` hook with `quic=True` (the dissector decrypts them)."""
-    h = Harness(make_config(), intel_paths=feeds)
-    raw = bytes(IP(src=PC1, dst=WEB) / UDP(sport=50000, dport=443) / (b"\xc3" + b"\0" * 40))
-    pkt = decode_ip(raw, T0, DecodeStats())
-    assert pkt is not None
-    h.engine.ctx.now = T0
-    flow, _ = h.engine.flows.lookup(pkt)
-    detector = next(d for d in h.engine.detectors if d.name == "intel")
-    detector.tls(h.engine.ctx, pkt, flow, TlsHello(0x0303, "evil.example", quic=True))
-    detector.tls(h.engine.ctx, pkt, flow, TlsHello(0x0303, "notevil.example", quic=True))
-    alerts = h.finish()
+def quic_initial(sni: str) -> bytes:
+    """A protected QUIC v1 client Initial carrying a ClientHello (scapy's) with `sni`."""
+    hs = bytes(
+        TLSClientHello(
+            ciphers=[0x1301],
+            ext=[
+                TLS_Ext_ServerName(servernames=[ServerName(servername=sni.encode())]),
+                TLS_Ext_SupportedGroups(groups=[29]),
+            ],
+        )
+    )
+    frame = b"\x06\x00" + struct.pack("!H", 0x4000 | len(hs)) + hs  # CRYPTO, offset 0
+    return build_initial(bytes.fromhex("0011223344556677"), b"\xa1\xa2", frame.ljust(1162, b"\0"))
+
+
+def test_quic_sni_listed_and_lookalike(feeds: list[Path]) -> None:
+    """HTTP/3 is not a blind spot: the SNI in a QUIC Initial is matched like TLS's."""
+    pkts = [
+        at(
+            IP(src=PC1, dst=WEB) / UDP(sport=50000, dport=443) / quic_initial("h3.evil.example"), T0
+        ),
+        at(
+            IP(src=PC1, dst=WEB) / UDP(sport=50001, dport=443) / quic_initial("notevil.example"), T0
+        ),
+    ]
+    _, alerts = run(feeds, pkts)
     assert sids(alerts) == [8100005]
     assert alerts[0]["watchpost"]["details"]["transport"] == "QUIC"
-    assert alerts[0]["quic"]["sni"] == "evil.example"
+    assert alerts[0]["quic"]["sni"] == "h3.evil.example"
 
 
 # -- HTTP ----------------------------------------------------------------------------------------
