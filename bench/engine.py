@@ -20,11 +20,12 @@ from typing import Any
 
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
-from scapy.utils import wrpcap
+from scapy.utils import PcapWriter
 
 from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import from_dict
 from appliance.detect import intel as intel_mod
+from appliance.detect.dissect.quic import build_initial
 from appliance.detect.engine import Engine
 from appliance.detect.registry import create_detectors
 from appliance.inline.decode import DecodeStats, decode_ip
@@ -32,22 +33,48 @@ from appliance.inline.decode import DecodeStats, decode_ip
 OFFICE = [f"198.18.0.{i}" for i in range(10, 40)]
 INTERNET = [f"203.0.113.{i}" for i in range(2, 250)] + [f"198.51.100.{i}" for i in range(2, 250)]
 
-_TLS_HELLO = bytes.fromhex(
-    "16030100c8010000c40303"
-    + "11" * 32
-    + "20"
-    + "22" * 32
-    + "0020"
-    + "130113021303c02bc02fc02cc030cca9cca8c013c014009c009d002f0035"
-    + "0100"
-    + "005b"
-    + "0000001500130000107777772e6578616d706c652e636f6d"  # SNI www.example.com
-    + "000a00080006001d00170018"
-    + "000b00020100"
-    + "000d0012001004030804040105030805050108060601"
-    + "0010000e000c02683208687474702f312e31"
-    + "002b0003020304"
-)
+
+def _ext(etype: int, body: bytes) -> bytes:
+    return struct.pack("!HH", etype, len(body)) + body
+
+
+def tls_client_hello(sni: str) -> bytes:
+    """A browser-like TLS 1.3 ClientHello record (SNI, ALPN, groups, signature algorithms)."""
+    name = sni.encode()
+    sni_entry = b"\x00" + struct.pack("!H", len(name)) + name
+    alpn = b"".join(bytes((len(p),)) + p for p in (b"h2", b"http/1.1"))
+    exts = b"".join(
+        [
+            _ext(0x0000, struct.pack("!H", len(sni_entry)) + sni_entry),
+            _ext(0x000A, bytes.fromhex("0006001d00170018")),
+            _ext(0x000B, bytes.fromhex("0100")),
+            _ext(0x000D, bytes.fromhex("00100403080404010503080505010806" + "0601")),
+            _ext(0x0010, struct.pack("!H", len(alpn)) + alpn),
+            _ext(0x002B, bytes.fromhex("0403040303")),
+            _ext(0x0033, bytes.fromhex("0024001d0020") + bytes(32)),
+        ]
+    )
+    ciphers = bytes.fromhex("130113021303c02bc02fc02cc030cca9cca8c013c014009c009d002f0035")
+    body = (
+        b"\x03\x03"
+        + bytes(range(32))
+        + b"\x20"
+        + bytes(32)
+        + struct.pack("!H", len(ciphers))
+        + ciphers
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
+    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
+
+
+def quic_initial(sni: str) -> bytes:
+    """A real, protected QUIC v1 client Initial carrying a ClientHello (padded to 1200 bytes)."""
+    hello = tls_client_hello(sni)[5:]  # the handshake message without the record layer
+    crypto = b"\x06\x00" + bytes((0x40 | (len(hello) >> 8), len(hello) & 0xFF)) + hello
+    return build_initial(bytes(range(8)), b"\x01\x02\x03\x04", crypto + bytes(1100 - len(crypto)))
 
 
 def _flow_templates() -> list[tuple[list[bytes], bool]]:
@@ -58,7 +85,9 @@ def _flow_templates() -> list[tuple[list[bytes], bool]]:
         IP(src=c, dst=s) / TCP(sport=40000, dport=443, flags="S"),
         IP(src=s, dst=c) / TCP(sport=443, dport=40000, flags="SA"),
         IP(src=c, dst=s) / TCP(sport=40000, dport=443, flags="A"),
-        IP(src=c, dst=s) / TCP(sport=40000, dport=443, flags="PA") / _TLS_HELLO,
+        IP(src=c, dst=s)
+        / TCP(sport=40000, dport=443, flags="PA")
+        / tls_client_hello("www.example.com"),
         IP(src=s, dst=c) / TCP(sport=443, dport=40000, flags="A"),
         IP(src=s, dst=c) / TCP(sport=443, dport=40000, flags="PA") / (b"\x16\x03\x03" + bytes(600)),
     ]
@@ -197,14 +226,12 @@ def scapy_pps(packets: list[bytes], seconds: float) -> float:
 def replay_vs_tshark(packets: list[bytes], tmp: Path) -> dict[str, float]:
     if shutil.which("tshark") is None:
         return {}
-    from scapy.layers.inet import IP as SIP
-    from scapy.layers.l2 import Ether
-
     pcap = tmp / "mix.pcap"
-    frames = [Ether() / SIP(raw) for raw in packets]
-    for i, f in enumerate(frames):
-        f.time = 1_800_000_000 + i * 0.0001
-    wrpcap(str(pcap), frames)
+    eth = bytes(6) + bytes.fromhex("020000000001") + b"\x08\x00"
+    with PcapWriter(str(pcap), linktype=1, sync=False) as w:
+        w.write_header(None)
+        for i, raw in enumerate(packets):
+            w.write_packet(eth + raw, sec=1_800_000_000 + i // 10_000, usec=(i % 10_000) * 100)
     cfg = tmp / "replay.toml"
     cfg.write_text('[device]\nid = "bench"\n[inline]\nhome_nets = ["198.18.0.0/24"]\n')
     exe = Path(sys.executable).with_name("watchpost")
