@@ -101,7 +101,7 @@ _SQLI = re.compile(
     |\border\s+by\s+\d+\s*(?:--|\#)
     |['"]\s*(?:--|\#)\s*$
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 _TRAVERSAL = re.compile(
     r"""(?:\.\.[/\\]){2,}
@@ -112,10 +112,10 @@ _TRAVERSAL = re.compile(
     |\bc:[/\\]+windows[/\\]
     |\bfile:/{2,3}(?:etc|c:)
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 # Overlong UTF-8 and double-encoded dots and slashes, looked for in the raw target.
-_TRAVERSAL_RAW = re.compile(r"%c0%a[ef]|%e0%80%ae|%c1%9c|%25c0%25ae|%252e%252e", re.IGNORECASE)
+_TRAVERSAL_RAW = re.compile(r"%c0%a[ef]|%e0%80%ae|%c1%9c|%25c0%25ae|%252e%252e")
 _SHELL_WORDS = (
     r"(?:/usr)?(?:/s?bin/)?(?:cat|wget|curl|id|uname|whoami|sh|bash|nc|ncat|netcat|ping"
     r"|nslookup|chmod|busybox|tftp|python[23]?|perl|php|rm|echo|sleep|powershell|cmd(?:\.exe)?"
@@ -130,7 +130,7 @@ _CMDI = re.compile(
     |\b(?:wget|curl)\s+(?:-\S+\s+)*(?:https?|ftp)://
     |<\?php
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 _XSS = re.compile(
     r"""<\s*(?:script|iframe|svg|object|embed|math|details|marquee|body|img|video|audio|input)\b
@@ -141,17 +141,29 @@ _XSS = re.compile(
     |\bdocument\s*\.\s*(?:cookie|domain|write)\b
     |\b(?:alert|prompt|confirm)\s*\(\s*(?:\d|['"`]|document)
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
-_HEADER_EXPLOIT = re.compile(r"\$\{jndi:|\$\{\$\{|\(\)\s*\{\s*:?\s*;?\s*\}\s*;", re.IGNORECASE)
-_SCANNERS = re.compile(
-    r"""sqlmap|nikto|nmap\sscripting\sengine|\bnmap\b|masscan|zgrab|gobuster|dirbuster|\bdirb\b
-    |wfuzz|fuzz\sfaster\su\sfool|feroxbuster|wpscan|nuclei|acunetix|netsparker|nessus|openvas
-    |\bw3af|arachni|commix|\bhydra\b|jorgee|zmeu|morfeus|\bparos\b|whatweb|skipfish|havij
-    |xsstrike|jaeles|\bl9explore|\bl9tcpid|struts-pwn|medusa/|\bnaabu|\bffuf
-    """,
-    re.IGNORECASE | re.VERBOSE,
-)
+_HEADER_EXPLOIT = re.compile(r"\$\{jndi:|\$\{\$\{|\(\)\s*\{\s*:?\s*;?\s*\}\s*;")
+# Attack tools that name themselves in the User-Agent (matched in the lower-cased value).
+SCANNER_AGENTS = (
+    "sqlmap", "nikto", "nmap scripting engine", "masscan", "zgrab", "gobuster", "dirbuster",
+    "dirb/", "wfuzz", "fuzz faster u fool", "feroxbuster", "wpscan", "nuclei", "acunetix",
+    "netsparker", "nessus", "openvas", "w3af", "arachni", "commix", "hydra", "jorgee", "zmeu",
+    "morfeus", "paros/", "whatweb", "skipfish", "havij", "xsstrike", "jaeles", "l9explore",
+    "l9tcpid", "struts-pwn", "medusa/", "naabu", "ffuf",
+)  # fmt: skip
+# A check's regex runs only when one of these strings is in the lower-cased target (decoded
+# forms included): ordinary requests skip the regexes entirely.
+GATES = {
+    "sql-injection": ("'", '"', "`", ")", ";", "@@", "select", "waitfor", "outfile",
+                      "dumpfile", "xp_cmdshell", "order"),
+    "path-traversal": ("..", "etc/", "proc/self", "c:", "win.ini", "file:", "%c0", "%e0",
+                       "%c1", "%25"),
+    "command-injection": (";", "|", "`", "\n", "$", "&&", "()", "cmd", "wget", "curl", "<?"),
+    "xss": ("<", "javascript", "document", "alert", "prompt", "confirm", "onerror", "onload",
+            "onmouse", "onfocus", "onclick", "ontoggle", "onanimation", "onpointer"),
+    "iot-dropper": ("wget", "curl", "tftp", "ftpget", "chmod", "busybox"),
+}  # fmt: skip
 # Paths that only attackers (and their scanners) ask for on an office's server or router. A sweep
 # counts distinct *kinds* (the matched name), so a printer's many /cgi-bin/ pages count once.
 _SENSITIVE = re.compile(
@@ -164,11 +176,10 @@ _SENSITIVE = re.compile(
     |info\.php|test\.php|shell\.php|sftp-config\.json|docker-compose\.ya?ml|database\.yml
     |storage/logs|elmah\.axd|trace\.axd|login\.action|axis2|backup|db\.sql|dump\.sql
     |[^/]*\.(?:bak|old|sql|swp)$)""",
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 _PROGRAM = re.compile(
-    r"\.(?:exe|scr|ps1|psm1|hta|msi|msp|bat|cmd|vbs|vbe|jse|wsf|wsh|lnk|dll|cpl|jar|apk)$",
-    re.IGNORECASE,
+    r"\.(?:exe|scr|ps1|psm1|hta|msi|msp|bat|cmd|vbs|vbe|jse|wsf|wsh|lnk|dll|cpl|jar|apk)$"
 )
 _IOT_FILE = re.compile(
     r"""/(?:bins?|[\w.-]{0,20})\.sh$
@@ -176,14 +187,14 @@ _IOT_FILE = re.compile(
     |[./](?:arm[4-7]?|mips(?:el)?|mpsl|m68k|ppc|sh4|spc|sparc|x86(?:_64)?|i[3-6]86|aarch64|arc)$
     |/bins?/[\w.-]+$
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 _IOT_COMMANDS = re.compile(
     r"""\b(?:wget|curl|tftp|ftpget)\b.{0,200}?(?:chmod|\bsh\b|busybox|/tmp/|\|\s*sh)
     |\bchmod\s+(?:\+x|[0-7]{3})\b
     |\bbusybox\s+(?:wget|tftp|ftpget)\b
     """,
-    re.IGNORECASE | re.VERBOSE,
+    re.VERBOSE,
 )
 _IPV4_HOST = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 
@@ -323,7 +334,7 @@ class WebDetector(Detector):
             authority, slash, rest = target[7:].partition("/")
             target = slash + rest
             host = host or authority
-        path = unquote(target.partition("?")[0], errors="replace")
+        path = unquote(target.partition("?")[0], errors="replace").lower()
         for sig, check, where in self._matches(target, path, host, req, flow):
             self._alert(ctx, flow, req, sig, {"check": check, "where": where})
         if "sweep" in self.checks:
@@ -336,7 +347,8 @@ class WebDetector(Detector):
     ) -> list[tuple[Signature, str, str]]:
         """(signature, check, where) for every check the request fails."""
         checks = self.checks
-        forms = decoded_forms(target)
+        forms = tuple(f.lower() for f in decoded_forms(target))
+        blob = "\x00".join(forms)  # a separator no gate string contains
         found: list[tuple[Signature, str, str]] = []
         for sig, check, rx in (
             (SQLI, "sql-injection", _SQLI),
@@ -344,22 +356,29 @@ class WebDetector(Detector):
             (CMDI, "command-injection", _CMDI),
             (XSS, "xss", _XSS),
         ):
-            if check not in checks:
+            if check not in checks or not any(g in blob for g in GATES[check]):
                 continue
             where = _where(rx, forms)
-            if not where and sig is TRAVERSAL and _TRAVERSAL_RAW.search(target):
+            if not where and sig is TRAVERSAL and _TRAVERSAL_RAW.search(forms[0]):
                 where = "path"
             if where:
                 found.append((sig, check, where))
-        ua = req.user_agent
-        if ua and "command-injection" in checks and _HEADER_EXPLOIT.search(ua):
+        ua = req.user_agent.lower()
+        if (
+            "command-injection" in checks
+            and ("$" in ua or "()" in ua)
+            and _HEADER_EXPLOIT.search(ua) is not None
+        ):
             found.append((CMDI, "command-injection", "user-agent"))
-        if ua and "scanner" in checks:
-            low = ua.lower()
-            if _SCANNERS.search(ua) or any(a in low for a in self.agents):
-                found.append((SCANNER, "scanner", "user-agent"))
+        if (
+            ua
+            and "scanner" in checks
+            and (any(a in ua for a in SCANNER_AGENTS) or any(a in ua for a in self.agents))
+        ):
+            found.append((SCANNER, "scanner", "user-agent"))
         if "iot-dropper" in checks:
-            where = _where(_IOT_COMMANDS, forms)
+            gated = any(g in blob for g in GATES["iot-dropper"])
+            where = _where(_IOT_COMMANDS, forms) if gated else ""
             if where:
                 found.append((IOT, "iot-dropper", where))
             elif _IOT_FILE.search(path) and self._odd_host(host, flow):
