@@ -6,15 +6,12 @@ component: its `tick` runs queued calls) and the worker waits for the outcome. E
 safe from the worker: the firewall runs `nft` in a subprocess, `IntelManager.load` swaps its store
 atomically (that is how its own reload thread works), LEDs take a lock.
 
-Wiring in the daemon (see the report of the hub helper / `CommandHandler` docstring)::
-
-    device = ServiceDevice(service)
-    handler = CommandHandler.from_config(device)
-    link.set_handler(handler)
-    components += [device, handler]        # device.tick runs config changes in the main loop
-
-The daemon must load intel from `intel_paths(config)` (its `intel.paths` plus the bundles the hub
-installed) at start and on every reload, and offer ``Service.apply_config(new)``.
+Wiring in the daemon: list ``"appliance.hub.device:component"`` in `service.COMPONENTS` before
+``"appliance.hub.link:component"``; at start it builds ``ServiceDevice`` + ``CommandHandler`` and
+hands the handler to the link (before the link connects, so the retained desired config of the
+first connection is not missed). The daemon must load intel from `intel_paths(config)` (its
+`intel.paths` plus the bundles the hub installed) at start and on every reload, and offer
+``Service.apply_config(new)`` (apply live or raise ConfigError with nothing changed).
 """
 
 from __future__ import annotations
@@ -29,7 +26,8 @@ from typing import Any
 
 from appliance.config import Config, ConfigError
 from appliance.hub import bundle
-from appliance.hub.commands import intel_dir_for
+from appliance.hub.commands import CommandHandler, CommandStateError, intel_dir_for
+from appliance.hub.envelope import KeyFileError
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +89,17 @@ class ServiceDevice:
                     " s; nothing was changed"
                 ) from None
             return fut.result()  # it started meanwhile: its outcome is the answer
-        except CancelledError:  # pragma: no cover - only we cancel
-            raise TimeoutError("cancelled") from None
+        except CancelledError:
+            raise TimeoutError("the daemon is stopping; nothing was changed") from None
+
+    def close(self) -> None:
+        """Cancel calls still waiting for the main loop (the daemon is stopping)."""
+        while True:
+            try:
+                _fn, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            fut.cancel()
 
     # -- Device ----------------------------------------------------------------------------------
 
@@ -176,3 +183,59 @@ def _start_timer(delay: float, fn: Callable[[], Any]) -> threading.Timer:
     t.daemon = True
     t.start()
     return t
+
+
+class RemoteManagement:
+    """Service component: signed remote commands for the daemon, through the HubLink among the
+    service's components. Without a usable command key (or with unreadable replay state) the
+    link runs on and answers every command with an error; the reason is in `stats()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.device: ServiceDevice | None = None
+        self.handler: CommandHandler | None = None
+        self.problem = ""
+
+    def start(self, service: Any) -> None:
+        link = next(
+            (c for c in service.components or () if callable(getattr(c, "set_handler", None))),
+            None,
+        )
+        if link is None:
+            self.problem = "no hub link to take commands from"
+            log.warning("remote management off: %s", self.problem)
+            return
+        device = ServiceDevice(service)
+        try:
+            handler = CommandHandler.from_config(device)
+        except (KeyFileError, CommandStateError) as e:
+            self.problem = str(e)
+            log.error("remote management off: %s", e)
+            return
+        self.device, self.handler = device, handler
+        handler.start()
+        link.set_handler(handler)
+
+    def tick(self, now: float) -> None:
+        if self.device is not None:
+            self.device.tick(now)
+        if self.handler is not None:
+            self.handler.tick(now)
+
+    def stop(self) -> None:
+        if self.device is not None:
+            self.device.close()
+        if self.handler is not None:
+            self.handler.stop()
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"enabled": self.handler is not None, "problem": self.problem}
+        if self.handler is not None:
+            out.update(self.handler.stats())
+        return {"remote_management": out}
+
+
+def component(config: Config) -> RemoteManagement | None:
+    """The daemon's factory (``"appliance.hub.device:component"`` in service.COMPONENTS, listed
+    before the link's): remote management when the config has a hub, else None."""
+    return RemoteManagement(config) if config.hub.enabled else None

@@ -191,3 +191,91 @@ def test_real_timer_runs_later() -> None:
     fired = threading.Event()
     dev_mod._start_timer(0.01, fired.set)
     assert fired.wait(5)
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.handler: Any = None
+
+    def set_handler(self, handler: Any) -> None:
+        self.handler = handler
+        handler.attach(lambda sub, payload, retain: None)
+
+
+def hub_cfg(tmp_path: Path, pubkey: Path) -> Config:
+    return from_dict(
+        {
+            "device": {"id": "d", "state_dir": str(tmp_path / "state")},
+            "hub": {"host": "192.0.2.10", "command_pubkey": str(pubkey)},
+        }
+    )
+
+
+def test_remote_management_component_attaches_a_handler_to_the_link(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from appliance.hub import envelope as E
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "command.pub").write_bytes(E.public_pem(key))
+    c = hub_cfg(tmp_path, tmp_path / "command.pub")
+    assert dev_mod.component(cfg(tmp_path)) is None  # no hub, no remote management
+    rm = dev_mod.component(c)
+    assert rm is not None
+    link = FakeLink()
+    svc = StubService(c, components=[rm, link])
+    rm.start(svc)
+    try:
+        assert link.handler is rm.handler and rm.handler is not None
+        done = threading.Event()
+        answers: list[dict[str, Any]] = []
+
+        def reply(a: dict[str, Any]) -> None:
+            answers.append(a)
+            done.set()
+
+        link.handler.on_command(E.encode(E.make("d", "status", {}, key, seq=1)), reply)
+        assert done.wait(5)
+        assert answers[0]["ok"] is True and answers[0]["result"]["state"] == "running"
+        assert rm.stats()["remote_management"]["commands_accepted"] == 1
+        rm.tick(0.0)
+    finally:
+        rm.stop()
+
+
+def test_remote_management_without_key_or_link(tmp_path: Path) -> None:
+    c = hub_cfg(tmp_path, tmp_path / "missing.pub")
+    rm = dev_mod.RemoteManagement(c)
+    rm.start(StubService(c, components=[rm, FakeLink()]))
+    assert rm.stats() == {
+        "remote_management": {
+            "enabled": False,
+            "problem": f"command public key {tmp_path / 'missing.pub'}: no such file",
+        }
+    }
+    rm.tick(0.0)
+    rm.stop()
+    alone = dev_mod.RemoteManagement(c)
+    alone.start(StubService(c, components=[alone]))
+    assert "no hub link" in alone.stats()["remote_management"]["problem"]
+
+
+def test_close_cancels_calls_waiting_for_the_main_loop(tmp_path: Path) -> None:
+    svc = StubService(cfg(tmp_path), running=True)
+    dev = ServiceDevice(svc)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            dev.apply_config(from_dict({"device": {"id": "d"}, "inline": {"workers": 2}}))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    while dev._calls.empty() and t.is_alive():
+        t.join(0.01)
+    dev.close()
+    t.join(5)
+    assert isinstance(errors[0], TimeoutError) and "stopping" in str(errors[0])
+    assert svc.applied == []
