@@ -34,10 +34,12 @@ from appliance.inline.flows import (
 
 log = logging.getLogger(__name__)
 
-# A TCP flow is judged (no more packets to Python) once this many client payload packets were
-# dissected; detectors that need more of a flow (cleartext logins) list their ports in
-# `Detector.deep_ports` and the ruleset queues longer heads there.
-JUDGE_AFTER_PAYLOADS = 1
+# A TCP flow is judged (no more packets to Python) once its first client payload was dissected
+# (a ClientHello split over segments: once it is whole); detectors that need more of a flow
+# (cleartext logins) list their ports in `Detector.deep_ports` and the ruleset queues longer heads
+# there. A split hello is held for at most this many segments / bytes.
+HELLO_SEGMENTS = 4
+HELLO_BYTES = 16384
 
 
 class Blocker(Protocol):
@@ -284,27 +286,63 @@ class Engine:
             return
         if pkt.proto == TCP:
             payload = pkt.payload
-            first = payload[0]
-            if first == 0x16:
+            eng = flow.notes.get("engine") if flow.notes else None
+            held = eng.get("hello") if eng else None
+            if held is not None:
+                self._more_hello(pkt, flow, held, payload)
+            elif payload[0] == 0x16:
                 hello = d.tls(payload)
+                if hello is not None and hello.partial:
+                    # A ClientHello over several segments (post-quantum key shares): hold the
+                    # start, judge the flow once the rest arrives.
+                    flow.note("engine")["hello"] = [payload]
+                    return
                 if hello is not None:
                     flow.app = "tls"
                     self._run("tls", pkt, flow, hello)
-            elif 0x41 <= first <= 0x5A:  # an upper-case letter: maybe an HTTP method
+            elif 0x41 <= payload[0] <= 0x5A:  # an upper-case letter: maybe an HTTP method
                 req = d.http(payload)
                 if req is not None:
                     flow.app = "http"
                     self._run("http", pkt, flow, req)
-            if flow.verdict == VERDICT_NONE and flow.server_port not in self._deep:
-                seen = flow.note("engine")
-                seen["payloads"] = n = seen.get("payloads", 0) + 1
-                if n >= JUDGE_AFTER_PAYLOADS:
-                    flow.verdict = VERDICT_PASS
+            if (
+                flow.verdict == VERDICT_NONE
+                and flow.server_port not in self._deep
+                and "hello" not in flow.note("engine")
+            ):
+                flow.verdict = VERDICT_PASS
         elif pkt.proto == UDP and pkt.dport == 443 and pkt.data[pkt.payload_off] & 0xC0 == 0xC0:
-            hello = d.quic(pkt.payload)
-            if hello is not None:
-                flow.app = "quic"
-                self._run("tls", pkt, flow, hello)
+            self._quic(pkt, flow)
+
+    def _more_hello(self, pkt: Packet, flow: Flow, held: list[bytes], payload: bytes) -> None:
+        """Another segment of a held ClientHello: parse the joined bytes, or keep holding."""
+        held.append(payload)
+        joined = b"".join(held)
+        hello = self.dissect.tls(joined)
+        holding = hello is not None and hello.partial
+        if holding and len(held) < HELLO_SEGMENTS and len(joined) <= HELLO_BYTES:
+            return
+        del flow.note("engine")["hello"]
+        if hello is None:
+            return
+        flow.app = "tls"
+        self._run("tls", pkt, flow, hello)
+
+    def _quic(self, pkt: Packet, flow: Flow) -> None:
+        """A QUIC long-header packet from the client: the Initial(s) carry the ClientHello."""
+        notes = flow.note("engine")
+        if notes.get("quic_done"):
+            return
+        held: list[bytes] = notes.setdefault("quic", [])
+        held.append(pkt.payload)
+        hello = self.dissect.quic(held[0]) if len(held) == 1 else self.dissect.quic_many(held)
+        if hello is not None and hello.partial and len(held) < HELLO_SEGMENTS:
+            return
+        notes["quic_done"] = True
+        del notes["quic"]
+        if hello is not None:
+            flow.app = "quic"
+            self._run("tls", pkt, flow, hello)
 
     def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
         for name, fn in self._hooks[hook_name]:

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from appliance.detect.dissect.dns import parse_dns
 from appliance.detect.dissect.http import parse_request
-from appliance.detect.dissect.quic import parse_initial
+from appliance.detect.dissect.quic import parse_initial, parse_initials
 from appliance.detect.dissect.tls import parse_client_hello
 from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
 
@@ -49,3 +49,7 @@ class Dissectors:
 
     def quic(self, payload: bytes) -> TlsHello | None:
         return self._run("quic", parse_initial, payload)
+
+    def quic_many(self, datagrams: list[bytes]) -> TlsHello | None:
+        """The ClientHello from a connection's first Initial datagrams (a hello over several)."""
+        return self._run("quic", lambda _: parse_initials(datagrams), b"")
