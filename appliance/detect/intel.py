@@ -693,11 +693,11 @@ class _Plain(_Format):
                     h4[a >> 24].append(a << 32 | tail)
                     n_ip += 1
                     continue
-            elif "." in tok and ":" not in tok and "/" not in tok and c != "*":
+            elif "." in tok:  # (the pattern admits only ASCII letters, digits, '-', '_', '.')
                 low = tok.lower()
                 if low[-1] == ".":
                     low = low[:-1]
-                if low.isascii() and domain_match(low) is not None:
+                if domain_match(low) is not None:
                     h = int.from_bytes(blake(b"d\0" + low.encode(), digest_size=8).digest(), "big")
                     hk[h >> 56].append(h)
                     ht[h >> 56].append(tail)
