@@ -48,6 +48,8 @@ DNS_BLOCKED = Signature(
 )
 
 A, AAAA, CNAME = 1, 28, 5
+_MISS = object()
+MEMO_SIZE = 4096
 
 
 class IntelDetector(Detector):
@@ -70,6 +72,10 @@ class IntelDetector(Detector):
         self.block_fingerprints = False
         self.domain_addresses = True
         self._sigs: dict[tuple[int, str, int], Signature] = {}
+        # Recent name lookups: a name is usually asked about several times in a row (the DNS
+        # query, its answer, the SNI of the connection that follows).
+        self._memo: dict[str, Indicator | None] = {}
+        self._memo_store: object = None
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -111,6 +117,20 @@ class IntelDetector(Detector):
                 self._sigs[key] = sig
         return sig
 
+    def _domain(self, ctx: Context, name: str) -> Indicator | None:
+        """`match_domain` with a small memo, emptied when the store is swapped."""
+        intel = ctx.intel
+        if intel is not self._memo_store:
+            self._memo.clear()
+            self._memo_store = intel
+        hit = self._memo.get(name, _MISS)
+        if hit is _MISS:
+            hit = intel.match_domain(name)
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[name] = hit
+        return hit  # type: ignore[return-value]
+
     @staticmethod
     def _details(ind: Indicator, **extra: Any) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,7 +168,7 @@ class IntelDetector(Detector):
             return
         name = ctx.names.get(pkt.dst)
         if name:
-            ind = intel.match_domain(name)
+            ind = self._domain(ctx, name)
             if ind is not None:
                 ctx.alert(
                     self.name,
@@ -162,7 +182,7 @@ class IntelDetector(Detector):
     def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
         intel = ctx.intel
         if not msg.response:
-            ind = intel.match_domain(msg.qname)
+            ind = self._domain(ctx, msg.qname)
             if ind is not None:
                 ctx.alert(
                     self.name,
@@ -174,11 +194,11 @@ class IntelDetector(Detector):
                 )
             return
         # An answer: the listed name may be the question or a CNAME on the way.
-        hit = intel.match_domain(msg.qname)
+        hit = self._domain(ctx, msg.qname)
         if hit is None:
             for ans in msg.answers:
                 if ans.rrtype == CNAME and ans.data:
-                    hit = intel.match_domain(ans.data)
+                    hit = self._domain(ctx, ans.data)
                     if hit is not None:
                         break
         addresses = [a.data for a in msg.answers if a.rrtype in (A, AAAA) and a.data]
@@ -214,7 +234,7 @@ class IntelDetector(Detector):
         intel = ctx.intel
         proto = "QUIC" if hello.quic else "TLS"
         if hello.sni:
-            ind = intel.match_domain(hello.sni)
+            ind = self._domain(ctx, hello.sni)
             if ind is not None:
                 ctx.alert(
                     self.name,
@@ -259,7 +279,7 @@ class IntelDetector(Detector):
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             if not name or name[0] == "[" or name.replace(".", "").isdigit():
                 return  # an address: the packet hook judged it already
-            ind = intel.match_domain(name)
+            ind = self._domain(ctx, name)
             sig = HTTP_HOST
         if ind is None:
             return

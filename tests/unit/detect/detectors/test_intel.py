@@ -396,3 +396,21 @@ def test_replayed_pcap_gives_the_same_alerts(feeds: list[Path], tmp_path: Path) 
     assert [k[0] for k in ours] == [8100001, 8100002, 8100005, 8100008]
     span = next(a for a in replayed if a["alert"]["signature_id"] == 8100008)
     assert span["watchpost"]["direction"] == "unknown"
+
+
+def test_swapped_store_takes_effect_at_once(feeds: list[Path], tmp_path: Path) -> None:
+    """After a reload the detector answers from the new store (no stale remembered lookups)."""
+    from appliance.detect.intel import load_files
+
+    h = Harness(make_config(), intel_paths=feeds)
+    h.feed(dns_exchange(PC1, "evil.example", [("A", "198.51.100.99")]), start=T0)
+    other = tmp_path / "other.txt"
+    other.write_text("benign-now-listed.example\n")
+    h.engine.set_intel(load_files([str(other)]))
+    h.feed(dns_exchange(PC1, "evil.example", [("A", "198.51.100.99")], ts=T0 + 1), start=T0 + 1)
+    h.feed(dns_exchange(PC2, "benign-now-listed.example", [], ts=T0 + 2), start=T0 + 2)
+    h.finish()
+    alerts = h.by_detector("intel")
+    got = [(a["src_ip"], a["watchpost"]["details"]["indicator"]) for a in alerts]
+    assert got == [(PC1, "evil.example"), (PC2, "benign-now-listed.example")]
+    assert alerts[0]["watchpost"]["intel_version"] != alerts[-1]["watchpost"]["intel_version"]
