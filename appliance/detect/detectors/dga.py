@@ -198,7 +198,7 @@ class DgaDetector(Detector):
 
     def __init__(self) -> None:
         self._hosts: dict[bytes, _Host] = {}
-        self._scores: dict[str, float] = {}
+        self._judged: dict[str, tuple[str, float] | None] = {}
         self._next_prune = 0.0
 
     def load(self, loader: Loader) -> None:
@@ -278,30 +278,33 @@ class DgaDetector(Detector):
                 raise opts.error(f"ignore_suffixes[{i}]", f"not a domain suffix: {s!r}")
             suffixes.append("." + text)
         self.ignore = tuple(suffixes)
-        self._scores.clear()
+        self._judged.clear()
 
     # -- judging names ---------------------------------------------------------------------
 
     def _judge(self, qname: str) -> tuple[str, float] | None:
-        """(registrable domain, randomness) of a name worth judging, else None."""
-        if not qname or "." not in qname:
-            return None
-        if ("." + qname).endswith(self.ignore):
+        """(registrable domain, randomness) of a name worth judging, else None (cached: the
+        same names come back all day)."""
+        cache = self._judged
+        if qname in cache:
+            return cache[qname]
+        judged = self._judge_uncached(qname)
+        if len(cache) >= SCORE_CACHE:
+            cache.clear()
+        cache[qname] = judged
+        return judged
+
+    def _judge_uncached(self, qname: str) -> tuple[str, float] | None:
+        if not qname or "." not in qname or ("." + qname).endswith(self.ignore):
             return None
         _sub, label, suffix = split_name(qname)
         if not label or not suffix.isascii() or not suffix.replace(".", "").isalpha():
             return None  # no registrable label, or an address-like or escaped suffix
-        domain = f"{label}.{suffix}"
-        score = self._scores.get(label)
-        if score is None:
-            if len(label) < self.min_length or label.startswith("xn--") or "\\" in label:
-                score = float("-inf")
-            else:
-                score = randomness(label)
-            if len(self._scores) >= SCORE_CACHE:
-                self._scores.clear()
-            self._scores[label] = score
-        return domain, score
+        if len(label) < self.min_length or label.startswith("xn--") or "\\" in label:
+            score = float("-inf")
+        else:
+            score = randomness(label)
+        return f"{label}.{suffix}", score
 
     # -- hooks -------------------------------------------------------------------------------
 

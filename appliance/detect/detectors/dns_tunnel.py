@@ -59,6 +59,7 @@ TXT_NULL = Signature(
 
 TXT, NULL = 16, 10
 PRUNE_EVERY = 30.0
+NAME_CACHE = 8192
 _HEX = frozenset("0123456789abcdef")
 
 # Security products that look file hashes and addresses up in DNS by design (their queries look
@@ -130,6 +131,8 @@ class DnsTunnelDetector(Detector):
 
     def __init__(self) -> None:
         self._zones: dict[tuple[bytes, str], _Zone] = {}
+        self._names: dict[str, tuple[str, str] | None] = {}
+        self._last: tuple[bytes, str, int] | None = None
         self._next_prune = 0.0
 
     def load(self, loader: Loader) -> None:
@@ -192,17 +195,37 @@ class DnsTunnelDetector(Detector):
                 )
             ignore.add(text)
         self.ignore = frozenset(ignore)
+        self._names.clear()
+        self._last = None
+
+    def _split(self, qname: str) -> tuple[str, str] | None:
+        """(subdomain, registrable domain) of a name worth counting, else None (cached)."""
+        cache = self._names
+        if qname in cache:
+            return cache[qname]
+        out = None
+        if qname.count(".") >= 2:  # else no subdomain to carry data (example.com)
+            sub, label, suffix = split_name(qname)
+            domain = f"{label}.{suffix}"
+            if sub and domain not in self.ignore and not reversed_address(sub):
+                out = (sub, domain)
+        if len(cache) >= NAME_CACHE:
+            cache.clear()
+        cache[qname] = out
+        return out
 
     def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
         qname = msg.qname
-        if msg.opcode != 0 or qname.count(".") < 2:
-            return  # no subdomain to carry data (example.com), or not a query
-        sub, label, suffix = split_name(qname)
-        if not sub:
+        if msg.opcode != 0:
             return
-        domain = f"{label}.{suffix}"
-        if domain in self.ignore or reversed_address(sub):
+        last = (flow.client, qname, msg.qtype)
+        if last == self._last:
+            return  # the answer to the query just counted: it adds nothing
+        self._last = last
+        split = self._split(qname)
+        if split is None:
             return
+        sub, domain = split
         now = ctx.now
         key = (flow.client, domain)
         zones = self._zones
@@ -226,7 +249,8 @@ class DnsTunnelDetector(Detector):
             if len(zone.txt) >= self.txt_names:
                 self._report(ctx, flow, msg, zone, domain, TXT_NULL, len(zone.txt))
         if (
-            len(zone.encoded) < self.encoded_names
+            len(sub) >= self.min_encoded  # cheap first: most subdomains are short
+            and len(zone.encoded) < self.encoded_names
             and h not in zone.encoded
             and looks_encoded(sub, self.min_encoded)
         ):

@@ -399,7 +399,7 @@ def test_state_stays_bounded_and_ages_out() -> None:
             assert len(host_state.failed) <= det.failed_names
     det.tick(engine.ctx, T0 + 10_000)
     assert det._hosts == {}
-    assert len(det._scores) <= dga.SCORE_CACHE
+    assert len(det._judged) <= dga.SCORE_CACHE
 
 
 def test_pseudonymized_alerts_hold_no_office_address() -> None:
