@@ -22,6 +22,7 @@ MODULES: tuple[str, ...] = (
     "bench.inline",
     "bench.dissect",
     "bench.hub",
+    "bench.detectors",
 )
 
 

@@ -126,7 +126,9 @@ class BeaconDetector(Detector):
         self.ignore_ports = frozenset(DEFAULT_IGNORE_PORTS)
         self.ignore_names = DEFAULT_IGNORE_NAMES
         self.ignore = AddressMatcher(())
-        self._calls: OrderedDict[tuple[Any, ...], _Calls] = OrderedDict()
+        # A destination called once holds just the time of that call (most are never called
+        # again); the second call makes it a `_Calls`.
+        self._calls: OrderedDict[tuple[Any, ...], _Calls | float] = OrderedDict()
 
     def load(self, loader: Loader) -> None:
         add = loader.add_option
@@ -220,9 +222,14 @@ class BeaconDetector(Detector):
                 return
             if len(calls) >= self.max_tracked:
                 calls.popitem(last=False)
-            calls[key] = _Calls(ts, self._ignored(name, server))
+            calls[key] = ts
             return
         calls.move_to_end(key)
+        if not isinstance(c, _Calls):
+            if ts - c < self.burst:
+                return
+            first = c
+            c = calls[key] = _Calls(first, self._ignored(name, server))
         gap = ts - c.last
         if c.ignored or gap < self.burst:
             if c.ignored:
@@ -283,7 +290,7 @@ class BeaconDetector(Detector):
         idle = now - 2 * self.max_period - self.burst
         while calls:
             c = calls[next(iter(calls))]
-            if c.last >= idle:
+            if (c.last if isinstance(c, _Calls) else c) >= idle:
                 break
             calls.popitem(last=False)
 

@@ -1,11 +1,15 @@
 """`portscan`: one host probing many ports on another, or one port on many hosts.
 
 A scan is nothing but connection heads, which is exactly what reaches Python. A probe counts
-when it *fails*: refused (TCP RST, ICMP unreachable), unanswered after `probe_timeout` seconds,
-or accepted and then reset by the prober without completing the handshake (nmap's SYN scan);
-FIN, NULL and Xmas probes, which no real client sends, count at once. Completed handshakes and
-answered UDP are ordinary use, so a browser reaching fifty sites or passive FTP opening many
-data ports on one server is no scan.
+when it *fails*: refused (the target's first answer is a TCP RST; counted at once), unanswered
+by the end of `probe_timeout` seconds (filtered ports, UDP ports answered by ICMP unreachable or
+nothing), or accepted and then reset by the prober without completing the handshake (nmap's SYN
+scan); FIN, NULL and Xmas probes, which no real client sends, count at once. Completed handshakes
+and answered UDP are ordinary use, so a browser reaching fifty sites or passive FTP opening many
+data ports on one server is no scan; nor is traceroute (its UDP ports are skipped, and probes
+that an ICMP "time exceeded" says died on the way are not counted). Attempts wait in a queue in
+arrival order and are judged from their flow's own flags when their timeout passes, so packets
+cost no table lookup.
 
 Per source, distinct failed targets are counted in a sliding window of `window` seconds: ports
 per destination (vertical, threshold `ports`) and destinations per port (horizontal, threshold
@@ -17,13 +21,13 @@ an office host has its own, more severe signatures: something on the office netw
 for victims.
 
 State is bounded: `max_sources` sources (least recently active dropped first), at most
-`MAX_PENDING` probes awaiting an answer, `MAX_RECENT` targets per source before an episode,
+`MAX_PENDING` attempts awaiting judgement, `MAX_RECENT` targets per source before an episode,
 `MAX_EPISODES` episodes at once, each with a 16 KiB port bitmap and at most `MAX_HOSTS` hosts.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
@@ -103,6 +107,16 @@ MAX_EPISODES = 64
 MAX_HOSTS = 4096
 PROGRESS_EVERY = 900.0
 SAMPLE = 10
+
+
+def _stealth_kind(flags: int) -> int:
+    """The probe kind of a first packet with neither SYN, ACK nor RST."""
+    f = flags & _FLAGS6
+    if not f:
+        return P_NULL
+    if f == FIN:
+        return P_FIN
+    return P_XMAS if f == _XMAS else P_ODD
 
 
 class _Episode:
@@ -238,7 +252,8 @@ class PortScanDetector(Detector):
         self.probe_timeout = 5.0
         self.max_sources = 4096
         self.ignore = AddressMatcher(())
-        self._pending: OrderedDict[tuple, Flow] = OrderedDict()
+        self._pending: deque[Flow] = deque()  # connection attempts, oldest first
+        self._expired: set[tuple] = set()  # attempts that died in transit (ICMP time exceeded)
         self._sources: OrderedDict[bytes, _Source] = OrderedDict()
         self._episodes: dict[bytes, _Episode] = {}
 
@@ -292,71 +307,52 @@ class PortScanDetector(Detector):
     # -- the packet path -------------------------------------------------------------------------
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
+        # A new connection attempt joins the pending queue, judged when its timeout passes, from
+        # the flow's own counters: no table lookup per packet. Only a refusal (the target's first
+        # answer is a RST) counts at once, so a scan of closed ports is seen without delay.
         proto = pkt.proto
         if proto == TCP:
             flags = pkt.flags
-            if from_client and flow.pkts_c == 1 and not flow.pkts_s:
-                if flags & SYN:
-                    if not flags & ACK:
-                        self._await(ctx, flow)
-                elif not flags & (ACK | RST):
-                    f = flags & _FLAGS6
-                    bits = (
-                        P_NULL if not f else P_FIN if f == FIN else P_XMAS if f == _XMAS else P_ODD
-                    )
-                    self._failed(ctx, flow, bits, pkt.ts)
-                return
-            pending = self._pending
-            if not pending or pending.get(flow.key) is not flow:
-                return
             if from_client:
-                if flow.tcp_flags_s & SYN:
-                    if flags & RST:  # accepted, then reset by the prober: a half-open probe
-                        del pending[flow.key]
-                        self._failed(ctx, flow, P_HALF_OPEN, flow.first)
-                    elif flags & ACK:  # a completed handshake: a real connection
-                        del pending[flow.key]
-            elif flags & RST:
-                del pending[flow.key]
+                if flow.pkts_c == 1 and not flow.pkts_s:
+                    if flags & SYN:
+                        if not flags & ACK:
+                            self._await(ctx, flow)
+                    elif not flags & (ACK | RST):
+                        self._failed(ctx, flow, _stealth_kind(flags), pkt.ts)
+            elif (
+                flow.pkts_s == 1
+                and flags & RST
+                and flow.tcp_flags_c & (SYN | ACK) == SYN
+                and not flow.tcp_flags_s & SYN
+            ):
                 self._failed(ctx, flow, P_SYN, flow.first)
         elif proto == UDP:
-            if from_client:
-                if (
-                    flow.pkts_c == 1
-                    and not flow.pkts_s
-                    and not _TRACEROUTE_LO <= pkt.dport <= _TRACEROUTE_HI
-                ):
-                    self._await(ctx, flow)
-            elif self._pending.get(flow.key) is flow:
-                del self._pending[flow.key]  # answered
+            if (
+                from_client
+                and flow.pkts_c == 1
+                and not flow.pkts_s
+                and not _TRACEROUTE_LO <= pkt.dport <= _TRACEROUTE_HI
+            ):
+                self._await(ctx, flow)
         elif proto == ICMP:
-            if self._pending:
-                t = pkt.icmp_type
-                # Destination unreachable, except "fragmentation needed" (path MTU, not a refusal);
-                # time exceeded: the probe died on the way (traceroute), it reached no target.
-                if t == 3 and pkt.icmp_code != 4:
-                    self._quoted(ctx, pkt, True)
-                elif t == 11:
-                    self._quoted(ctx, pkt, False)
-        elif proto == ICMPV6 and self._pending:
-            t = pkt.icmp_type
-            if t == 1:
-                self._quoted(ctx, pkt, True)
-            elif t == 3:
-                self._quoted(ctx, pkt, False)
+            # Time exceeded: the probe died on the way (traceroute), it reached no target.
+            if pkt.icmp_type == 11 and self._pending:
+                self._expired_in_transit(pkt)
+        elif proto == ICMPV6 and pkt.icmp_type == 3 and self._pending:
+            self._expired_in_transit(pkt)
 
     def _await(self, ctx: Context, flow: Flow) -> None:
-        """Remember a new connection attempt until it is answered, refused or times out."""
+        """Queue a new connection attempt until its answer (or silence) can be judged."""
         if not_unicast(flow.server):
             return
         pending = self._pending
         if len(pending) >= MAX_PENDING:
-            _key, oldest = pending.popitem(last=False)
-            self._timed_out(ctx, oldest)
-        pending[flow.key] = flow
+            self._timed_out(ctx, pending.popleft())
+        pending.append(flow)
 
-    def _quoted(self, ctx: Context, pkt: Packet, refused: bool) -> None:
-        """An ICMP error quoting a pending probe: refused (it failed) or expired in transit."""
+    def _expired_in_transit(self, pkt: Packet) -> None:
+        """Remember the connection an ICMP time-exceeded message quotes (not a failed probe)."""
         data = pkt.data
         off = pkt.payload_off + 4  # past the ICMP header's unused word
         room = pkt.payload_off + pkt.payload_len - off
@@ -383,22 +379,30 @@ class PortScanDetector(Detector):
             key = (proto, src, sport, dst, dport)
         else:
             key = (proto, dst, dport, src, sport)
-        flow = self._pending.pop(key, None)
-        if flow is not None and refused:
-            self._failed(ctx, flow, P_UDP if proto == UDP else P_SYN, flow.first)
+        expired = self._expired
+        if len(expired) >= MAX_PENDING:
+            expired.clear()
+        expired.add(key)
 
     def _timed_out(self, ctx: Context, flow: Flow) -> None:
+        """Judge a connection attempt from what its flow saw within the timeout."""
         if flow.proto == TCP:
-            if flow.tcp_flags_s & SYN:
-                if flow.tcp_flags_c & ACK:
-                    return  # completed after all
-                bits = P_HALF_OPEN
+            s, c = flow.tcp_flags_s, flow.tcp_flags_c
+            if s & SYN:
+                if c & ACK:
+                    return  # a completed handshake: a real connection
+                bits = P_HALF_OPEN  # accepted, then reset or abandoned by the prober
+            elif s & RST:
+                return  # refused: counted when the RST came
             else:
-                bits = P_SYN
+                bits = P_SYN  # no answer
+        elif flow.pkts_s:
+            return  # answered
         else:
-            if flow.pkts_s:
-                return
             bits = P_UDP
+        if self._expired and flow.key in self._expired:
+            self._expired.discard(flow.key)
+            return
         self._failed(ctx, flow, bits, flow.first)
 
     # -- counting --------------------------------------------------------------------------------
@@ -507,12 +511,8 @@ class PortScanDetector(Detector):
     def tick(self, ctx: Context, now: float) -> None:
         pending = self._pending
         limit = now - self.probe_timeout
-        while pending:
-            flow = pending[next(iter(pending))]
-            if flow.first > limit:
-                break
-            pending.popitem(last=False)
-            self._timed_out(ctx, flow)
+        while pending and pending[0].first <= limit:
+            self._timed_out(ctx, pending.popleft())
         sources = self._sources
         quiet = now - self.window
         while sources:

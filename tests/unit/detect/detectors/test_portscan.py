@@ -152,11 +152,19 @@ def test_udp_scan_with_icmp_port_unreachable() -> None:
     assert alerts[-1]["watchpost"]["details"]["probe_types"] == ["UDP"]
 
 
-def test_icmp_unreachable_alone_resolves_the_probe_at_once() -> None:
-    # With ICMP answers the scan is seen before any probe timeout.
+def test_udp_probes_are_judged_when_their_timeout_passes() -> None:
+    # Unanswered (or ICMP-refused) UDP probes fail once probe_timeout has passed, not before.
     h = Harness()
     h.feed(udp_scan(range(100, 112)))
+    assert h.by_detector("portscan") == []
+    h.feed([at(IP(src=PC1, dst="203.0.113.10") / ICMP(), T0 + 6)])
     assert len(h.by_detector("portscan")) == 1
+
+
+def test_refused_tcp_probes_count_at_once() -> None:
+    h = Harness()
+    h.feed(vertical(ports=range(1, 11)))
+    assert len(h.by_detector("portscan")) == 1  # no tick needed: the RSTs are the answer
 
 
 def test_outbound_horizontal_scan_by_an_office_host() -> None:
