@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -216,3 +217,15 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
 
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
     assert sum(a["watchpost"]["count"] for a in replayed) == 11
+
+
+def test_pseudonymised_alerts_name_no_office_address() -> None:
+    h = Harness(make_config(privacy={"pseudonymize": True, "key": "k" * 32}))
+    pkts = []
+    for i in range(5):
+        pkts += connect(ATK, PC2, 3389, T0 + i * 1000, sport=44000 + i)
+    h.feed(pkts)
+    alerts = exp_alerts(h)
+    assert alerts and all(a["src_ip"] == ATK for a in alerts)
+    text = json.dumps(alerts)
+    assert "198.18.0." not in text and "office-" in text

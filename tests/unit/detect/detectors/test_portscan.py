@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -405,3 +406,17 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
 
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
     assert sum(a["watchpost"]["count"] for a in replayed) == 200 + 39
+
+
+def test_pseudonymised_alerts_name_no_office_address() -> None:
+    cfg = make_config(privacy={"pseudonymize": True, "key": "k" * 32})
+    pkts = vertical(ports=range(1, 30))  # inbound: the office host is the target
+    for i in range(30):  # outbound horizontal: the office host is the scanner
+        probe = IP(src=PC1, dst=f"198.18.0.{100 + i}") / TCP(sport=50000 + i, dport=445, flags="S")
+        pkts.append(at(probe, T0 + 1 + i * 0.1))
+    h = Harness(cfg)
+    h.feed(pkts)
+    alerts = portscan_alerts(h)
+    assert len(alerts) >= 2
+    text = json.dumps(alerts)
+    assert "198.18.0." not in text and "office-" in text
