@@ -293,8 +293,8 @@ class PortScanDetector(Detector):
         )
 
     def configure(self, opts: Options, updated: set[str]) -> None:
-        ports = check_range(opts, "ports", 2, 65535)
-        hosts = check_range(opts, "hosts", 2, 1_000_000)
+        ports = check_range(opts, "ports", 2, MAX_RECENT)
+        hosts = check_range(opts, "hosts", 2, MAX_RECENT)
         window = check_range(opts, "window", 1, 86400)
         timeout = check_range(opts, "probe_timeout", 0.1, 600)
         if timeout >= window:

@@ -359,6 +359,7 @@ def test_state_stays_bounded_under_a_random_flood() -> None:
     ("options", "key"),
     [
         ({"ports": 1}, "detect.portscan.ports"),
+        ({"hosts": 5000}, "detect.portscan.hosts"),
         ({"window": 0.5}, "detect.portscan.window"),
         ({"probe_timeout": 120.0}, "detect.portscan.probe_timeout"),
         ({"ignore": ["not-a-net"]}, "detect.portscan.ignore[0]"),
