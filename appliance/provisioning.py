@@ -428,6 +428,7 @@ class BrokerSettings:
     persistence_dir: Path | None = None  # default: <conf_dir>/data
     log_dest: str = "stderr"
     max_packet_size: int = 0  # 0: mosquitto's default (no limit below the protocol's)
+    max_queued_messages: int = 100_000  # per client, for hub consumers with persistent sessions
 
 
 def mosquitto_conf(s: BrokerSettings) -> str:
@@ -447,9 +448,10 @@ def mosquitto_conf(s: BrokerSettings) -> str:
         "persistence true",
         f"persistence_location {data}/",
         "autosave_interval 60",
-        # An offline device's commands are not queued by the link (clean start), but hub
-        # clients with persistent sessions are: keep the documented bound explicit.
-        "max_queued_messages 1000",
+        # A device's alert is deleted from its outbox once the broker acknowledges it, so the
+        # broker must hold alerts for a hub consumer (persistent session) that is offline or
+        # slow: mosquitto's default of 1000 queued messages per client would drop the rest.
+        f"max_queued_messages {s.max_queued_messages}",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",
