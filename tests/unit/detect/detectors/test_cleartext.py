@@ -5,6 +5,7 @@ ever reaches an alert."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,13 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
 
     assert len(inline) == 3
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
+
+
+def test_odd_payloads_never_break_the_detector() -> None:
+    r = random.Random(14)
+    pkts = []
+    for i, port in enumerate((21, 23, 110, 143) * 25):
+        talk = [(bool(j % 2), r.randbytes(r.randint(1, 300))) for j in range(8)]
+        talk += [(True, b"USER x\r\n"), (True, bytes((IAC, SB)) + r.randbytes(20))]
+        pkts += session(talk, port, T0 + i, sport=20000 + i)
+    run(pkts)  # asserts that no hook raised

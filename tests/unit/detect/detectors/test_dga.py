@@ -435,3 +435,17 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
 
     assert len(inline) >= 3
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
+
+
+def test_odd_names_never_break_the_hook() -> None:
+    """Escaped bytes, digits-only labels, empty labels, overlong names: judged or skipped,
+    never an exception (the engine would count it and lose the detector's view)."""
+    det = DgaDetector()
+    alerts, look = hook_runner(det)
+    r = random.Random(11)
+    alphabet = "abcxyz019-_.\\*"
+    odd = ["", ".", "..", "a..b", "-.-", "1.2.3.4", "xn--80ak6aa92e.com", "\\000\\255.com"]
+    odd += ["".join(r.choice(alphabet) for _ in range(r.randint(1, 80))) for _ in range(3000)]
+    for i, name in enumerate(odd):
+        look(name, T0 + i, rcode=(NOERROR, NXDOMAIN, SERVFAIL)[i % 3])
+    assert all(a.signature in DgaDetector.signatures for a in alerts)

@@ -348,3 +348,18 @@ def test_false_positive_rate_on_popular_domains_is_below_a_tenth_of_a_percent() 
             det.tick(ctx, ctx.now)
     assert len(alerts) / len(names) < 0.001, [a.details for a in alerts][:5]
     print(f"dns-tunnel: {len(alerts)} alerts for {len(names)} popular names")
+
+
+def test_odd_names_never_break_the_hook() -> None:
+    det = DnsTunnelDetector()
+    engine = Engine(make_config(), IntelStore(), lambda a: None, detectors=[det])
+    raw = bytes(IP(src=PC1, dst=RESOLVER) / UDP(sport=40000, dport=53) / DNS(qd=DNSQR()))
+    pkt = decode_ip(raw, T0, DecodeStats())
+    flow, _ = engine.flows.lookup(pkt)
+    r = random.Random(12)
+    alphabet = "abcxyz019-_.\\*"
+    odd = ["", ".", "..", "a..b", "_.x.y", "1.2.3.4.5", "\\000\\255.a.com", "x" * 300]
+    odd += ["".join(r.choice(alphabet) for _ in range(r.randint(1, 120))) for _ in range(3000)]
+    for i, name in enumerate(odd):
+        engine.ctx.now = T0 + i * 0.01
+        det.dns(engine.ctx, pkt, flow, DnsMessage(i, bool(i % 2), 0, 0, name, (1, 16, 10)[i % 3]))

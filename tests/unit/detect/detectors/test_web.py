@@ -5,6 +5,7 @@ carry query values, cookies, credentials or bodies."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,11 @@ from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
-from appliance.detect.detectors.web import bare_host, decoded_forms, host_port
+from appliance.detect.detectors.web import WebDetector, bare_host, decoded_forms, host_port
+from appliance.detect.engine import Engine
+from appliance.detect.intel import IntelStore
+from appliance.detect.records import HttpRequest
+from appliance.inline.decode import DecodeStats, decode_ip
 from appliance.replay import replay
 from tests.helpers import Harness, at, make_config
 
@@ -457,3 +462,19 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
 
     assert len(inline) == 4
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
+
+
+def test_odd_requests_never_break_the_hook() -> None:
+    """Random targets, hosts and user agents straight into the hook: no exception."""
+    det = WebDetector()
+    engine = Engine(make_config(), IntelStore(), lambda a: None, detectors=[det])
+    pkt = decode_ip(bytes(request("/")[-1]), T0, DecodeStats())
+    flow, _ = engine.flows.lookup(pkt)
+    r = random.Random(13)
+    alphabet = "/.%25aZ09?&=;'\"<>|$`(){}\\:[]+-_~\x00\xff\u2028"
+    for i in range(3000):
+        text = "".join(r.choice(alphabet) for _ in range(r.randint(0, 200)))
+        host = "".join(r.choice(alphabet) for _ in range(r.randint(0, 40)))
+        req = HttpRequest(r.choice(["GET", "POST", "HEAD"]), text, "HTTP/1.1", host, text[::-1])
+        engine.ctx.now = T0 + i
+        det.http(engine.ctx, pkt, flow, req)
