@@ -240,7 +240,7 @@ class DgaDetector(Detector):
             int,
             20,
             "Alert when one computer looks up more than this many distinct non-existent "
-            "domains in an hour.",
+            "domains within `window` (an hour by default).",
         )
         loader.add_option(
             "window", float, 3600.0, "Seconds over which non-existent lookups are counted."
