@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance import provisioning as prov
+from appliance.config import atomic_write
+from appliance.hub import envelope
 
 HUB_HOST = "hub"  # the lab host that runs the broker
 
@@ -36,14 +38,18 @@ class LabHub:
     hub_key: Path = Path()
     ca: Path = Path()
     log: Path = Path()
+    # The hub's Ed25519 command key (private, 0600); its public half is the device's
+    # ``hub.command_pubkey`` in `hub_table`.
+    command_key: Path = Path()
 
     def operator_args(self) -> list[str]:
         """Options for `watchpost hub ...` run inside a lab namespace (e.g. `hub` itself):
-        ``lab.exec("hub", "watchpost", "hub", *h.operator_args(), "tail", "--count", "3")``;
-        add ``--command-key`` for `send`."""
+        ``lab.exec("hub", "watchpost", "hub", *h.operator_args(), "send", "lab-appliance",
+        "ping")``."""
         return [
             "--host", self.address, "--port", str(self.port), "--ca", str(self.ca),
             "--cert", str(self.hub_cert), "--key", str(self.hub_key), "--site", self.site,
+            "--command-key", str(self.command_key),
         ]  # fmt: skip
 
     def stop(self) -> None:
@@ -76,6 +82,11 @@ def start_lab_hub(
         prov.issue_device(ca_dir, device_id, site, out_dir=dev_dir)
     if "hub" not in reg["hubs"]:
         prov.issue_hub(ca_dir, "hub", out_dir=root / "identity")
+    command_key, command_pub = root / "command.key", root / "command.pub"
+    if not command_key.exists():
+        private, public = envelope.generate_keypair()
+        atomic_write(command_key, private, mode=0o600)
+        atomic_write(command_pub, public, mode=0o644)
     address = str(lab.hosts[HUB_HOST].address)
     settings = prov.BrokerSettings(
         conf_dir=root / "broker", port=port, bind=address, user="root", log_dest="stderr"
@@ -107,11 +118,13 @@ def start_lab_hub(
             "ca": str(dev_dir / "ca.pem"),
             "cert": str(dev_dir / "device.pem"),
             "key": str(dev_dir / "device.key"),
+            "command_pubkey": str(command_pub),
         },
         hub_cert=root / "identity" / "hub.pem",
         hub_key=root / "identity" / "hub.key",
         ca=ca_dir / "ca.pem",
         log=log,
+        command_key=command_key,
     )
 
 

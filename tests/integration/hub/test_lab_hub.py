@@ -73,6 +73,15 @@ def test_the_appliance_reports_to_the_lab_hub_through_its_uplink(lab: Any, tmp_p
         assert res.returncode == 0, res.stderr
         devices = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
         assert any(hub.device_id in json.dumps(d) and "ready" in json.dumps(d) for d in devices)
+        # A signed command goes down and its answer comes back (this stand-in device has no
+        # command handler, so the link itself answers, and `send` exits non-zero).
+        res = lab.exec(
+            "hub", sys.executable, "-m", "appliance", "hub", *hub.operator_args(),
+            "send", hub.device_id, "ping", "--timeout", "10", check=False,
+        )  # fmt: skip
+        assert res.returncode != 0 and "no command handler" in res.stdout + res.stderr
+        assert oct(hub.command_key.stat().st_mode & 0o777) == "0o600"
+        assert Path(hub.hub_table["command_pubkey"]).read_bytes().startswith(b"-----BEGIN PUBLIC")
     finally:
         if dev is not None:
             dev.stop()
