@@ -191,6 +191,8 @@ class Service:
         self.queues: list[QueueWorker] = []
         self.workers: list[WorkerProcess] = []
         self.running = False
+        # Inspection paused (no queue rules) while the bridge is promiscuous: see `_watch_bridge`.
+        self.paused = False
         self._stop_requested = False
         self._reload_requested = False
         self._stopped = False
@@ -249,6 +251,9 @@ class Service:
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
             self.engine.tickers.append(self.pipeline.tick)
             self._open_queues(cfg)
+            self.paused = bridge_promiscuous(cfg.inline.bridge)
+            if self.paused:
+                log.warning(_PROMISC_WARNING, cfg.inline.bridge)
             self._apply_ruleset(cfg)
         except (OSError, FirewallError, ConfigError) as e:
             self._teardown()
@@ -300,7 +305,7 @@ class Service:
         assert self.engine is not None
         if self.firewall.applied:
             self._fail_open_before = self.fail_open_events(fresh=True)
-        self.firewall.apply(cfg, self.engine.deep_ports())
+        self.firewall.apply(cfg, self.engine.deep_ports(), queueing=not self.paused)
         self._received_at_apply = self.received_total()
         self._kernel_cache = None
         # Addresses now on the never-block list come out of the drop set.
@@ -360,6 +365,7 @@ class Service:
         """About once a second: engine housekeeping, workers' health, components."""
         if self.engine is not None:
             self.engine.tick(now)
+        self._watch_bridge()
         if self.workers:
             self._supervise_workers()
         for comp in self.components or ():
@@ -380,6 +386,30 @@ class Service:
                     events,
                 )
                 self._fail_open_logged = events
+
+    def _watch_bridge(self) -> None:
+        """Pause inspection while the bridge is promiscuous, resume when it is not.
+
+        A capture on the bridge device (tcpdump -i br0) puts it in promiscuous mode; the bridge
+        then clones every frame it forwards for local delivery, the clone shares the packet's
+        still unconfirmed conntrack entry, and the kernel drops such a packet when it is queued
+        (nf_ct_drop_unconfirmed): the first packet of every new connection would be lost.
+        """
+        promisc = bridge_promiscuous(self.config.inline.bridge)
+        if promisc == self.paused:
+            return
+        self.paused = promisc
+        try:
+            self._apply_ruleset(self.config)
+        except FirewallError as e:
+            log.error("%s", e)
+            self.paused = not promisc  # try again at the next tick
+            return
+        if promisc:
+            log.warning(_PROMISC_WARNING, self.config.inline.bridge)
+        else:
+            log.info("bridge %s is not promiscuous any more: inspection resumed",
+                     self.config.inline.bridge)  # fmt: skip
 
     def _supervise_workers(self) -> None:
         mono = time.monotonic()
@@ -679,6 +709,7 @@ class Service:
             "queue_depth": depth,
             "queue_dropped": sum(q["dropped"] + q["user_dropped"] for q in ours),
             "queues_bound": len(ours),
+            "inspection_paused": self.paused,
             "blocked_packets": counters.blocked,
             "block_requests_failed": self.blocks.failed,
             "reloads": self.counts["reloads"],
@@ -723,6 +754,22 @@ class Service:
         self._log_handlers = handlers
         if problem:
             log.warning("%s (logging to stderr only)", problem)
+
+
+_PROMISC_WARNING = (
+    "bridge %s is in promiscuous mode (a packet capture on it?): inspection paused, because "
+    "the kernel would drop the first packet of every new connection; capture on the bridge "
+    "ports instead"
+)
+
+
+def bridge_promiscuous(name: str) -> bool:
+    """Whether the bridge device has IFF_PROMISC set (e.g. tcpdump -i br0 is running)."""
+    try:
+        flags = int(Path(f"/sys/class/net/{name}/flags").read_text().strip(), 16)
+    except (OSError, ValueError):
+        return False
+    return bool(flags & 0x100)
 
 
 def fresh_flows(engine: Engine, config: Config) -> None:

@@ -98,6 +98,8 @@ class RulesetSpec:
     # Drop-set elements carried over from the ruleset being replaced: (address, seconds; 0 = no
     # timeout).
     blocked: tuple[tuple[str, int], ...] = ()
+    # False: no queue rules at all (inspection paused, e.g. while the bridge is promiscuous).
+    queueing: bool = True
 
     @classmethod
     def from_config(
@@ -106,6 +108,7 @@ class RulesetSpec:
         native_queue: bool,
         deep_ports: Mapping[int, int] | None = None,
         blocked: Iterable[tuple[str, int]] = (),
+        queueing: bool = True,
     ) -> RulesetSpec:
         inl = config.inline
         head = inl.head_packets
@@ -124,6 +127,7 @@ class RulesetSpec:
             native_queue=native_queue,
             deep=deep,
             blocked=tuple(blocked),
+            queueing=queueing,
         )
 
     def __post_init__(self) -> None:
@@ -209,9 +213,10 @@ def render_nft(spec: RulesetSpec) -> str:
             "\t\tip6 daddr @block6 counter drop\n"
             "\t}\n"
         )
-    if spec.native_queue:
+    if spec.native_queue and spec.queueing:
         q = _nft_queue(spec)
         lines = [
+            "\t\tmeta pkttype != host return\n",
             f"\t\tct mark & {mask} != 0x00000000 return\n",
             f"\t\tmeta l4proto {{ tcp, udp }} th dport {DNS_PORT} {q}\n",
             f"\t\tmeta l4proto {{ tcp, udp }} th sport {DNS_PORT} {q}\n",
@@ -248,7 +253,10 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
         target = f"-j NFQUEUE --queue-num {spec.queue_first} --queue-bypass"
     else:
         target = f"-j NFQUEUE --queue-balance {spec.queue_first}:{spec.queue_last} --queue-bypass"
-    rules = [f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN"]
+    rules = [
+        f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN",
+        f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN",
+    ]
 
     def heads(n: int) -> str:
         return f"-m connbytes --connbytes 0:{n} --connbytes-dir both --connbytes-mode packets"
@@ -366,24 +374,28 @@ class Firewall:
     # -- whole ruleset --------------------------------------------------------------------------
 
     def apply(
-        self, config: Config | None = None, deep_ports: Mapping[int, int] | None = None
+        self,
+        config: Config | None = None,
+        deep_ports: Mapping[int, int] | None = None,
+        queueing: bool = True,
     ) -> None:
         """Put the ruleset for `config` in place, replacing whatever is there (ours only).
 
         Drop-set elements of a table being replaced are carried over with their remaining time,
         so a reload or restart does not unblock anything. The table (with the verdict chain) goes
         in before the queue rules, so a queued packet always finds the chain that saves its mark.
+        With `queueing` false there are no queue rules: nothing is inspected, blocks still apply.
         """
         if config is not None:
             self.config = config
         self._prepare_kernel()
         native = self.native_queue()
         carried = [(a, 0 if t is None else max(1, int(t))) for a, t in self.blocked().items()]
-        spec = RulesetSpec.from_config(self.config, native, deep_ports, carried)
+        spec = RulesetSpec.from_config(self.config, native, deep_ports, carried, queueing)
         self._nft(render_nft(spec), "apply the nftables ruleset")
         try:
             for family in (4, 6):
-                if native:
+                if native or not queueing:
                     self._remove_iptables(family)
                 else:
                     jumps, _exists = self._iptables_state(family)

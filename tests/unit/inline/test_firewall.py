@@ -118,8 +118,15 @@ def test_native_queue_chain_queues_dns_deep_ports_and_heads_with_bypass() -> Non
     assert "meta l4proto { tcp, udp } th sport 53 counter queue flags bypass to 2-3" in chain
     assert "tcp dport { 21 } ct packets <= 40 counter" in chain
     assert "ct packets <= 8 counter queue flags bypass to 2-3" in chain
-    # Flows with a verdict are skipped before anything is queued.
+    # Flows with a verdict, broadcast and multicast are skipped before anything is queued.
     assert chain.index("ct mark & 0x0c000000 != 0x00000000 return") < chain.index("queue flags")
+    assert chain.index("meta pkttype != host return") < chain.index("queue flags")
+
+
+def test_paused_queueing_has_no_queue_rule_but_keeps_blocking() -> None:
+    text = render_nft(spec(native_queue=True, block_mode=True, queueing=False))
+    assert "chain queue" not in text and "queue flags" not in text
+    assert "ip daddr @block4 counter drop" in text
 
 
 def test_carried_over_blocks_keep_their_family_and_timeout() -> None:
@@ -133,7 +140,10 @@ def test_carried_over_blocks_keep_their_family_and_timeout() -> None:
 
 def test_iptables_rules_queue_both_directions_between_the_two_ports() -> None:
     rules = render_iptables_rules(spec(head_packets=5))
-    assert rules[0] == f"-A {CHAIN} -m connmark ! --mark 0x0/0xc000000 -j RETURN"
+    # Broadcast and multicast are never queued: the bridge clones them (local delivery plus
+    # forwarding), and the kernel drops a queued clone whose new connection is shared.
+    assert rules[0] == f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN"
+    assert rules[1] == f"-A {CHAIN} -m connmark ! --mark 0x0/0xc000000 -j RETURN"
     queued = [r for r in rules if "NFQUEUE" in r]
     assert all(r.endswith("-j NFQUEUE --queue-num 0 --queue-bypass") for r in queued)
     out = [r for r in queued if "--physdev-in office --physdev-out uplink" in r]
@@ -277,6 +287,14 @@ def test_apply_with_native_queue_uses_no_iptables(tmp_path: Path) -> None:
     assert not tools.scripts("iptables-restore")
     table = next(s for s in tools.scripts("nft") if "table inet watchpost {" in s)
     assert "queue flags bypass to 0" in table
+
+
+def test_apply_with_queueing_paused_removes_the_iptables_chain(tmp_path: Path) -> None:
+    tools = FakeTools(native=False)
+    f = fw(tools, tmp_path)
+    f.apply(queueing=False)
+    assert not tools.scripts("iptables-restore")
+    assert any(argv[:2] == ["iptables", "-w"] for argv, _ in tools.calls)  # looked for ours
 
 
 def test_probe_uses_check_mode_only_once(tmp_path: Path) -> None:
