@@ -111,3 +111,36 @@ def test_bad_config_exits_nonzero_naming_the_key(lab: Lab, daemons: Daemons) -> 
         "error: inline.mode: expected 'monitor' or 'block', got 'drop-all'"
     ]
     assert nothing_of_ours(ruleset(lab))
+
+
+RECEIVE = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("", 9999))
+s.settimeout(5)
+print("ready", flush=True)
+print(s.recv(100).decode(), flush=True)
+"""
+SEND = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("", 6868))
+s.sendto(b"first", ("255.255.255.255", 9999))
+s.sendto(b"second", ("255.255.255.255", 9999))
+"""
+
+
+def test_the_first_broadcast_of_a_flow_crosses_the_bridge(lab: Lab, daemons: Daemons) -> None:
+    """DHCP and friends: a queued broadcast is a bridge clone the kernel would drop."""
+    daemons.start()
+    rx = lab.popen("rtr", sys.executable, "-c", RECEIVE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert rx.stdout is not None and rx.stdout.readline().strip() == "ready"
+        lab.exec("pc1", sys.executable, "-c", SEND)
+        out, _ = rx.communicate(timeout=10)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+    assert out.strip() == "first"
