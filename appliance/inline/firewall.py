@@ -10,7 +10,7 @@ through input/output, never forward):
 
 - ``block`` (priority -10, block mode only): drops flows whose conntrack mark says blocked and
   traffic to or from the drop sets ``block4``/``block6`` (interval sets with per-element timeouts).
-- ``queue`` (priority 0, only where the kernel has nft's native ``queue`` expression): sends the
+- ``heads`` (priority 0, only where the kernel has nft's native ``queue`` expression): sends the
   heads of connections to NFQUEUE.
 - ``verdict`` (priority 10): copies the verdict the daemon put in the packet mark into the
   conntrack mark, and (block mode) drops a packet whose connection is now marked blocked.
@@ -227,7 +227,7 @@ def render_nft(spec: RulesetSpec) -> str:
             lines.append(f"\t\ttcp sport {pset} ct packets <= {n} {q}\n")
         lines.append(f"\t\tct packets <= {spec.head_packets} {q}\n")
         out.append(
-            f"\tchain queue {{\n\t\ttype filter hook forward priority {PRIO_QUEUE}; "
+            f"\tchain heads {{\n\t\ttype filter hook forward priority {PRIO_QUEUE}; "
             "policy accept;\n" + bridged + "".join(lines) + "\t}\n"
         )
     verdict = [
@@ -460,12 +460,17 @@ class Firewall:
             if n != net and n.subnet_of(net)  # type: ignore[arg-type]
         ]
         timeout = f" timeout {int(ttl)}s" if ttl > 0 else ""
-        lines += [
-            f"add element inet {TABLE} {setname} {{ {text} }}",
-            f"delete element inet {TABLE} {setname} {{ {text} }}",
-            f"add element inet {TABLE} {setname} {{ {text}{timeout} }}",
-        ]
-        self._nft("\n".join(lines) + "\n", f"block {addr}")
+        add = f"add element inet {TABLE} {setname} {{ {text}{timeout} }}"
+        if net in same_family:
+            # Already there: delete and add again to restart its timeout ("add" alone keeps
+            # the old one). Not mixed with other deletes: the kernel refuses that combination.
+            refresh = f"delete element inet {TABLE} {setname} {{ {text} }}\n{add}\n"
+            try:
+                self._nft(refresh, f"block {addr}")
+            except FirewallError:
+                self._nft(add + "\n", f"block {addr}")  # it expired meanwhile
+        else:
+            self._nft("\n".join([*lines, add]) + "\n", f"block {addr}")
         log.info("blocked %s for %s", text, f"{ttl}s" if ttl > 0 else "ever")
         return True
 
@@ -501,7 +506,7 @@ class Firewall:
             for chain, rule in _nft_rules(proc.stdout):
                 pkts = _rule_packets(rule)
                 kinds = {next(iter(e)) for e in rule.get("expr", []) if isinstance(e, dict)}
-                if chain == "queue" and "queue" in kinds:
+                if chain == "heads" and "queue" in kinds:
                     c.queued += pkts
                 elif "drop" in kinds:
                     c.blocked += pkts
