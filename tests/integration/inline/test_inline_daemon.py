@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from inlinekit import Daemons, kernel, nothing_of_ours, ping, ruleset
+from inlinekit import Daemons, kernel, nothing_of_ours, ping, ruleset, wait_for
 
 from appliance.inline.firewall import MARK_MASK, MARK_PASS
 from appliance.lab import Lab
@@ -144,3 +144,33 @@ def test_the_first_broadcast_of_a_flow_crosses_the_bridge(lab: Lab, daemons: Dae
         if rx.poll() is None:
             rx.kill()
     assert out.strip() == "first"
+
+
+def test_systemd_notify_ready_and_a_stuck_loop_stops_the_watchdog(
+    lab: Lab, daemons: Daemons, monkeypatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")  # ping every 0.2 s while healthy
+    d = daemons.start(inline={"debug_delay_ms": 2500})
+    assert any(n.startswith("READY=1") for n in d.notices)
+
+    def pings() -> int:
+        return sum(n == "WATCHDOG=1" for n in d.notices)
+
+    wait_for(lambda: pings() >= 3, 5, "watchdog pings")
+    before = kernel(lab)["queues"][0]["id_sequence"]
+    probe = lab.popen("pc1", "ping", "-c", "1", "-W", "1", lab.addr("web"),
+                      stdout=subprocess.DEVNULL)  # fmt: skip
+
+    def delivered() -> bool:
+        out = lab.exec("app", "cat", "/proc/net/netfilter/nfnetlink_queue").stdout.split()
+        return int(out[7]) > before
+
+    wait_for(delivered, 5, "the packet to reach the daemon")
+    # The callback now sleeps 2.5 s (the test-only stuck consumer): no pings meanwhile.
+    stuck = pings()
+    time.sleep(1.0)
+    assert pings() == stuck
+    probe.wait(10)
+    wait_for(lambda: pings() > stuck, 10, "pings after the stall")
+    d.stop()
+    assert "STOPPING=1" in d.notices
