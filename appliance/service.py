@@ -530,6 +530,11 @@ class Service:
         except (OSError, FirewallError) as e:
             log.error("reload failed half-way (%s); going back to the previous config", e)
             self.config = old
+            for c in done:
+                try:
+                    c.configure(old)
+                except Exception:
+                    log.exception("component %s failed to go back", _name(c))
             try:
                 self._apply_config(new, old, force_queues=True)
             except (OSError, FirewallError) as e2:
