@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import socket
 import threading
 import time
 from collections import Counter
@@ -236,17 +237,26 @@ class StatusPage:
         return (str(host), int(port))
 
     def _bind(self, listen: str) -> _Server:
+        """Bind the socket ourselves: werkzeug's own bind calls sys.exit on failure, and a
+        component must fail with a ConfigError instead, leaving the daemon running."""
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as werkzeug decides
+        sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            return _Server(host, int(port), self.app, handler=_Handler)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+            sock.listen(64)
+            return _Server(host, int(port), self.app, handler=_Handler, fd=sock.fileno())
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             raise ConfigError("status.listen", f"cannot listen on {listen}: {reason}") from None
+        finally:
+            sock.close()  # the server works on its own duplicate of the socket
 
     def _run(self, server: _Server) -> None:
         thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="status-page"
+            target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="status-page"
         )
         thread.daemon = True
         thread.start()
