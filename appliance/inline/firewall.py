@@ -35,7 +35,11 @@ removed the same way. We detect which to use at start with ``nft --check`` on a 
 What gets queued: the first ``inline.head_packets`` packets of each connection (both directions
 counted together), longer heads on the ports detectors ask for (`Engine.deep_ports`), all DNS
 (UDP and TCP port 53), and nothing of a connection that already has a verdict. Every queue rule
-has bypass, so with no daemon listening traffic flows on.
+has bypass, so with no daemon listening traffic flows on. Only unicast is queued: the bridge
+clones a broadcast or multicast frame (local delivery plus forwarding), the clones share the
+packet's unconfirmed conntrack entry, and the kernel drops such a packet when it is queued
+(``nf_ct_drop_unconfirmed``): a DHCP discover would be lost. For the same reason the service
+pauses queueing while the bridge device is promiscuous (a capture on br0).
 """
 
 from __future__ import annotations
