@@ -57,7 +57,7 @@ def tail_lines(
     lines = buf[:cut].split(b"\n")
     if pos > 0:
         lines = lines[1:]  # the first may have started before what was read
-    return [line for line in lines[-n:] if line.strip()]
+    return [line for line in lines if line.strip()][-n:]
 
 
 def recent_alerts(
