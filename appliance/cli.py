@@ -81,23 +81,16 @@ def signatures() -> None:
         click.echo(f"{sig.sid}\t{detector}\t{sig.severity}\t{sig.category}\t{sig.name}")
 
 
-def _register_optional() -> None:
-    """Command groups that live next to the code they drive."""
-    import importlib
+def _register_groups() -> None:
+    """Commands that live next to the code they drive (imported lazily by click)."""
+    from appliance.hub.operator import hub
+    from appliance.lab import demo, lab
+    from appliance.provisioning import provision
+    from appliance.service import run
+    from appliance.status.passwd import passwd
 
-    for module, attr in (
-        ("appliance.service", "run"),
-        ("appliance.lab", "lab"),
-        ("appliance.lab", "demo"),
-        ("appliance.hub.operator", "hub"),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue
-            raise
-        main.add_command(getattr(mod, attr))
+    for command in (run, lab, demo, hub, provision, passwd):
+        main.add_command(command)
 
 
-_register_optional()
+_register_groups()
