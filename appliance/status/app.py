@@ -83,7 +83,8 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it Chromium sends "Origin: null" on our own form posts.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
@@ -99,9 +100,10 @@ class StatusPage:
 
     name = "status page"
 
-    def __init__(self, config: Config, *, wait: float = 2.0) -> None:
+    def __init__(self, config: Config, *, wait: float = 2.0, refresh_s: int = 15) -> None:
         self.config = config
         self.wait = wait
+        self.refresh_s = refresh_s  # the page reloads itself this often
         self.service: Any = None
         problem = hash_problem(config.status.password_hash)
         if problem:
@@ -417,9 +419,13 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
         return inner
 
     def same_origin() -> bool:
-        """An Origin header, when the browser sends one, must be this page's own."""
+        """What the browser says of where a form came from, when it says it, must be this page
+        (defence in depth: the CSRF token is the check that counts). Another port of the same
+        address is "same-site" for the browser, so SameSite cookies alone do not stop it."""
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            return False
         origin = request.headers.get("Origin")
-        if origin is None:
+        if origin is None or origin == "null":
             return True
         return urlsplit(origin).netloc == request.host
 
@@ -494,6 +500,7 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
             messages=get_flashed_messages(),
             max_identify=MAX_IDENTIFY_S,
             default_identify=DEFAULT_IDENTIFY_S,
+            refresh_s=page.refresh_s,
         )
 
     @app.get("/login")

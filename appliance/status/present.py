@@ -82,7 +82,11 @@ def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dic
         health, headline = "bad", f"Attention: {fault}."
     elif unacked:
         health = "warn"
-        headline = f"{unacked} alert{'s' if unacked != 1 else ''} need your attention."
+        headline = (
+            f"{unacked} alerts need your attention."
+            if unacked != 1
+            else "1 alert needs your attention."
+        )
     elif hub["enabled"] and not hub["connected"]:
         health, headline = "warn", "Watching your network, but not connected to the hub."
     else:

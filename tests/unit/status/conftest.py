@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,13 @@ from flask.testing import FlaskClient
 from gpiozero.pins.mock import MockFactory
 from werkzeug.security import generate_password_hash
 
-from appliance.config import Config, DeviceConfig, InlineConfig, LogConfig, StatusConfig
+from appliance.config import Config
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
+from tests.unit.status.fakes import PASSWORD, FakeService, base_numbers, make_config
 
-PASSWORD = "correct horse battery"
+__all__ = ["PASSWORD", "FakeService", "base_numbers", "make_config"]
+
 LAN = "198.18.0.11"  # an office computer
 
 
@@ -27,64 +28,6 @@ def password_hash() -> str:
     # A cheap scrypt (N=1024) keeps the many logins fast; `watchpost passwd` uses werkzeug's
     # default cost (tested in test_passwd).
     return generate_password_hash(PASSWORD, method="scrypt:1024:8:1")
-
-
-@dataclass
-class FakeService:
-    """What the page reads of `appliance.service.Service`: `running`, `components`, `stats()`
-    (the service's own numbers plus each component's, as Service.stats merges them)."""
-
-    numbers: dict[str, Any] = field(default_factory=dict)
-    components: list[Any] = field(default_factory=list)
-    running: bool = False
-    calls: int = 0
-
-    def stats(self) -> dict[str, Any]:
-        self.calls += 1
-        out = dict(self.numbers)
-        for comp in self.components:
-            fn = getattr(comp, "stats", None)
-            if fn is not None:
-                for k, v in fn().items():
-                    out.setdefault(k, v)
-        return out
-
-
-def base_numbers() -> dict[str, Any]:
-    return {
-        "state": "running",
-        "version": "0.1.0",
-        "mode": "monitor",
-        "uptime": 7260.0,
-        "packets": 123456,
-        "flows": 42,
-        "alerts": 7,
-        "fail_open_events": 0,
-        "queue_depth": 3,
-        "blocked_packets": 0,
-        "intel_version": "2026-11-26.1",
-        "intel_indicators": 1500,
-        "hub": {
-            "enabled": True,
-            "connected": False,
-            "state": "down",
-            "problem": "hub certificate rejected: certificate has expired",
-            "since": time.time() - 600,
-            "host": "hub.example.net",
-            "port": 8883,
-        },
-    }
-
-
-def make_config(tmp_path: Path, password_hash: str, listen: str = "127.0.0.1:0") -> Config:
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
-    return Config(
-        device=DeviceConfig(id="office-7", site="leeds", state_dir=str(state)),
-        inline=InlineConfig(home_nets=("198.18.0.0/24",)),
-        status=StatusConfig(listen=listen, password_hash=password_hash),
-        log=LogConfig(eve=str(tmp_path / "eve.json"), file=""),
-    )
 
 
 @dataclass

@@ -86,6 +86,12 @@ def test_actions_need_a_login_even_with_a_valid_token(rig: Rig, path: str) -> No
     assert rig.leds.shown()["green"] != "fast"
 
 
+def test_the_login_page_tells_nothing_about_the_office(rig: Rig) -> None:
+    text = rig.client.get("/login").data.decode()
+    assert "office-7" not in text and "leeds" not in text and "hub.example.net" not in text
+    assert 'type="password"' in text
+
+
 def test_login_wrong_then_right(rig: Rig) -> None:
     resp = login(rig.client, "not the password")
     assert resp.status_code == 401 and b"Wrong password" in resp.data
@@ -207,6 +213,8 @@ def test_actions_refuse_missing_or_wrong_tokens(rig: Rig, path: str) -> None:
     # The right token but from another site's page (the browser says where it came from).
     resp = rig.client.post(path, data={"csrf": token}, headers={"Origin": "http://evil.example"})
     assert resp.status_code == 403
+    resp = rig.client.post(path, data={"csrf": token}, headers={"Sec-Fetch-Site": "same-site"})
+    assert resp.status_code == 403  # another port of this address
     assert rig.leds.unacked_alerts == 4
     assert rig.leds.shown()["green"] != "fast"
     assert rig.client.get("/").status_code == 200  # still logged in
@@ -541,7 +549,7 @@ def test_security_headers(rig: Rig, path: str) -> None:
     assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
     assert resp.headers["X-Frame-Options"] == "DENY"
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
-    assert resp.headers["Referrer-Policy"] == "no-referrer"
+    assert resp.headers["Referrer-Policy"] == "same-origin"
     assert resp.headers["Cache-Control"] == "no-store"
 
 

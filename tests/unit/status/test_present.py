@@ -28,7 +28,8 @@ def test_headlines() -> None:
     assert o["health"] == "warn" and "not connected to the hub" in o["headline"]
     assert any("no answer" in n for n in o["notes"])
     o = overview(stats(unacked_alerts=1), 0.5, NOW)
-    assert o["headline"] == "1 alert need your attention." or "1 alert" in o["headline"]
+    assert o["headline"] == "1 alert needs your attention." and o["health"] == "warn"
+    assert overview(stats(unacked_alerts=3), 0.5, NOW)["headline"].startswith("3 alerts need")
     o = overview(stats(fault="a component failed"), 0.5, NOW)
     assert o["health"] == "bad" and o["headline"] == "Attention: a component failed."
     o = overview(stats(state="stopped"), 0.5, NOW)

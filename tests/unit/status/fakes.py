@@ -1,0 +1,70 @@
+"""Fakes shared by the status page's unit and e2e tests: what the page reads of the service."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Config, DeviceConfig, InlineConfig, LogConfig, StatusConfig
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class FakeService:
+    """What the page reads of `appliance.service.Service`: `running`, `components`, `stats()`
+    (the service's own numbers plus each component's, as Service.stats merges them)."""
+
+    numbers: dict[str, Any] = field(default_factory=dict)
+    components: list[Any] = field(default_factory=list)
+    running: bool = False
+    calls: int = 0
+
+    def stats(self) -> dict[str, Any]:
+        self.calls += 1
+        out = dict(self.numbers)
+        for comp in self.components:
+            fn = getattr(comp, "stats", None)
+            if fn is not None:
+                for k, v in fn().items():
+                    out.setdefault(k, v)
+        return out
+
+
+def base_numbers() -> dict[str, Any]:
+    return {
+        "state": "running",
+        "version": "0.1.0",
+        "mode": "monitor",
+        "uptime": 7260.0,
+        "packets": 123456,
+        "flows": 42,
+        "alerts": 7,
+        "fail_open_events": 0,
+        "queue_depth": 3,
+        "blocked_packets": 0,
+        "intel_version": "2026-11-26.1",
+        "intel_indicators": 1500,
+        "hub": {
+            "enabled": True,
+            "connected": False,
+            "state": "down",
+            "problem": "hub certificate rejected: certificate has expired",
+            "since": time.time() - 600,
+            "host": "hub.example.net",
+            "port": 8883,
+        },
+    }
+
+
+def make_config(tmp_path: Path, password_hash: str, listen: str = "127.0.0.1:0") -> Config:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    return Config(
+        device=DeviceConfig(id="office-7", site="leeds", state_dir=str(state)),
+        inline=InlineConfig(home_nets=("198.18.0.0/24",)),
+        status=StatusConfig(listen=listen, password_hash=password_hash),
+        log=LogConfig(eve=str(tmp_path / "eve.json"), file=""),
+    )
