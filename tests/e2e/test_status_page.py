@@ -1,14 +1,18 @@
 """The status page in a real browser: headless Chromium against the real app on 127.0.0.1.
 
-One browser and one server for the module; a fake service whose "main loop" is a thread ticking
-the LEDs and the page as the daemon does (LEDs first, as in service.COMPONENTS). Skipped, with the
-reason, when Chromium, its driver or selenium is missing.
+One browser for the module; the appliance is the real page, the real LEDs (gpiozero's mock
+pins) and, for the hub test, the real hub link with certificates from the project's own
+provisioning, all ticked by a thread standing in for the daemon's main loop (in the order of
+service.COMPONENTS), over a fake packet path. Skipped, with the reason, when Chromium, its
+driver or selenium is missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +23,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from werkzeug.security import generate_password_hash
 
+from appliance import provisioning as prov
+from appliance.config import Config, from_dict
+from appliance.hub.link import HubLink
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
 from tests.unit.status.fakes import PASSWORD, FakeService, base_numbers, make_config
@@ -40,20 +47,24 @@ from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 WAIT_S = 10.0  # an upper bound for the page to react, never a timing assertion
+HASH = generate_password_hash(PASSWORD, method="scrypt:1024:8:1")
 
 
 class Appliance:
     """The page served for real, over a fake service whose main loop is a thread."""
 
-    def __init__(self, tmp: Path) -> None:
-        cfg = make_config(tmp, generate_password_hash(PASSWORD, method="scrypt:1024:8:1"))
+    def __init__(self, tmp: Path, config: Config | None = None, link: Any = None) -> None:
+        cfg = config or make_config(tmp, HASH)
         self.service = FakeService(base_numbers())
         self.service.numbers["alerts_high"] = 0
+        if link is not None:
+            del self.service.numbers["hub"]  # the link's own stats say it
         self.leds = Leds(cfg.leds, factory=MockFactory())
         self.page = StatusPage(cfg)
-        self.service.components = [self.leds, self.page]
-        self.leds.start(self.service)
-        self.page.start(self.service)
+        self.link = link
+        self.service.components = [self.leds, self.page, *([link] if link else [])]
+        for comp in self.service.components:
+            comp.start(self.service)
         self.service.running = True
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._main_loop, name="fake-main-loop")
@@ -72,6 +83,8 @@ class Appliance:
     def close(self) -> None:
         self._stop.set()
         self._loop.join()
+        if self.link is not None:
+            self.link.close()
         self.page.stop()
         self.leds.close()
 
@@ -265,3 +278,56 @@ def test_the_page_refreshes_itself(fresh: Any, appliance: Appliance) -> None:
     finally:
         appliance.page.refresh_s = 15
     wait_for(fresh, ec.text_to_be_present_in_element((By.ID, "count-packets"), "999,999"))
+
+
+@pytest.fixture(scope="module")
+def hub_down(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Appliance, int]]:
+    """The real hub link, enrolled with a real device certificate, dialling a port where no
+    broker listens."""
+    tmp = tmp_path_factory.mktemp("hub-down")
+    prov.create_ca(tmp / "ca")
+    prov.issue_device(tmp / "ca", "office-7", "leeds")
+    ident = tmp / "ca" / "devices" / "office-7"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nobody listens on it
+    base = make_config(tmp, HASH)
+    cfg = from_dict(
+        {
+            "device": {"id": "office-7", "site": "leeds", "state_dir": base.device.state_dir},
+            "inline": {"home_nets": ["198.18.0.0/24"]},
+            "status": {"password_hash": HASH},
+            "log": {"eve": base.log.eve, "file": ""},
+            "hub": {
+                "host": "127.0.0.1",
+                "port": port,
+                "ca": str(ident / "ca.pem"),
+                "cert": str(ident / "device.pem"),
+                "key": str(ident / "device.key"),
+                "outbox": str(tmp / "outbox.sqlite"),
+            },
+        }
+    )
+    # Any free port for the page (the config's own check wants a fixed one).
+    cfg = dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen="127.0.0.1:0"))
+    app = Appliance(tmp, cfg, HubLink(cfg))
+    yield app, port
+    app.close()
+
+
+def test_an_unreachable_hub_is_explained_and_inspection_goes_on(
+    fresh: Any, hub_down: tuple[Appliance, int]
+) -> None:
+    appliance, port = hub_down
+    log_in(fresh, appliance)
+    reason = f"connection refused by 127.0.0.1:{port} (no broker listening?)"
+
+    def explained(d: Any) -> bool:
+        d.get(appliance.url + "/")
+        return reason in text_of(d, "hub-text")
+
+    wait_for(fresh, explained)
+    assert f"Not connected to the hub (127.0.0.1:{port}) since" in text_of(fresh, "hub-text")
+    assert reason in text_of(fresh, "summary")
+    assert led(fresh, "amber") == "blink" and led(fresh, "green") == "on"
+    assert "123,456" in text_of(fresh, "count-packets")  # the packet path is not held up
