@@ -197,16 +197,22 @@ class StatusPage:
             self._cond.notify_all()
 
     def configure(self, config: Config) -> None:
+        """A new password ends every session (they are bound to the hash); a new address is
+        bound before the old one is let go, so a busy one refuses the reload and changes
+        nothing; an empty one stops serving."""
         problem = hash_problem(config.status.password_hash)
         if problem:
             raise ConfigError("status.password_hash", problem)
-        if not config.status.listen:
-            raise ConfigError("status.listen", "cannot turn the page off live: restart instead")
-        if config.status.listen != self.config.status.listen and self.server is not None:
-            fresh = self._bind(config.status.listen)
+        listen = config.status.listen
+        if self.service is not None and listen != self.config.status.listen:
             old = self.server
-            self._run(fresh)
-            self._shutdown(old)
+            if listen:
+                self._run(self._bind(listen))
+            else:
+                self.server = None
+                log.info("status page off (status.listen is empty)")
+            if old is not None:
+                self._shutdown(old)
         self.config = config
 
     def stop(self) -> None:

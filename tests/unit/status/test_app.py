@@ -641,11 +641,16 @@ def test_serves_moves_and_stops(tmp_path: Path, password_hash: str) -> None:
         assert _get(f"http://[::1]:{new_port}/login")[0] == 200
         with pytest.raises(urllib.error.URLError):
             _get(f"http://127.0.0.1:{port}/login")
+        off = dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen=""))
+        page.configure(off)
+        assert page.stats()["status_serving"] is False
+        with pytest.raises(urllib.error.URLError):
+            _get(f"http://[::1]:{new_port}/login")
+        page.configure(cfg)  # and on again
+        assert _get(f"http://127.0.0.1:{page.address[1]}/login")[0] == 200
     finally:
         page.stop()
     assert page.stats()["status_serving"] is False
-    with pytest.raises(urllib.error.URLError):
-        _get(f"http://[::1]:{new_port}/login")
 
 
 def test_a_busy_address_is_refused_with_its_key(tmp_path: Path, password_hash: str) -> None:
@@ -660,6 +665,15 @@ def test_a_busy_address_is_refused_with_its_key(tmp_path: Path, password_hash: s
         with pytest.raises(ConfigError) as e:
             second.start(FakeService())
         assert e.value.key == "status.listen" and "cannot listen on" in str(e.value)
+        # A reload asking for a busy address is refused; the page stays where it was.
+        own = dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen="[::1]:0"))
+        second.configure(own)
+        port = second.address[1]
+        busy_cfg = dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen=busy))
+        with pytest.raises(ConfigError):
+            second.configure(busy_cfg)
+        assert second.config is own and _get(f"http://[::1]:{port}/login")[0] == 200
+        second.stop()
     finally:
         first.stop()
 
