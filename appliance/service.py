@@ -6,9 +6,10 @@ Start order, each step undone if a later one fails, so nothing is left half-appl
 1. refuse if our queue numbers are bound by a live process (another daemon is running);
 2. remove what a dead daemon left behind (its ruleset);
 3. load intel; build the alert pipeline (EVE file) and the engine;
-4. bind the queue(s) and make them fail open;
-5. apply the ruleset: only now are packets queued, because now someone listens;
-6. start the components, then tell systemd ``READY=1``.
+4. bind the queue(s) and make them fail open; start the components;
+5. apply the ruleset: only now are packets queued, because now someone listens (and nothing
+   else holds up the loop that answers them);
+6. tell systemd ``READY=1``.
 
 The packet loop never blocks for long (select with a timeout, bounded batches), so ticks, signals
 and ``WATCHDOG=1`` pings happen; a stuck loop stops pinging and systemd restarts us, while the
@@ -56,7 +57,12 @@ log = logging.getLogger(__name__)
 
 # Components built at start: "module:callable", the callable taking the Config and returning a
 # component (or None when the config leaves it off). Modules not in this build are skipped.
-COMPONENTS: tuple[str, ...] = ()
+COMPONENTS: tuple[str, ...] = (
+    "appliance.leds:build",
+    "appliance.status.app:build",
+    "appliance.hub.device:component",  # before the link: it hands the link its command handler
+    "appliance.hub.link:component",
+)
 
 TICK = 1.0  # seconds between component/engine ticks
 FAIL_OPEN_CHECK = 30.0  # seconds between fail-open checks (they read kernel counters)
@@ -159,11 +165,33 @@ def build_components(config: Config, names: Iterable[str] = COMPONENTS) -> list[
         except ModuleNotFoundError as e:
             if e.name == module:
                 continue
-            raise
-        component = getattr(mod, attr)(config)
+            log.exception("component %s cannot be loaded; running without it", entry)
+            continue
+        except Exception:
+            # The packet path never depends on an optional component.
+            log.exception("component %s cannot be loaded; running without it", entry)
+            continue
+        try:
+            component = getattr(mod, attr)(config)
+        except Exception:
+            log.exception("component %s failed to build; running without it", entry)
+            continue
         if component is not None:
             out.append(component)
     return out
+
+
+def intel_paths(config: Config) -> list[str]:
+    """The intel files to load: `intel.paths` plus the bundles the hub installed."""
+    try:
+        from appliance.hub.device import intel_paths as with_bundles
+    except Exception:
+        return list(config.intel.paths)
+    try:
+        return with_bundles(config)
+    except Exception:
+        log.exception("cannot list the hub's intel bundles")
+        return list(config.intel.paths)
 
 
 class Service:
@@ -238,7 +266,7 @@ class Service:
             self.firewall.remove()  # whatever a dead daemon left
             port_sides(cfg)  # the bridge ports exist
             self.intel = IntelManager(
-                cfg.intel.paths,
+                intel_paths(cfg),
                 cache=cfg.intel.cache,
                 cache_dir=_cache_dir(cfg),
                 listeners=[self._on_intel],
@@ -251,13 +279,24 @@ class Service:
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
             self.engine.tickers.append(self.pipeline.tick)
             self._open_queues(cfg)
+        except (OSError, FirewallError, ConfigError) as e:
+            self._teardown()
+            raise ServiceError(str(e)) from None
+        # Components start before the ruleset: once packets are queued, the loop must run.
+        self._start_components(cfg)
+        try:
             self.paused = bridge_promiscuous(cfg.inline.bridge)
             if self.paused:
                 log.warning(_PROMISC_WARNING, cfg.inline.bridge)
             self._apply_ruleset(cfg)
-        except (OSError, FirewallError, ConfigError) as e:
-            self._teardown()
+        except (OSError, FirewallError) as e:
+            self.stop()
             raise ServiceError(str(e)) from None
+        self.running = True
+        self.notifier.ready(self._status_line())
+        log.info("ready: %s", self._status_line())
+
+    def _start_components(self, cfg: Config) -> None:
         if self.components is None:
             self.components = build_components(cfg)
         for comp in list(self.components):
@@ -270,9 +309,6 @@ class Service:
                 log.exception("component %s failed to start; running without it", _name(comp))
                 self.components.remove(comp)
                 self.counts["component_errors"] += 1
-        self.running = True
-        self.notifier.ready(self._status_line())
-        log.info("ready: %s", self._status_line())
 
     @staticmethod
     def queue_numbers(config: Config) -> list[int]:
@@ -285,7 +321,8 @@ class Service:
             worker.open()
             self.queues = [worker]
             return
-        procs = [WorkerProcess(cfg, n) for n in self.queue_numbers(cfg)]
+        paths = list(self.intel.paths) if self.intel is not None else intel_paths(cfg)
+        procs = [WorkerProcess(cfg, n, paths) for n in self.queue_numbers(cfg)]
         self.workers = procs
         for p in procs:
             p.start()
@@ -422,7 +459,7 @@ class Service:
             log.error("worker for queue %d died: restarting it", w.queue_num)
             self._received_retired += w.stats.get("received", 0)
             w.stop(timeout=0.5)
-            fresh = WorkerProcess(self.config, w.queue_num)
+            fresh = WorkerProcess(self.config, w.queue_num, w.intel_paths)
             try:
                 fresh.start()
                 fresh.wait_ready(timeout=30.0)
@@ -497,14 +534,30 @@ class Service:
         return ok
 
     def _reload(self) -> bool:
-        old = self.config
         try:
-            new = load_config(old.source) if old.source else old
-            self._check(new)
-        except (ConfigError, FirewallError, OSError) as e:
+            new = load_config(self.config.source) if self.config.source else self.config
+        except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             self.counts["reloads_refused"] += 1
             return False
+        try:
+            self.apply_config(new)  # counts its own refusals
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            return False
+        log.info("reloaded %s", new.source or "(built-in config)")
+        return True
+
+    def apply_config(self, new: Config) -> None:
+        """Run with `new` from now on (SIGHUP, the hub's set-config). Raises ConfigError, with
+        nothing changed, when the engine, the ruleset or a component refuses it. Main loop only.
+        """
+        old = self.config
+        try:
+            self._check(new)
+        except ConfigError:
+            self.counts["reloads_refused"] += 1
+            raise
         done: list[Any] = []
         for comp in self.components or ():
             fn = getattr(comp, "configure", None)
@@ -516,41 +569,48 @@ class Service:
             except Exception as e:
                 if not isinstance(e, ConfigError):
                     log.exception("component %s failed to take the new config", _name(comp))
-                log.error("reload refused, keeping the running config: %s", e)
-                for c in done:
-                    try:
-                        c.configure(old)
-                    except Exception:
-                        log.exception("component %s failed to go back", _name(c))
+                self._configure_back(done, old)
                 self.counts["reloads_refused"] += 1
-                return False
+                if isinstance(e, ConfigError):
+                    raise
+                raise ConfigError("", f"{_name(comp)} failed to take the config: {e}") from None
         self.config = new
         try:
             self._apply_config(old, new)
         except (OSError, FirewallError) as e:
             log.error("reload failed half-way (%s); going back to the previous config", e)
             self.config = old
-            for c in done:
-                try:
-                    c.configure(old)
-                except Exception:
-                    log.exception("component %s failed to go back", _name(c))
+            self._configure_back(done, old)
             try:
                 self._apply_config(new, old, force_queues=True)
             except (OSError, FirewallError) as e2:
                 log.critical("cannot restore the previous config either: %s", e2)
             self.counts["reloads_refused"] += 1
-            return False
+            raise ConfigError("", f"applying it failed: {e}") from None
         self.counts["reloads"] += 1
-        log.info("reloaded %s", new.source or "(built-in config)")
-        return True
+
+    @staticmethod
+    def _configure_back(components: list[Any], old: Config) -> None:
+        for c in components:
+            try:
+                c.configure(old)
+            except Exception:
+                log.exception("component %s failed to go back", _name(c))
 
     def _check(self, new: Config) -> None:
-        """Everything that can refuse `new`, checked before anything changes."""
+        """Everything that can refuse `new`, checked before anything changes (ConfigError)."""
         assert self.engine is not None
         self.engine.check(new)
-        port_sides(new)
-        RulesetSpec.from_config(new, self.firewall.native_queue(), self.engine.deep_ports())
+        for key in ("bridge", "office", "uplink"):
+            name = getattr(new.inline, key)
+            try:
+                socket.if_nametoindex(name)
+            except OSError:
+                raise ConfigError(f"inline.{key}", f"no network interface {name!r}") from None
+        try:
+            RulesetSpec.from_config(new, self.firewall.native_queue(), self.engine.deep_ports())
+        except FirewallError as e:
+            raise ConfigError("", str(e)) from None
 
     def _apply_config(self, old: Config, new: Config, force_queues: bool = False) -> None:
         assert self.engine is not None and self.pipeline is not None and self.intel is not None
@@ -580,7 +640,7 @@ class Service:
                 w.send("configure", new)
         self._apply_ruleset(new)
         self.intel.cache = new.intel.cache
-        self.intel.reload(new.intel.paths)
+        self.intel.reload(intel_paths(new))
 
     def _on_intel(self, store: IntelStore) -> None:
         """IntelManager listener (its loader thread): the main loop swaps the store in."""
@@ -594,8 +654,9 @@ class Service:
             return
         self.engine.set_intel(store)
         fresh_flows(self.engine, self.config)
+        paths = list(self.intel.paths) if self.intel is not None else intel_paths(self.config)
         for w in self.workers:
-            w.send("intel", self.config)
+            w.send("intel", paths)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -789,7 +850,7 @@ def _name(comp: Any) -> str:
 
 def _cache_dir(cfg: Config) -> str | None:
     """Compiled intel lives in the state directory (the config directory is read-only)."""
-    d = Path(cfg.device.state_dir) / "intel"
+    d = Path(cfg.device.state_dir) / "intel-cache"
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError:

@@ -385,7 +385,10 @@ def _die_with_parent() -> None:
 
 
 def worker_main(
-    config: Config, queue_num: int, conn: multiprocessing.connection.Connection
+    config: Config,
+    queue_num: int,
+    conn: multiprocessing.connection.Connection,
+    intel_paths: list[str],
 ) -> None:
     """Entry point of a worker process: one queue, its own engine; talks to the main process."""
     from appliance.detect import intel as intel_mod
@@ -403,7 +406,7 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        store = intel_mod.load_files(config.intel.paths)
+        store = intel_mod.load_files(intel_paths, cache=config.intel.cache)
         engine = Engine(
             config, store, lambda alert: conn.send(("alert", alert)), _PipeBlocker(conn)
         )
@@ -424,12 +427,13 @@ def worker_main(
                 if msg[0] == "stop":
                     stop = True
                 elif msg[0] == "configure":
-                    engine.configure(msg[1])
-                    worker.configure(msg[1])
-                    engine.flows = FlowTable(msg[1].inline.max_flows, engine.flows.home)
+                    config = msg[1]
+                    engine.configure(config)
+                    worker.configure(config)
+                    engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
                 elif msg[0] == "intel":
-                    engine.set_intel(intel_mod.load_files(msg[1].intel.paths))
-                    engine.flows = FlowTable(msg[1].inline.max_flows, engine.flows.home)
+                    engine.set_intel(intel_mod.load_files(msg[1], cache=config.intel.cache))
+                    engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
             now = time.time()
             if now >= next_stats:
                 next_stats = now + 1.0
@@ -452,9 +456,10 @@ def worker_stats(worker: QueueWorker, engine: Any) -> dict[str, int]:
 class WorkerProcess:
     """The main process's handle on one worker process."""
 
-    def __init__(self, config: Config, queue_num: int) -> None:
+    def __init__(self, config: Config, queue_num: int, intel_paths: list[str]) -> None:
         self.queue_num = queue_num
         self.config = config
+        self.intel_paths = list(intel_paths)
         self.stats: dict[str, int] = {}
         self.started_at = 0.0  # time.monotonic() of the last start
         self.last_heard = 0.0  # ... and of the last message from the worker
@@ -466,7 +471,7 @@ class WorkerProcess:
         parent, child = self._ctx.Pipe()
         self.proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.queue_num, child),
+            args=(self.config, self.queue_num, child, self.intel_paths),
             name=f"watchpost-q{self.queue_num}",
             daemon=True,
         )

@@ -171,6 +171,20 @@ def no_comp(config: Any) -> None:
     return None
 
 
+def broken_factory(config: Any) -> Comp:
+    raise RuntimeError("a bug in a component")
+
+
+def test_a_broken_component_factory_is_skipped_not_fatal(caplog) -> None:
+    with caplog.at_level(logging.ERROR):
+        comps = build_components(
+            None,  # type: ignore[arg-type]
+            ("tests.unit.test_service:broken_factory", "tests.unit.test_service:make_comp"),
+        )
+    assert [type(c).__name__ for c in comps] == ["Comp"]
+    assert "broken_factory failed to build" in caplog.text
+
+
 def test_build_components_skips_missing_modules_and_none() -> None:
     comps = build_components(
         None,  # type: ignore[arg-type]
@@ -232,6 +246,22 @@ def test_reload_refused_by_a_component_rolls_the_others_back(tmp_path: Path) -> 
     # The first component took the new config, then was given the old one back.
     assert [c.inline.mode for c in first.configs] == ["block", "monitor"]
     assert svc.firewall.applied_configs == []  # type: ignore[attr-defined]
+
+
+def test_apply_config_raises_config_error_and_changes_nothing(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "wp.toml")
+    first, refusing = Comp(), Comp(refuse=True)
+    svc = built_service(path, [first, refusing])
+    old = svc.config
+    write_config(path, mode="block")
+    with pytest.raises(ConfigError, match="hub.host: cannot reach it"):
+        svc.apply_config(load(path))
+    assert svc.config is old
+    assert first.configs[-1] is old
+    write_config(path, uplink="nosuchport0")
+    with pytest.raises(ConfigError, match="inline.uplink: no network interface"):
+        svc.apply_config(load(path))
+    assert svc.counts["reloads_refused"] == 2 and svc.counts["reloads"] == 0
 
 
 def test_reload_refuses_a_missing_bridge_port(tmp_path: Path, caplog) -> None:

@@ -104,7 +104,10 @@ class Daemons:
     def start(self, config: Path | None = None, **kw: Any) -> LabDaemon:
         d = LabDaemon(self.lab, config or self.config(**kw))
         self.started.append(d)
-        return d.start(timeout=60)
+        d.start(timeout=60)
+        # Fully up: READY=1 comes after the ruleset, when the packet loop is about to run.
+        wait_for(lambda: "READY=1" in "\n".join(d.notices).split("\n"), 30, "READY=1")
+        return d
 
     def kill9(self, d: LabDaemon) -> None:
         assert d.proc is not None

@@ -151,7 +151,7 @@ def test_systemd_notify_ready_and_a_stuck_loop_stops_the_watchdog(
 ) -> None:
     monkeypatch.setenv("WATCHDOG_USEC", "600000")  # ping every 0.2 s while healthy
     d = daemons.start(inline={"debug_delay_ms": 2500})
-    assert any(n.startswith("READY=1") for n in d.notices)
+    wait_for(lambda: any(n.startswith("READY=1") for n in d.notices), 10, "READY=1")
 
     def pings() -> int:
         return sum(n == "WATCHDOG=1" for n in d.notices)
