@@ -692,3 +692,12 @@ def test_state_dir_not_writable_still_serves(tmp_path: Path, password_hash: str)
     c = page.app.test_client()
     c.environ_base["REMOTE_ADDR"] = LAN
     logged_in(c)
+
+
+def test_oversized_posts_are_refused(rig: Rig) -> None:
+    token = csrf_of(rig.client.get("/login").data)
+    resp = rig.client.post("/login", data={"csrf": token, "password": "x" * 40_000})
+    assert resp.status_code == 413
+    resp = rig.client.post("/login", data={"csrf": token, "password": "x" * 5_000})
+    assert resp.status_code == 401  # too long to be the password: refused without hashing
+    assert rig.client.get("/").status_code == 303
