@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import importlib
-import ipaddress
 import logging
 import logging.handlers
 import os
@@ -162,12 +161,9 @@ def build_components(config: Config, names: Iterable[str] = COMPONENTS) -> list[
         module, _, attr = entry.partition(":")
         try:
             mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue
-            log.exception("component %s cannot be loaded; running without it", entry)
-            continue
-        except Exception:
+        except Exception as e:
+            if isinstance(e, ModuleNotFoundError) and e.name == module:
+                continue  # not in this build
             # The packet path never depends on an optional component.
             log.exception("component %s cannot be loaded; running without it", entry)
             continue
@@ -236,6 +232,7 @@ class Service:
         self._received_at_apply = 0
         self._received_retired = 0  # packets received by worker processes since replaced
         self._kernel_cache: tuple[float, Counters, int] | None = None
+        self._inherited_blocks: dict[str, float | None] = {}
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -263,7 +260,9 @@ class Service:
             )
         self._install_signals()
         try:
-            self.firewall.remove()  # whatever a dead daemon left
+            # Whatever a dead daemon left goes, except its blocks: a crash must not unblock.
+            self._inherited_blocks = self.firewall.blocked()
+            self.firewall.remove()
             port_sides(cfg)  # the bridge ports exist
             self.intel = IntelManager(
                 intel_paths(cfg),
@@ -342,15 +341,12 @@ class Service:
         assert self.engine is not None
         if self.firewall.applied:
             self._fail_open_before = self.fail_open_events(fresh=True)
-        self.firewall.apply(cfg, self.engine.deep_ports(), queueing=not self.paused)
+        self.firewall.apply(
+            cfg, self.engine.deep_ports(), queueing=not self.paused, blocked=self._inherited_blocks
+        )
+        self._inherited_blocks = {}
         self._received_at_apply = self.received_total()
         self._kernel_cache = None
-        # Addresses now on the never-block list come out of the drop set.
-        nets = self.firewall.never_block()
-        for addr in self.firewall.blocked():
-            net = ipaddress.ip_network(addr, strict=False)
-            if any(net.overlaps(nb) for nb in nets if nb.version == net.version):
-                self.firewall.unblock(addr)
         self.blocks.forget()
 
     # -- the loop -------------------------------------------------------------------------------

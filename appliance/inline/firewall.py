@@ -382,6 +382,7 @@ class Firewall:
         config: Config | None = None,
         deep_ports: Mapping[int, int] | None = None,
         queueing: bool = True,
+        blocked: Mapping[str, float | None] | None = None,
     ) -> None:
         """Put the ruleset for `config` in place, replacing whatever is there (ours only).
 
@@ -389,12 +390,14 @@ class Firewall:
         so a reload or restart does not unblock anything. The table (with the verdict chain) goes
         in before the queue rules, so a queued packet always finds the chain that saves its mark.
         With `queueing` false there are no queue rules: nothing is inspected, blocks still apply.
+        `blocked` adds drop-set elements (address → seconds left, None: no timeout), e.g. those
+        of a dead daemon's table read before it was removed.
         """
         if config is not None:
             self.config = config
         self._prepare_kernel()
         native = self.native_queue()
-        carried = [(a, 0 if t is None else max(1, int(t))) for a, t in self.blocked().items()]
+        carried = self._carry({**(blocked or {}), **self.blocked()})
         spec = RulesetSpec.from_config(self.config, native, deep_ports, carried, queueing)
         self._nft(render_nft(spec), "apply the nftables ruleset")
         try:
@@ -408,6 +411,28 @@ class Firewall:
             self.remove()
             raise
         self._spec = spec
+
+    def _carry(self, elements: Mapping[str, float | None]) -> list[tuple[str, int]]:
+        """Drop-set elements to put into a new table: never-block entries left out, and
+        elements inside a wider one dropped (an interval set refuses overlaps)."""
+        nets = self.never_block()
+        parsed: list[tuple[Network, float | None]] = []
+        for addr, left in elements.items():
+            try:
+                net = _parse_net(addr)
+            except FirewallError:
+                continue
+            if not any(net.overlaps(nb) for nb in nets if nb.version == net.version):
+                parsed.append((net, left))
+        out = []
+        for net, left in parsed:
+            if any(
+                o != net and o.version == net.version and net.subnet_of(o)  # type: ignore[arg-type]
+                for o, _ in parsed
+            ):
+                continue
+            out.append((_net_text(net), 0 if left is None else max(1, int(left))))
+        return out
 
     def remove(self) -> None:
         """Remove our table, chains and jumps (queue rules first); other rules stay untouched."""

@@ -99,7 +99,9 @@ class FakeFirewall:
     def native_queue(self) -> bool:
         return False
 
-    def apply(self, config: Any, deep_ports: Any = None, queueing: bool = True) -> None:
+    def apply(
+        self, config: Any, deep_ports: Any = None, queueing: bool = True, blocked: Any = None
+    ) -> None:
         self.config = config
         self.applied_configs.append(config)
         self.applied = True

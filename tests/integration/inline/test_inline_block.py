@@ -54,6 +54,12 @@ def test_block_mode_drops_the_listed_host_and_nothing_else(
     resolver = wait_for(lambda: intel_alerts(eve_path, "203.0.113.53"), 5.0, "resolver alert")
     assert {a["alert"]["action"] for a in resolver} == {"allowed"}
     assert "203.0.113.53" not in k["blocked"]
+    # A crashed daemon's blocks survive its restart (systemd restarts it after a watchdog kill).
+    daemons.kill9(d)
+    daemons.start(mode="block", intel=INTEL)
+    assert list(kernel(lab)["blocked"]) == [evil]
+    assert ping(lab, "pc1", evil, count=2) == 0
+    assert ping(lab, "pc1", lab.addr("web"), count=2) == 2
 
 
 def test_monitor_mode_drops_nothing(lab: Lab, serve, daemons: Daemons) -> None:

@@ -364,3 +364,16 @@ def test_a_failing_nft_names_the_step_and_the_error(tmp_path: Path) -> None:
     with pytest.raises(FirewallError, match="apply the nftables ruleset: nft: Error: Operation"):
         f.apply()
     assert not f.applied
+
+
+def test_apply_carries_blocks_but_not_never_block_or_nested_ones(tmp_path: Path) -> None:
+    tools = FakeTools()
+    f = fw(tools, tmp_path, never_block=["198.18.0.0/24"])
+    f.apply(blocked={"203.0.113.66": 100.0, "203.0.113.0/24": None, "198.18.0.7": 5.0,
+                     "2001:db8::1": 12.5, "junk": 1.0})  # fmt: skip
+    table = next(s for s in tools.scripts("nft") if "table inet watchpost {" in s)
+    b4 = table.split("set block4 {", 1)[1].split("\t}\n", 1)[0]
+    b6 = table.split("set block6 {", 1)[1].split("\t}\n", 1)[0]
+    assert "elements = { 203.0.113.0/24 }" in b4  # the wider block covers the single one
+    assert "198.18.0.7" not in table
+    assert "elements = { 2001:db8::1 timeout 12s }" in b6
