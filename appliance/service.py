@@ -274,7 +274,15 @@ class Service:
             for problem in result.problems[:10]:
                 log.warning("intel: %s", problem)
             self.eve = EveFile(cfg.log.eve)
-            self.pipeline = AlertPipeline(cfg, [self.eve])
+            # Components are made (not started) first: the hub link owns the outbox, which is
+            # the pipeline's journal, so every numbered alert is stored before it is published.
+            if self.components is None:
+                self.components = build_components(cfg)
+            journal = next(
+                (j for c in self.components if (j := getattr(c, "journal", None)) is not None),
+                None,
+            )
+            self.pipeline = AlertPipeline(cfg, [self.eve], journal=journal)
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
             self.engine.tickers.append(self.pipeline.tick)
             self._open_queues(cfg)
@@ -657,13 +665,18 @@ class Service:
     # -- stop -----------------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Clean stop: components, then the ruleset (the bridge is plain again), then queues."""
+        """Clean stop, the office first: the ruleset goes (the bridge is plain again) and queued
+        packets are answered; then open scans/episodes and aggregation windows are reported (into
+        the outbox); then the components stop (the hub link sends what it can and says
+        `disconnected`)."""
         if self._stopped:
             return
         self._stopped = True
         self.running = False
         self.notifier.notify("STOPPING=1")
         log.info("stopping")
+        self._release_packet_path()
+        self._flush_alerts()
         for comp in reversed(self.components or []):
             fn = getattr(comp, "stop", None)
             if fn is not None:
@@ -671,10 +684,11 @@ class Service:
                     fn()
                 except Exception:
                     log.exception("component %s failed to stop", _name(comp))
-        self._teardown()
+        self._close_files()
         log.info("stopped")
 
-    def _teardown(self) -> None:
+    def _release_packet_path(self) -> None:
+        """Remove the ruleset, answer what is still queued, unbind: traffic no longer needs us."""
         try:
             self.firewall.remove()
         except FirewallError as e:
@@ -685,11 +699,23 @@ class Service:
             if not sum(q.process(max_seconds=0.05) for q in self.queues):
                 break
         self._close_queues()
-        if self.pipeline is not None:
-            try:
+
+    def _flush_alerts(self) -> None:
+        """Report what detectors and the aggregator still hold (as replay does at its end)."""
+        try:
+            if self.engine is not None and self.engine.stats.packets:
+                self.engine.tick(self.engine.ctx.now + 1e9)
+            if self.pipeline is not None:
                 self.pipeline.close()
-            except Exception:
-                log.exception("closing the alert pipeline failed")
+        except Exception:
+            log.exception("flushing open alerts failed")
+
+    def _teardown(self) -> None:
+        """Undo a failed start."""
+        self._release_packet_path()
+        self._close_files()
+
+    def _close_files(self) -> None:
         if self.eve is not None:
             self.eve.close()
         self._restore_signals()
@@ -761,6 +787,7 @@ class Service:
             "malformed": agg["malformed"],
             "flows": agg["flows"],
             "alerts": self.pipeline.emitted if self.pipeline is not None else 0,
+            "alerts_high": self.pipeline.by_severity[1] if self.pipeline is not None else 0,
             "verdicts_pass": agg["passed"],
             "verdicts_block": agg["blocked"],
             "callback_errors": agg["callback_errors"],

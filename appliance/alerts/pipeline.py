@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -50,6 +51,7 @@ class AlertPipeline:
         self.sinks = list(sinks)
         self.journal = journal or MemoryJournal()
         self.emitted = 0
+        self.by_severity: Counter[int] = Counter()  # emitted alerts by severity (1 = high)
         self.aggregator = Aggregator(self._limit, window=config.alerts.window)
         self.configure(config)
 
@@ -89,6 +91,7 @@ class AlertPipeline:
             eve["watchpost"] = wp
         self.journal.record(eve)
         self.emitted += 1
+        self.by_severity[alert.signature.severity] += 1
         for sink in self.sinks:
             try:
                 sink(eve)

@@ -57,6 +57,7 @@ _V6_EXT = frozenset({0, 43, 60, 135, 139, 140})
 _V6_FRAG = 44
 _V6_AH = 51
 
+_ECHO = frozenset({0, 8, 128, 129})  # ICMP echo reply/request, ICMPv6 echo request/reply
 _U16 = struct.Struct("!H")
 _U16X2 = struct.Struct("!HH")
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
@@ -265,6 +266,10 @@ def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packe
         p.icmp_type, p.icmp_code = _ICMP.unpack_from(data, l4)
         p.payload_off = l4 + 4
         p.payload_len = room - 4
+        if p.icmp_type in _ECHO and room >= 6:
+            # Echo request/reply: the identifier keys the flow (as in conntrack), so two ping
+            # sessions between the same hosts are two flows.
+            p.sport = p.dport = _U16.unpack_from(data, l4 + 4)[0]
     else:
         p.payload_off = l4
         p.payload_len = room

@@ -212,3 +212,11 @@ def test_fuzz_decode_and_engine_never_raise() -> None:
     assert stats.ok + stats.malformed == 100_000
     assert stats.ok > 10_000 and stats.malformed > 10_000
     assert not h.engine.stats.hook_errors, h.engine.stats.hook_errors
+
+
+def test_icmp_echo_identifier_keys_the_flow() -> None:
+    a = dec(IP(src="198.18.0.11", dst="203.0.113.10") / ICMP(type=8, id=7, seq=1))
+    b = dec(IP(src="198.18.0.11", dst="203.0.113.10") / ICMP(type=8, id=9, seq=1))
+    assert (a.sport, a.dport, b.sport) == (7, 7, 9)
+    other = dec(IP(src="198.18.0.11", dst="203.0.113.10") / ICMP(type=3, code=3))
+    assert other.sport == 0
