@@ -244,7 +244,73 @@ def step_dga(ctx: DemoContext) -> None:
         ctx.run("pc1", "dig", "+short", "+time=1", "+tries=1", f"{name}.com", timeout=4)
 
 
+def _hub(ctx: DemoContext) -> Any:
+    hub = ctx.notes.get("hub")
+    if hub is None:
+        raise StepSkipped("no hub broker in this demo")
+    return hub
+
+
+def _operator(ctx: DemoContext, *args: str) -> list[str]:
+    return [sys.executable, "-m", "appliance", "hub", *_hub(ctx).operator_args(), *args]
+
+
+def _hub_setup(ctx: DemoContext) -> None:
+    from appliance.hub.labhub import demo_setup
+
+    demo_setup(ctx)
+
+
+def step_hub_tail(ctx: DemoContext) -> None:
+    """The hub analyst's view: `watchpost hub tail` in the hub namespace, alerts as they land."""
+    proc = ctx.lab.popen(
+        "hub", *_operator(ctx, "tail", "--client-id", "demo-analyst"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    ctx.serve(proc)
+    received: list[dict[str, Any]] = []
+    ctx.notes["hub_alerts"] = received
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                eve = json.loads(line)
+            except ValueError:
+                continue
+            received.append(eve)
+            if ctx.verbose:
+                wp = eve.get("watchpost", {})
+                ctx.say(f"   hub <- seq {wp.get('seq')} {eve['alert']['signature']}")
+
+    threading.Thread(target=read, daemon=True, name="hub-tail").start()
+    ctx.say("   the hub's analyst is tailing alerts over TLS (watchpost hub tail)")
+
+
+def step_hub_commands(ctx: DemoContext) -> None:
+    """The hub operator's view: who is online, and signed commands answered by the device."""
+    res = ctx.run("hub", *_operator(ctx, "devices"), timeout=15)
+    for line in res.stdout.strip().splitlines():
+        ctx.say(f"   {line}")
+    for cmd in (("ping",), ("status",), ("get-config",)):
+        res = ctx.run("hub", *_operator(ctx, "send", "--timeout", "10", "lab-appliance", *cmd))
+        answer = (res.stdout or res.stderr).strip()
+        ctx.say(f"   hub send {' '.join(cmd)} -> exit {res.returncode}: {answer[:160]}")
+    received = ctx.notes.get("hub_alerts", [])
+    seqs = sorted({a.get("watchpost", {}).get("seq", 0) for a in received})
+    gaps = [n for n in range(1, max(seqs, default=0) + 1) if n not in set(seqs)]
+    ctx.say(
+        f"   the hub has received {len(received)} alerts"
+        + (f", sequence 1..{max(seqs)} without gaps" if seqs and not gaps else "")
+        + (f", still missing seq {gaps[:10]}" if gaps else "")
+    )
+
+
 STEPS: list[Step] = [
+    Step("hub", "the regional hub's broker at 192.0.2.10 (TLS, client certificates, per-site ACL)",
+         _hub_setup, needs=("mosquitto",), phase="setup"),
+    Step("hub-tail", "the hub analyst tails alerts (shared subscription, dedup by id)",
+         step_hub_tail, needs=("mosquitto",)),
     Step("services", "lab servers: web, FTP, TLS on the internet side, FTP in the office",
          step_services, phase="setup"),
     Step("office", "ordinary office traffic: DNS, a web page, pings", step_office,
@@ -262,6 +328,8 @@ STEPS: list[Step] = [
     Step("dns-tunnel", "pc2 sends long encoded DNS labels (data leaving through DNS)",
          step_dns_tunnel),
     Step("dga", "pc1 looks up 25 random-looking domains (NXDOMAIN storm)", step_dga),
+    Step("hub-commands", "the hub operator lists devices and sends signed commands",
+         step_hub_commands, needs=("mosquitto",)),
 ]  # fmt: skip
 
 
