@@ -75,6 +75,9 @@ PRIO_QUEUE = 0
 PRIO_VERDICT = 10
 
 DNS_PORT = 53
+# Stealth scan probes (no SYN/ACK/RST, no connection) queued at most this fast.
+STEALTH_RATE = 100
+STEALTH_BURST = 200
 # iptables' multiport match takes at most 15 ports per rule.
 MULTIPORT_MAX = 15
 
@@ -230,6 +233,10 @@ def render_nft(spec: RulesetSpec) -> str:
             lines.append(f"\t\ttcp dport {pset} ct packets <= {n} {q}\n")
             lines.append(f"\t\ttcp sport {pset} ct packets <= {n} {q}\n")
         lines.append(f"\t\tct packets <= {spec.head_packets} {q}\n")
+        lines.append(
+            "\t\tct state invalid tcp flags & (syn | ack | rst) == 0 "
+            f"limit rate {STEALTH_RATE}/second burst {STEALTH_BURST} packets {q}\n"
+        )
         out.append(
             f"\tchain heads {{\n\t\ttype filter hook forward priority {PRIO_QUEUE}; "
             "policy accept;\n" + bridged + "".join(lines) + "\t}\n"
@@ -275,6 +282,12 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
                 f"-A {CHAIN} {phys} -p tcp -m multiport --ports {plist} {heads(n)} {target}"
             )
         rules.append(f"-A {CHAIN} {phys} {heads(spec.head_packets)} {target}")
+        # Stealth probes (FIN, NULL, Xmas) start no connection, so conntrack calls them invalid
+        # and the head rules never see them; queue them at a bounded rate for the scan detector.
+        rules.append(
+            f"-A {CHAIN} {phys} -p tcp --tcp-flags SYN,ACK,RST NONE -m conntrack --ctstate INVALID"
+            f" -m limit --limit {STEALTH_RATE}/sec --limit-burst {STEALTH_BURST} {target}"
+        )
     return rules
 
 

@@ -94,7 +94,8 @@ def test_apply_block_reload_remove_in_the_kernel(netns: list[str]) -> None:
             assert p[f"iptables{family}_jumps"] == [
                 "-A FORWARD -m physdev --physdev-is-bridged -j WATCHPOST"
             ]
-            assert sum("NFQUEUE" in r for r in p[f"iptables{family}_chain"]) == 6
+            # per direction: DNS over UDP and TCP, connection heads, stealth probes
+            assert sum("NFQUEUE" in r for r in p[f"iptables{family}_chain"]) == 8
     assert out["unblock"] == [True, False]
     assert out["after"] == {
         "table": None,

@@ -148,8 +148,12 @@ def test_iptables_rules_queue_both_directions_between_the_two_ports() -> None:
     assert all(r.endswith("-j NFQUEUE --queue-num 0 --queue-bypass") for r in queued)
     out = [r for r in queued if "--physdev-in office --physdev-out uplink" in r]
     back = [r for r in queued if "--physdev-in uplink --physdev-out office" in r]
-    assert len(out) == len(back) == len(queued) // 2 == 3
+    assert len(out) == len(back) == len(queued) // 2 == 4
     assert any("-p udp -m multiport --ports 53" in r for r in out)
+    # FIN/NULL/Xmas probes have no connection (conntrack INVALID): queued at a bounded rate.
+    assert any(
+        "--tcp-flags SYN,ACK,RST NONE -m conntrack --ctstate INVALID -m limit" in r for r in out
+    )
     assert any("-p tcp -m multiport --ports 53" in r for r in out)
     assert any(
         "-m connbytes --connbytes 0:5 --connbytes-dir both --connbytes-mode packets" in r
