@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ class AlertSink(Protocol):
     def __call__(self, alert: Alert) -> None: ...
 
 
+_AF_OF_RR = {1: socket.AF_INET, 28: socket.AF_INET6}
+
+
 class NameCache:
     """Address → the DNS name it was last answered for, so alerts can say which domain it was."""
 
@@ -63,8 +67,8 @@ class NameCache:
         for ans in msg.answers:
             if ans.rrtype in (1, 28) and ans.data:
                 try:
-                    addr = ipaddress.ip_address(ans.data).packed
-                except ValueError:
+                    addr = socket.inet_pton(_AF_OF_RR[ans.rrtype], ans.data)
+                except (OSError, ValueError):
                     continue
                 self._names[addr] = msg.qname or ans.name
                 self._names.move_to_end(addr)

@@ -174,7 +174,7 @@ def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packe
         if ihl < 20 or total < ihl or n < ihl:
             stats.bad("ipv4_bad_header")
             return None
-        end = off + min(total, n)  # trust the shorter of captured and claimed length
+        end = off + (total if total < n else n)  # the shorter of claimed and captured length
         p = Packet()
         p.family = 4
         p.ttl = ttl
@@ -194,7 +194,7 @@ def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packe
         p.family = 6
         p.ttl = ttl
         p.length = plen + 40
-        end = off + min(plen + 40, n)
+        end = off + (plen + 40 if plen + 40 < n else n)
         l4 = off + 40
         # Walk extension headers to the transport header.
         hops = 0
