@@ -31,7 +31,31 @@ def config_or_exit(path: str | Path | None, required: bool = True) -> Config:
         raise  # unreachable
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """Imports a command's module only when that command runs (`replay` need not load Flask)."""
+
+    lazy: dict[str, str] = {
+        "run": "appliance.service:run",
+        "lab": "appliance.lab:lab",
+        "demo": "appliance.lab:demo",
+        "hub": "appliance.hub.operator:hub",
+        "provision": "appliance.provisioning:provision",
+        "passwd": "appliance.status.passwd:passwd",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, _, attr = self.lazy[cmd_name].partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="watchpost")
 def main() -> None:
     """Watchpost: an inline network watch for small offices."""
@@ -79,18 +103,3 @@ def signatures() -> None:
 
     for detector, sig in all_signatures():
         click.echo(f"{sig.sid}\t{detector}\t{sig.severity}\t{sig.category}\t{sig.name}")
-
-
-def _register_groups() -> None:
-    """Commands that live next to the code they drive (imported lazily by click)."""
-    from appliance.hub.operator import hub
-    from appliance.lab import demo, lab
-    from appliance.provisioning import provision
-    from appliance.service import run
-    from appliance.status.passwd import passwd
-
-    for command in (run, lab, demo, hub, provision, passwd):
-        main.add_command(command)
-
-
-_register_groups()
