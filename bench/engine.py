@@ -267,9 +267,15 @@ def run(quick: bool) -> dict[str, Any]:
         packets = office_mix(n)
         store = _intel(tmp)
         print(f"bench.engine: {len(packets)} packets in the mix", file=sys.stderr)
-        pps = engine_pps(packets, store, all_detectors=False, seconds=seconds)
-        pps_all = engine_pps(packets, store, all_detectors=True, seconds=seconds)
-        s_pps = scapy_pps(packets, seconds=seconds / 2)
+        # Alternated twice, best of each: the same treatment for engine and baseline, and a
+        # busy moment on the shared machine does not decide the figure.
+        pps = pps_all = s_pps = 0.0
+        for _ in range(2):
+            pps = max(pps, engine_pps(packets, store, all_detectors=False, seconds=seconds / 2))
+            s_pps = max(s_pps, scapy_pps(packets, seconds=seconds / 4))
+            pps_all = max(
+                pps_all, engine_pps(packets, store, all_detectors=True, seconds=seconds / 2)
+            )
         out: dict[str, Any] = {
             "engine_pps": round(pps),
             "engine_pps_all_detectors": round(pps_all),
