@@ -6,11 +6,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from scapy.layers.l2 import Ether
+from scapy.utils import wrpcap
+
 from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import Config, from_dict
 from appliance.detect import intel as intel_mod
 from appliance.detect.engine import Engine
 from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.replay import replay
 
 HOME = "198.18.0.0/24"
 
@@ -71,3 +75,38 @@ def at(pkt: Any, ts: float) -> Any:
     pkt.time = ts
     pkt._wp_time = True
     return pkt
+
+
+def write_pcap(packets: Iterable[Any], path: str | Path) -> Path:
+    """Write scapy IP packets as Ethernet frames keeping each `.time`, so a replay of the file
+    sees the same clock as `Harness.feed`."""
+    frames = []
+    for p in packets:
+        f = Ether() / p
+        f.time = p.time
+        frames.append(f)
+    wrpcap(str(path), frames)
+    return Path(path)
+
+
+def replay_alerts(
+    pcap: str | Path, detector: str | None, config: Config | None = None
+) -> list[dict[str, Any]]:
+    """The alerts (EVE dicts) `watchpost replay` raises over `pcap`; only `detector`'s unless
+    None. Default config: `make_config()`."""
+    alerts: list[dict[str, Any]] = []
+    replay(pcap, config if config is not None else make_config(), [alerts.append])
+    return [a for a in alerts if detector is None or a["watchpost"]["detector"] == detector]
+
+
+def alert_key(a: dict[str, Any], *fields: str) -> tuple:
+    """What must match between an inline and a replayed alert: signature id, addresses, count,
+    then the `watchpost` fields named in `fields` (e.g. "first_seen")."""
+    w = a["watchpost"]
+    return (
+        a["alert"]["signature_id"],
+        a["src_ip"],
+        a["dest_ip"],
+        w["count"],
+        *(w[f] for f in fields),
+    )

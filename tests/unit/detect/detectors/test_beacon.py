@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import beacon
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, at, make_config, replay_alerts, write_pcap
 
 PC1 = "198.18.0.11"
 C2 = "203.0.113.66"
@@ -231,17 +228,9 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts = series(jittered(30, 45.0, 0.3, 3))
     pkts += series(jittered(30, 90.0, 0.3, 4), dst="203.0.113.77", dport=8443)
     pkts.sort(key=lambda p: p.time)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "beacon.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "beacon.pcap")
     inline = run(list(pkts))
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "beacon"]
+    replayed = replay_alerts(pcap, "beacon")
 
     def key(a: dict) -> tuple:
         w = a["watchpost"]

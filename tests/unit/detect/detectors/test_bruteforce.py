@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import bruteforce
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 ATK = "198.51.100.23"
 PC1 = "198.18.0.11"
@@ -201,23 +198,14 @@ def test_ports_must_be_numbers() -> None:
 def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts = attempts(25) + attempts(12, src=PC1, dst="203.0.113.10", dport=3389, t0=T0 + 3)
     pkts.sort(key=lambda p: p.time)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "bf.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "bf.pcap")
     h = Harness()
     h.feed(pkts)
     inline = bf_alerts(h)
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "bruteforce"]
+    replayed = replay_alerts(pcap, "bruteforce")
 
     def key(a: dict) -> tuple:
-        w = a["watchpost"]
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], w["count"], w["first_seen"])
+        return alert_key(a, "first_seen")
 
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
     assert len(replayed) == 4

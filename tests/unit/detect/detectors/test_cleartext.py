@@ -10,14 +10,11 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors.cleartext import CleartextDetector, telnet_text
 from appliance.inline.flows import VERDICT_NONE
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, at, make_config, replay_alerts, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 SRV = "203.0.113.10"
@@ -300,17 +297,9 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts = session(ftp_login(), 21)
     pkts += session(telnet_login(), 23, T0 + 2, sport=40002)
     pkts += session(http_get("Basic eDp5"), 80, T0 + 4, sport=40004)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "cleartext.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "cleartext.pcap")
     inline = run(list(pkts)).by_detector("cleartext")
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "cleartext"]
+    replayed = replay_alerts(pcap, "cleartext")
 
     def key(a: dict) -> tuple:
         return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], a["dest_port"])

@@ -4,7 +4,6 @@ non-existent lookups (typos, browser probes, reverse lookups, local names) are n
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 from collections.abc import Callable
@@ -14,8 +13,6 @@ from pathlib import Path
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.alerts.model import Alert
 from appliance.config import ConfigError
@@ -25,8 +22,8 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsAnswer, DnsMessage
 from appliance.inline.decode import DecodeStats, decode_ip
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
+from tests.unit.detect.detectors.dns_helpers import dns_hook, popular_domains
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 RESOLVER = "203.0.113.53"
@@ -176,25 +173,11 @@ def test_pronounceable_foreign_names_are_not_random() -> None:
 # -- the FP rate on real, popular names ------------------------------------------------------
 
 
-def popular_domains() -> list[str]:
-    """The Cisco Umbrella top-1M sample (37,997 names) shipped by the `domain-stats` package (a
-    dev dependency)."""
-    spec = importlib.util.find_spec("domain_stats")
-    assert spec is not None and spec.submodule_search_locations, (
-        "the dev dependency domain-stats is missing: pip install -e '.[dev]'"
-    )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "top1m.import"
-    return [rec["domain"] for rec in json.loads(path.read_text())]
-
-
 def hook_runner(det: DgaDetector) -> tuple[list[Alert], Callable[..., None]]:
     """Call the detector's dns hook directly with records (38 000 scapy packets would take a
     minute); returns the alerts it raises and a function `look(name, ts, rcode)`."""
     alerts: list[Alert] = []
-    engine = Engine(make_config(), IntelStore(), alerts.append, detectors=[det])
-    raw = bytes(IP(src=PC1, dst=RESOLVER) / UDP(sport=40000, dport=53) / DNS(qd=DNSQR()))
-    pkt = decode_ip(raw, T0, DecodeStats())
-    flow, _ = engine.flows.lookup(pkt)
+    engine, pkt, flow = dns_hook(det, alerts.append, PC1, RESOLVER, T0)
     ctx = engine.ctx
 
     def look(name: str, ts: float, rcode: int = NOERROR) -> None:
@@ -418,23 +401,11 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts = lookups(GENERATORS["conficker"](30), rcode=NXDOMAIN)
     pkts += lookups(GENERATORS["hash"](12), rcode=NOERROR, client=PC2, t0=T0 + 30)
     pkts.sort(key=lambda p: p.time)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "dga.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "dga.pcap")
     inline = run(list(pkts)).by_detector("dga")
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "dga"]
-
-    def key(a: dict) -> tuple:
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], a["watchpost"]["count"])
-
+    replayed = replay_alerts(pcap, "dga")
     assert len(inline) >= 3
-    assert sorted(map(key, inline)) == sorted(map(key, replayed))
+    assert sorted(map(alert_key, inline)) == sorted(map(alert_key, replayed))
 
 
 def test_odd_names_never_break_the_hook() -> None:

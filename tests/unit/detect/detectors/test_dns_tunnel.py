@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.alerts.model import Alert
 from appliance.config import ConfigError
@@ -21,13 +19,9 @@ from appliance.detect.detectors.dns_tunnel import (
     looks_encoded,
     reversed_address,
 )
-from appliance.detect.engine import Engine
-from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
-from appliance.inline.decode import DecodeStats, decode_ip
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
-from tests.unit.detect.detectors.test_dga import popular_domains
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
+from tests.unit.detect.detectors.dns_helpers import dns_hook, popular_domains
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 RESOLVER = "203.0.113.53"
@@ -303,23 +297,11 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
         exfil_names(SECRET * 8), client=PC2, t0=T0 + 1
     )
     pkts.sort(key=lambda p: p.time)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "tunnel.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "tunnel.pcap")
     inline = run(list(pkts)).by_detector("dns-tunnel")
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "dns-tunnel"]
-
-    def key(a: dict) -> tuple:
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], a["watchpost"]["count"])
-
+    replayed = replay_alerts(pcap, "dns-tunnel")
     assert len(inline) == 3
-    assert sorted(map(key, inline)) == sorted(map(key, replayed))
+    assert sorted(map(alert_key, inline)) == sorted(map(alert_key, replayed))
 
 
 # -- the FP rate on real, popular names ------------------------------------------------------
@@ -335,10 +317,7 @@ def test_false_positive_rate_on_popular_domains_is_below_a_tenth_of_a_percent() 
     assert len(names) >= 10_000
     alerts: list[Alert] = []
     det = DnsTunnelDetector()
-    engine = Engine(make_config(), IntelStore(), alerts.append, detectors=[det])
-    raw = bytes(IP(src=PC1, dst=RESOLVER) / UDP(sport=40000, dport=53) / DNS(qd=DNSQR()))
-    pkt = decode_ip(raw, T0, DecodeStats())
-    flow, _ = engine.flows.lookup(pkt)
+    engine, pkt, flow = dns_hook(det, alerts.append, PC1, RESOLVER, T0)
     ctx = engine.ctx
     for i, name in enumerate(names):
         ctx.now = T0 + i
@@ -352,10 +331,7 @@ def test_false_positive_rate_on_popular_domains_is_below_a_tenth_of_a_percent() 
 
 def test_odd_names_never_break_the_hook() -> None:
     det = DnsTunnelDetector()
-    engine = Engine(make_config(), IntelStore(), lambda a: None, detectors=[det])
-    raw = bytes(IP(src=PC1, dst=RESOLVER) / UDP(sport=40000, dport=53) / DNS(qd=DNSQR()))
-    pkt = decode_ip(raw, T0, DecodeStats())
-    flow, _ = engine.flows.lookup(pkt)
+    engine, pkt, flow = dns_hook(det, lambda a: None, PC1, RESOLVER, T0)
     r = random.Random(12)
     alphabet = "abcxyz019-_.\\*"
     odd = ["", ".", "..", "a..b", "_.x.y", "1.2.3.4.5", "\\000\\255.a.com", "x" * 300]

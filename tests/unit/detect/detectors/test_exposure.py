@@ -8,13 +8,10 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import exposure
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 ATK = "198.51.100.23"
 PC1 = "198.18.0.11"
@@ -197,23 +194,14 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     for i in range(10):
         pkts += connect(f"198.51.100.{i + 1}", PC2, 3389, T0 + i * 5, sport=43000 + i)
     pkts += connect(ATK, PC2, 9100, T0 + 100)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "exp.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "exp.pcap")
     h = Harness()
     h.feed(pkts)
     inline = exp_alerts(h)
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "exposure"]
+    replayed = replay_alerts(pcap, "exposure")
 
     def key(a: dict) -> tuple:
-        w = a["watchpost"]
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], w["count"], w["last_seen"])
+        return alert_key(a, "last_seen")
 
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
     assert sum(a["watchpost"]["count"] for a in replayed) == 11

@@ -10,19 +10,16 @@ from typing import Any
 import pytest
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.l2 import Ether
 from scapy.layers.tls.extensions import ServerName, TLS_Ext_ServerName, TLS_Ext_SupportedGroups
 from scapy.layers.tls.handshake import TLSClientHello
 from scapy.layers.tls.record import TLS
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import intel as det
 from appliance.detect.dissect.quic import build_initial
 from appliance.detect.dissect.tls import parse_client_hello
 from appliance.inline.flows import VERDICT_BLOCK
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 RESOLVER = "203.0.113.53"
@@ -374,25 +371,14 @@ def test_replayed_pcap_gives_the_same_alerts(feeds: list[Path], tmp_path: Path) 
     pkts += tcp_flow(PC1, WEB, 443, hello("login-bank.example"), ts=T0 + 3, sport=40001)
     pkts += tcp_flow(PC1, WEB, 443, hello("bank.example"), ts=T0 + 4, sport=40002)
     pkts += tcp_flow("192.0.2.7", WEB, 80, http_get("x.evil.example"), ts=T0 + 5, sport=40003)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "intel.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "intel.pcap")
     cfg = make_config(intel={"paths": [str(p) for p in feeds]})
     h = Harness(cfg)
     h.feed(pkts)
     inline = h.finish()
-    replayed: list[dict] = []
-    replay(pcap, cfg, [replayed.append])
-
-    def key(a: dict) -> tuple:
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], a["watchpost"]["count"])
-
-    ours = sorted(key(a) for a in replayed if a["watchpost"]["detector"] == "intel")
-    assert ours == sorted(key(a) for a in inline if a["watchpost"]["detector"] == "intel")
+    replayed = replay_alerts(pcap, None, cfg)
+    ours = sorted(alert_key(a) for a in replayed if a["watchpost"]["detector"] == "intel")
+    assert ours == sorted(alert_key(a) for a in inline if a["watchpost"]["detector"] == "intel")
     assert [k[0] for k in ours] == [8100001, 8100002, 8100005, 8100008]
     span = next(a for a in replayed if a["alert"]["signature_id"] == 8100008)
     assert span["watchpost"]["direction"] == "unknown"

@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors import portscan
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 ATK = "198.51.100.23"
 PC1 = "198.18.0.11"
@@ -380,30 +377,14 @@ def test_unknown_option_is_refused() -> None:
 
 def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts = vertical(ports=range(1, 201)) + udp_scan(range(1, 40), t0=T0 + 5)
-    pcap = tmp_path / "scan.pcap"
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "scan.pcap")
     h = Harness()
     h.feed(pkts)
     inline = portscan_alerts(h)
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "portscan"]
+    replayed = replay_alerts(pcap, "portscan")
 
     def key(a: dict) -> tuple:
-        w = a["watchpost"]
-        return (
-            a["alert"]["signature_id"],
-            a["src_ip"],
-            a["dest_ip"],
-            w["count"],
-            w["first_seen"],
-            w["last_seen"],
-        )
+        return alert_key(a, "first_seen", "last_seen")
 
     assert sorted(map(key, inline)) == sorted(map(key, replayed))
     assert sum(a["watchpost"]["count"] for a in replayed) == 200 + 39

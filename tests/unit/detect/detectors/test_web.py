@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import IP, TCP
-from scapy.layers.l2 import Ether
-from scapy.utils import wrpcap
 
 from appliance.config import ConfigError
 from appliance.detect.detectors.web import WebDetector, bare_host, decoded_forms, host_port
@@ -19,8 +17,7 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import HttpRequest
 from appliance.inline.decode import DecodeStats, decode_ip
-from appliance.replay import replay
-from tests.helpers import Harness, at, make_config
+from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 WEB = "203.0.113.10"
@@ -445,23 +442,11 @@ def test_replayed_pcap_gives_the_same_alerts(tmp_path: Path) -> None:
     pkts += requests(["/.aws/credentials", "/config.php", "/backup.zip"], t0=T0 + 10, sport=30000)
     pkts += request("/p?id=1'--", T0 + 20, ua="sqlmap/1.8", sport=9999)
     pkts += request("/bins.sh", T0 + 30, src=PC1, dst="203.0.113.66", host=None, sport=9998)
-    frames = []
-    for p in pkts:
-        f = Ether() / p
-        f.time = p.time
-        frames.append(f)
-    pcap = tmp_path / "web.pcap"
-    wrpcap(str(pcap), frames)
+    pcap = write_pcap(pkts, tmp_path / "web.pcap")
     inline = run(list(pkts)).by_detector("web")
-    replayed: list[dict] = []
-    replay(pcap, make_config(), [replayed.append])
-    replayed = [a for a in replayed if a["watchpost"]["detector"] == "web"]
-
-    def key(a: dict) -> tuple:
-        return (a["alert"]["signature_id"], a["src_ip"], a["dest_ip"], a["watchpost"]["count"])
-
+    replayed = replay_alerts(pcap, "web")
     assert len(inline) == 4
-    assert sorted(map(key, inline)) == sorted(map(key, replayed))
+    assert sorted(map(alert_key, inline)) == sorted(map(alert_key, replayed))
 
 
 def test_odd_requests_never_break_the_hook() -> None:
