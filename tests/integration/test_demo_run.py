@@ -10,8 +10,6 @@ import time
 
 import pytest
 
-from appliance.lab import LabDaemon
-
 pytestmark = pytest.mark.root
 
 
@@ -20,13 +18,7 @@ def _namespaces(prefix: str) -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(f"{prefix}-")]
 
 
-@pytest.fixture
-def daemon_available() -> None:
-    if not LabDaemon.available():
-        pytest.skip("this build has no daemon (`watchpost run`) yet")
-
-
-def test_demo_with_duration_prints_intel_alert_and_cleans_up(daemon_available) -> None:
+def test_demo_with_duration_prints_intel_alert_and_cleans_up() -> None:
     prefix = f"wpd{os.getpid()}"
     argv = [sys.executable, "-m", "appliance", "demo", "--duration", "20", "--prefix", prefix]
     try:
@@ -44,7 +36,7 @@ def test_demo_with_duration_prints_intel_alert_and_cleans_up(daemon_available) -
     assert leftover == []
 
 
-def test_demo_stops_cleanly_on_ctrl_c(daemon_available) -> None:
+def test_demo_stops_cleanly_on_ctrl_c() -> None:
     prefix = f"wpi{os.getpid()}"
     argv = [sys.executable, "-m", "appliance", "demo", "--prefix", prefix]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from appliance.lab import Lab, LabDaemon, lab_config, stop
 
 from .behaviour_lab import Alert, Watch
@@ -25,8 +23,6 @@ ALERTS = {"window": 2.0, "rate_per_minute": 10_000, "burst": 1000}
 
 def start_watch(lab: Lab, workdir: Path, **sections: dict[str, Any]) -> Watch:
     """The daemon in the lab with `sections` (e.g. ``detect={...}``) over the lab config."""
-    if not LabDaemon.available():
-        pytest.skip("this build has no daemon (`watchpost run`) yet")
     cfg = lab_config(workdir, alerts=ALERTS, **sections)
     daemon = LabDaemon(lab, cfg).start()
     return Watch(lab, daemon, cfg, workdir)
