@@ -100,7 +100,7 @@ def lookup(name, ts, client=PC1, rcode=NOERROR, qtype="A", sport=40000, answer=N
     """A query and its answer (an A record unless the lookup failed)."""
     q = IP(src=client, dst=RESOLVER) / UDP(sport=sport, dport=53)
     q = q / DNS(id=sport & 0xFFFF, rd=1, qd=DNSQR(qname=name, qtype=qtype))
-    an = None
+    an = []
     if rcode == NOERROR and qtype == "A":
         an = DNSRR(rrname=name, type="A", ttl=60, rdata=answer or "192.0.2.80")
     a = IP(src=RESOLVER, dst=client) / UDP(sport=53, dport=sport)
