@@ -47,7 +47,7 @@ from appliance.alerts.pipeline import AlertPipeline, EveFile
 from appliance.config import DEFAULT_PATH, Config, ConfigError
 from appliance.config import load as load_config
 from appliance.detect.engine import Engine
-from appliance.detect.intel import IntelManager, IntelStore
+from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
 from appliance.inline.firewall import Counters, Firewall, FirewallError, RulesetSpec
 from appliance.inline.flows import FlowTable, HomeNets
 from appliance.inline.queue import QueueWorker, WorkerProcess, port_sides, queue_table
@@ -267,7 +267,7 @@ class Service:
             self.intel = IntelManager(
                 intel_paths(cfg),
                 cache=cfg.intel.cache,
-                cache_dir=_cache_dir(cfg),
+                cache_dir=intel_cache_dir(cfg.device.state_dir),
                 listeners=[self._on_intel],
             )
             result = self.intel.load()
@@ -869,16 +869,6 @@ def fresh_flows(engine: Engine, config: Config) -> None:
 
 def _name(comp: Any) -> str:
     return getattr(comp, "name", None) or type(comp).__name__
-
-
-def _cache_dir(cfg: Config) -> str | None:
-    """Compiled intel lives in the state directory (the config directory is read-only)."""
-    d = Path(cfg.device.state_dir) / "intel-cache"
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return None
-    return str(d) if os.access(d, os.W_OK) else None
 
 
 @click.command("run")

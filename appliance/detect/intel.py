@@ -1195,6 +1195,17 @@ def read_cache(path: Path, paths: list[str]) -> IntelStore | None:
 # -- loading ------------------------------------------------------------------------------------
 
 
+def intel_cache_dir(state_dir: str) -> str | None:
+    """Where compiled intel lives: the state directory (the config directory is read-only under
+    systemd); None when it cannot be written (then no cache)."""
+    d = Path(state_dir) / "intel-cache"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(d) if os.access(d, os.W_OK) else None
+
+
 def load_files(
     paths: Iterable[str], *, cache: bool = False, cache_dir: str | None = None
 ) -> IntelStore:

@@ -406,7 +406,8 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        store = intel_mod.load_files(intel_paths, cache=config.intel.cache)
+        cache_dir = intel_mod.intel_cache_dir(config.device.state_dir)
+        store = intel_mod.load_files(intel_paths, cache=config.intel.cache, cache_dir=cache_dir)
         engine = Engine(
             config, store, lambda alert: conn.send(("alert", alert)), _PipeBlocker(conn)
         )
@@ -432,7 +433,9 @@ def worker_main(
                     worker.configure(config)
                     engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
                 elif msg[0] == "intel":
-                    engine.set_intel(intel_mod.load_files(msg[1], cache=config.intel.cache))
+                    engine.set_intel(
+                        intel_mod.load_files(msg[1], cache=config.intel.cache, cache_dir=cache_dir)
+                    )
                     engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
             now = time.time()
             if now >= next_stats:
