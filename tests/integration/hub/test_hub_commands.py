@@ -232,7 +232,8 @@ def test_desired_config_applied_on_reconnect_when_newer(
         "--no-wait",
     )
     assert r.exit_code == 0, r.output
-    v1 = json.loads(hub.on(f"{ROOT}/config/desired")[-1].payload)["seq"]
+    desired = wait_for(lambda: hub.on(f"{ROOT}/config/desired"), what="the desired config")
+    v1 = json.loads(desired[-1].payload)["seq"]
     appliance.start()
     wait_for(
         lambda: [x for x in hub.json_on(f"{ROOT}/config/reported") if x["version"] == v1],
