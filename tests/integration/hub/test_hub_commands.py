@@ -265,7 +265,11 @@ def test_desired_config_applied_on_reconnect_when_newer(
         "--no-wait",
     )
     assert r.exit_code == 0, r.output
-    v2 = json.loads(hub.on(f"{ROOT}/config/desired")[-1].payload)["seq"]
+    newer = wait_for(
+        lambda: [m for m in hub.on(f"{ROOT}/config/desired") if json.loads(m.payload)["seq"] > v1],
+        what="the newer desired config",
+    )
+    v2 = json.loads(newer[-1].payload)["seq"]
     assert v2 > v1
     appliance.start()
     wait_for(
