@@ -177,11 +177,6 @@ def _median(runs: list[dict[str, Any]], key: str) -> float:
 def run(quick: bool) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise RuntimeError("bench.inline needs root (network namespaces, netfilter)")
-    if not LabDaemon.available():
-        raise RuntimeError(
-            "bench.inline needs the daemon (`watchpost run`, appliance/service.py), "
-            "which is not in this build yet"
-        )
     for tool, pkg in (("iperf3", "iperf3"), ("ethtool", "ethtool"), ("ping", "iputils-ping")):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise RuntimeError(f"bench.inline needs `{tool}`: apt install {pkg}")
