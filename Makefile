@@ -22,7 +22,7 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
-	$(PY) -m bench
+	@$(PY) -m bench
 
 clean:
 	-$(VENV)/bin/watchpost lab down 2>/dev/null
