@@ -235,14 +235,6 @@ class Engine:
             for name in ("packet", "dns", "tls", "http", "tick")
         }
 
-    def check(self, config: Config) -> None:
-        """Raise ConfigError if `config` would be refused by a detector (dry run of configure)."""
-        for det in registry.create_detectors():
-            opts = Options(
-                det.name, config.detect.get(det.name) or registry.validate_options(det, {})
-            )
-            det.configure(opts, set(opts.as_dict()))
-
     def set_intel(self, intel: IntelStore) -> None:
         self.intel = intel
 

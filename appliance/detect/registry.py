@@ -8,7 +8,7 @@ from typing import Any
 
 from appliance.alerts.model import Signature
 from appliance.config import ConfigError
-from appliance.detect.base import Detector, validate_options
+from appliance.detect.base import Detector, Options, validate_options
 
 # Module and class of each detector, in the order hooks run. The intel detector goes first so the
 # others can see whether a flow is already known bad.
@@ -51,7 +51,14 @@ def validate_detect_section(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]
             raise ConfigError(
                 f"detect.{name}", f"unknown detector (known: {', '.join(sorted(detectors))})"
             )
-    return {name: validate_options(d, raw.get(name, {})) for name, d in detectors.items()}
+    out = {}
+    for name, det in detectors.items():
+        values = validate_options(det, raw.get(name, {}))
+        # The detector's own checks (ranges, formats) run on a fresh instance, so a bad value is
+        # refused when the config is read (check-config, reload, set-config), naming its key.
+        det.configure(Options(name, values), set(values))
+        out[name] = values
+    return out
 
 
 def all_signatures() -> list[tuple[str, Signature]]:

@@ -64,3 +64,15 @@ def test_merge_revalidates_and_save_roundtrips(tmp_path: Path) -> None:
     save(c2)
     again = load(tmp_path / "c.toml")
     assert again.inline.mode == "block" and again.device.id == "d1"
+
+
+def test_detector_checks_run_when_the_config_is_read() -> None:
+    with pytest.raises(ConfigError) as e:
+        from_dict({"detect": {"portscan": {"ports": -3}}})
+    assert e.value.key == "detect.portscan.ports"
+    with pytest.raises(ConfigError) as e:
+        from_dict({"detect": {"nosuch": {}}})
+    assert e.value.key == "detect.nosuch"
+    with pytest.raises(ConfigError) as e:
+        from_dict({"detect": {"web": {"enabled": "no"}}})
+    assert e.value.key == "detect.web.enabled"
