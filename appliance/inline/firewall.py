@@ -291,7 +291,10 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
     return rules
 
 
-JUMP = f"-A FORWARD -m physdev --physdev-is-bridged -j {CHAIN}"
+# An unconditional jump: every match in it would run for every forwarded packet, and physdev is an
+# nft_compat match (slow). Our chain starts with native checks (pkttype, ct mark) that send a
+# judged flow's packets back at once; the physdev port matches run only for flow heads.
+JUMP = f"-A FORWARD -j {CHAIN}"
 
 
 def render_iptables(spec: RulesetSpec, stale_jumps: Iterable[str] = ()) -> str:

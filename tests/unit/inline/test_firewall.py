@@ -176,7 +176,7 @@ def test_iptables_script_recreates_chain_and_replaces_stale_jumps() -> None:
     script = render_iptables(spec(), stale).splitlines()
     assert script[0] == "*filter" and script[-1] == "COMMIT"
     assert script[1] == f":{CHAIN} - [0:0]"  # declaring the chain flushes it
-    assert "-D FORWARD -m physdev --physdev-is-bridged -j WATCHPOST" in script
+    assert "-D FORWARD -j WATCHPOST" in script
     assert "-D FORWARD -i eth9 -j WATCHPOST" in script
     assert script.count(JUMP) == 1
     assert script.index("-D FORWARD -i eth9 -j WATCHPOST") < script.index(JUMP)
@@ -186,7 +186,7 @@ def test_iptables_removal_script() -> None:
     assert render_iptables_removal([], chain_exists=False) is None
     script = render_iptables_removal([JUMP], chain_exists=True)
     assert script == (
-        "*filter\n-D FORWARD -m physdev --physdev-is-bridged -j WATCHPOST\n"
+        "*filter\n-D FORWARD -j WATCHPOST\n"
         f"-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n"
     )
 
