@@ -44,6 +44,7 @@ class Harness:
         self.engine = Engine(self.config, intel_mod.load_files(paths), self.pipeline)
         self.engine.tickers.append(self.pipeline.tick)
         self.stats = DecodeStats()
+        self.verdicts: list[int] = []
 
     def feed(self, packets: Iterable[Any], start: float = 1_800_000_000.0, step: float = 0.001):
         """Feed scapy IP packets (or raw IP bytes); timestamps from `start`, `step` apart unless
@@ -68,6 +69,20 @@ class Harness:
 
     def by_detector(self, name: str) -> list[dict[str, Any]]:
         return [a for a in self.alerts if a["watchpost"]["detector"] == name]
+
+    def sids(self, detector: str) -> list[int]:
+        """The signature ids of `detector`'s alerts, in order."""
+        return [a["alert"]["signature_id"] for a in self.by_detector(detector)]
+
+
+def run_packets(packets: Iterable[Any], config: Config | None = None) -> Harness:
+    """Feed `packets` through a fresh Harness, close every window, and insist that no detector
+    hook raised (a hook error would otherwise pass silently as "no alert")."""
+    h = Harness(config)
+    h.verdicts = h.feed(packets)
+    h.finish()
+    assert not h.engine.stats.hook_errors, h.engine.stats.hook_errors
+    return h
 
 
 def at(pkt: Any, ts: float) -> Any:

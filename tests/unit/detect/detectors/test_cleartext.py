@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, TCP
 from appliance.config import ConfigError
 from appliance.detect.detectors.cleartext import CleartextDetector, telnet_text
 from appliance.inline.flows import VERDICT_NONE
-from tests.helpers import Harness, at, make_config, replay_alerts, write_pcap
+from tests.helpers import Harness, at, make_config, replay_alerts, run_packets, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 SRV = "203.0.113.10"
@@ -86,16 +86,11 @@ def telnet_login(per_char: bool = True) -> list:
 
 
 def run(pkts, cfg=None) -> Harness:
-    h = Harness(cfg)
-    verdicts = h.feed(pkts)
-    h.finish()
-    h.verdicts = verdicts
-    assert not h.engine.stats.hook_errors
-    return h
+    return run_packets(pkts, cfg)
 
 
 def sids(h: Harness) -> list[int]:
-    return [a["alert"]["signature_id"] for a in h.by_detector("cleartext")]
+    return h.sids("cleartext")
 
 
 def assert_no_secrets(h: Harness, *extra: str) -> None:

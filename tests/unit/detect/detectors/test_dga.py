@@ -22,7 +22,15 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsAnswer, DnsMessage
 from appliance.inline.decode import DecodeStats, decode_ip
-from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
+from tests.helpers import (
+    Harness,
+    alert_key,
+    at,
+    make_config,
+    replay_alerts,
+    run_packets,
+    write_pcap,
+)
 from tests.unit.detect.detectors.dns_helpers import dns_hook, popular_domains
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
@@ -118,15 +126,11 @@ def lookups(names, t0=T0, step=2.0, **kw) -> list:
 
 
 def run(pkts, cfg=None) -> Harness:
-    h = Harness(cfg)
-    h.feed(pkts)
-    h.finish()
-    assert not h.engine.stats.hook_errors
-    return h
+    return run_packets(pkts, cfg)
 
 
 def sids(h: Harness) -> list[int]:
-    return [a["alert"]["signature_id"] for a in h.by_detector("dga")]
+    return h.sids("dga")
 
 
 # -- names ---------------------------------------------------------------------------------

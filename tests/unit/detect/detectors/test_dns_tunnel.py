@@ -20,7 +20,15 @@ from appliance.detect.detectors.dns_tunnel import (
     reversed_address,
 )
 from appliance.detect.records import DnsMessage
-from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
+from tests.helpers import (
+    Harness,
+    alert_key,
+    at,
+    make_config,
+    replay_alerts,
+    run_packets,
+    write_pcap,
+)
 from tests.unit.detect.detectors.dns_helpers import dns_hook, popular_domains
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
@@ -74,15 +82,11 @@ def dnscat_names(n: int, seed: int = 1, domain: str = TUNNEL) -> list[str]:
 
 
 def run(pkts, cfg=None) -> Harness:
-    h = Harness(cfg)
-    h.feed(pkts)
-    h.finish()
-    assert not h.engine.stats.hook_errors
-    return h
+    return run_packets(pkts, cfg)
 
 
 def sids(h: Harness) -> list[int]:
-    return [a["alert"]["signature_id"] for a in h.by_detector("dns-tunnel")]
+    return h.sids("dns-tunnel")
 
 
 # -- the pieces ----------------------------------------------------------------------------

@@ -17,7 +17,15 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import HttpRequest
 from appliance.inline.decode import DecodeStats, decode_ip
-from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
+from tests.helpers import (
+    Harness,
+    alert_key,
+    at,
+    make_config,
+    replay_alerts,
+    run_packets,
+    write_pcap,
+)
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
 WEB = "203.0.113.10"
@@ -66,11 +74,7 @@ def requests(targets, t0=T0, step=1.0, sport=20000, **kw) -> list:
 
 
 def run(pkts, cfg=None) -> Harness:
-    h = Harness(cfg)
-    h.feed(pkts)
-    h.finish()
-    assert not h.engine.stats.hook_errors
-    return h
+    return run_packets(pkts, cfg)
 
 
 def checks(h: Harness) -> list[tuple[int, str]]:
