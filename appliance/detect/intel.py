@@ -755,16 +755,21 @@ class _Drop(_Format):
         if not body or body[0] in ";#":
             return None
         net, _, sbl = body.partition(";")
-        kind, parsed = self.b.parse_token(net.strip())
-        if kind not in ("cidr", "ip"):
+        if not self.add_network(net.strip(), sbl.strip()):
             return f"not a DROP line: {body[:80]!r}"
-        sbl = sbl.strip()
-        tail = self.b.tail(Meta(self.meta.source, self.meta.category, self.meta.severity, sbl))
-        self.b.add_parsed(kind, parsed, tail)
         return None
 
+    def add_network(self, net: str, sbl: str) -> bool:
+        """Add one DROP network tagged with its SBL id; False if `net` is no address/CIDR."""
+        kind, parsed = self.b.parse_token(net)
+        if kind not in ("cidr", "ip"):
+            return False
+        tail = self.b.tail(Meta(self.meta.source, self.meta.category, self.meta.severity, sbl))
+        self.b.add_parsed(kind, parsed, tail)
+        return True
 
-class _DropJson(_Format):
+
+class _DropJson(_Drop):
     """Spamhaus DROP JSON lines: ``{"cidr": ..., "sblid": ..., "rir": ...}``, then metadata."""
 
     name = "spamhaus-drop-json"
@@ -784,12 +789,8 @@ class _DropJson(_Format):
         cidr = obj.get("cidr")
         if not isinstance(cidr, str):
             return "no 'cidr' in object"
-        kind, parsed = self.b.parse_token(cidr.replace("\\/", "/"))
-        if kind not in ("cidr", "ip"):
+        if not self.add_network(cidr.replace("\\/", "/"), str(obj.get("sblid", ""))):
             return f"bad cidr {cidr[:80]!r}"
-        sbl = str(obj.get("sblid", ""))
-        tail = self.b.tail(Meta(self.meta.source, self.meta.category, self.meta.severity, sbl))
-        self.b.add_parsed(kind, parsed, tail)
         return None
 
 
