@@ -304,7 +304,7 @@ class Engine:
             if (
                 flow.verdict == VERDICT_NONE
                 and flow.server_port not in self._deep
-                and "hello" not in flow.note("engine")
+                and not (eng and "hello" in eng)
             ):
                 flow.verdict = VERDICT_PASS
         elif pkt.proto == UDP and pkt.dport == 443 and pkt.data[pkt.payload_off] & 0xC0 == 0xC0:
