@@ -2,11 +2,17 @@
 
 Every command exits non-zero with a one-line reason on bad input (``error: inline.workers:
 expected an integer, got 'two'``); tracebacks are for bugs only.
+
+The firmware's own commands are below or imported lazily (`replay` need not load Flask). Other
+installed packages add command groups through the ``watchpost.commands`` entry point group: in a
+development install the hub package adds ``hub`` and ``provision`` and the lab package ``lab``
+and ``demo``; the firmware wheel a Pi runs has none of them.
 """
 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
@@ -14,6 +20,8 @@ import click
 from appliance import __version__
 from appliance.config import DEFAULT_PATH, Config, ConfigError
 from appliance.config import load as load_config
+
+PLUGIN_GROUP = "watchpost.commands"
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -32,33 +40,83 @@ def config_or_exit(path: str | Path | None, required: bool = True) -> Config:
 
 
 class LazyGroup(click.Group):
-    """Imports a command's module only when that command runs (`replay` need not load Flask)."""
+    """Commands from `lazy` and from installed plugins are imported only when they run."""
 
-    lazy: dict[str, str] = {
-        "run": "appliance.service:run",
-        "lab": "appliance.lab:lab",
-        "demo": "appliance.lab:demo",
-        "hub": "appliance.hub.operator:hub",
-        "provision": "appliance.provisioning:provision",
-        "passwd": "appliance.status.passwd:passwd",
-    }
+    lazy: dict[str, str] = {}
+
+    def _entries(self) -> dict[str, str]:
+        found = {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
+        return {**found, **self.lazy}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted([*super().list_commands(ctx), *self.lazy])
+        return sorted({*super().list_commands(ctx), *self._entries()})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.lazy:
-            import importlib
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        target = self._entries().get(cmd_name)
+        if target is None:
+            return None
+        import importlib
 
-            module, _, attr = self.lazy[cmd_name].partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return super().get_command(ctx, cmd_name)
+        module, _, attr = target.partition(":")
+        loaded: click.Command = getattr(importlib.import_module(module), attr)
+        return loaded
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="watchpost")
 def main() -> None:
     """Watchpost: an inline network watch for small offices."""
+
+
+@main.command("run")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_PATH,
+    show_default=True,
+    help="Config file.",
+)
+def run(config_path: Path) -> None:
+    """Run the daemon: inspect the bridge inline until SIGTERM (SIGHUP reloads)."""
+    from appliance.service import run_daemon
+
+    run_daemon(config_or_exit(config_path))
+
+
+@main.command("passwd")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the hash into this config file instead of printing it.",
+)
+def passwd(config_path: Path | None) -> None:
+    """Set the status page password (read from a prompt, or one line on stdin).
+
+    Prints the hash for status.password_hash, or with --config writes it into that file.
+    """
+    from appliance.status.passwd import read_password, set_password
+
+    if config_path is not None:
+        config_or_exit(config_path)  # a broken file is reported before any prompt
+    try:
+        value = set_password(config_path, read_password())
+    except ConfigError as e:
+        fail(str(e))
+        return
+    if config_path is None:
+        click.echo(value)
+        return
+    click.echo(
+        f"status page password set in {config_path}; reload the daemon "
+        "(systemctl reload watchpost) for it to take effect",
+        err=True,
+    )
 
 
 @main.command("check-config")

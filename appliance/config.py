@@ -13,7 +13,6 @@ import dataclasses
 import ipaddress
 import os
 import socket
-import tempfile
 import tomllib
 import types
 import typing
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+
+from protocol.files import atomic_write
 
 DEFAULT_PATH = Path("/etc/watchpost/watchpost.toml")
 
@@ -352,28 +353,6 @@ def merged(config: Config, changes: Mapping[str, Any]) -> Config:
         else:
             data.setdefault(name, {}).update(section)
     return from_dict(data, source=config.source)
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Write a file so that a power cut leaves either the old or the new content, never half."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), mode)
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save(config: Config, path: str | os.PathLike[str] | None = None) -> None:

@@ -17,7 +17,7 @@ from appliance.alerts.pipeline import AlertPipeline, Sink
 from appliance.config import Config
 from appliance.detect import intel as intel_mod
 from appliance.detect.engine import Engine
-from appliance.inline.decode import LINKTYPES, DecodeStats, Packet, decode_frame
+from appliance.packet.decode import LINKTYPES, DecodeStats, Packet, decode_frame
 
 
 class ReplayError(Exception):

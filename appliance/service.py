@@ -40,17 +40,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import click
-
 from appliance import __version__
 from appliance.alerts.pipeline import AlertPipeline, EveFile
-from appliance.config import DEFAULT_PATH, Config, ConfigError
+from appliance.config import Config, ConfigError
 from appliance.config import load as load_config
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
 from appliance.inline.firewall import Counters, Firewall, FirewallError, RulesetSpec
-from appliance.inline.flows import FlowTable, HomeNets
 from appliance.inline.queue import QueueWorker, WorkerProcess, port_sides, queue_table
+from appliance.packet.flows import FlowTable, HomeNets
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +57,8 @@ log = logging.getLogger(__name__)
 COMPONENTS: tuple[str, ...] = (
     "appliance.leds:build",
     "appliance.status.app:build",
-    "appliance.hub.device:component",  # before the link: it hands the link its command handler
-    "appliance.hub.link:component",
+    "appliance.hublink.device:component",  # before the link: it hands the link its command handler
+    "appliance.hublink.link:component",
 )
 
 TICK = 1.0  # seconds between component/engine ticks
@@ -180,7 +178,7 @@ def build_components(config: Config, names: Iterable[str] = COMPONENTS) -> list[
 def intel_paths(config: Config) -> list[str]:
     """The intel files to load: `intel.paths` plus the bundles the hub installed."""
     try:
-        from appliance.hub.device import intel_paths as with_bundles
+        from appliance.hublink.device import intel_paths as with_bundles
     except Exception:
         return list(config.intel.paths)
     try:
@@ -869,20 +867,8 @@ def _name(comp: Any) -> str:
     return getattr(comp, "name", None) or type(comp).__name__
 
 
-@click.command("run")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="Config file.",
-)
-def run(config_path: Path) -> None:
-    """Run the daemon: inspect the bridge inline until SIGTERM (SIGHUP reloads)."""
-    from appliance.cli import config_or_exit
-
-    config = config_or_exit(config_path)
+def run_daemon(config: Config) -> None:
+    """Start the daemon and run it until a signal stops it (exit 1 with the reason if it cannot)."""
     service = Service(config)
     try:
         service.start()

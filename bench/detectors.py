@@ -22,7 +22,7 @@ from appliance.alerts.pipeline import AlertPipeline
 from appliance.detect.base import Detector
 from appliance.detect.engine import Engine
 from appliance.detect.registry import create_detectors
-from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.packet.decode import DecodeStats, decode_ip
 from bench.engine import _config, _intel, office_mix
 
 DETECTORS = ("portscan", "bruteforce", "exposure", "beacon")

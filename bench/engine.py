@@ -28,7 +28,7 @@ from appliance.detect import intel as intel_mod
 from appliance.detect.dissect.quic import build_initial
 from appliance.detect.engine import Engine
 from appliance.detect.registry import create_detectors
-from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.packet.decode import DecodeStats, decode_ip
 
 OFFICE = [f"198.18.0.{i}" for i in range(10, 40)]
 INTERNET = [f"203.0.113.{i}" for i in range(2, 250)] + [f"198.51.100.{i}" for i in range(2, 250)]

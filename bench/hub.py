@@ -29,11 +29,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from appliance import provisioning as prov
 from appliance.alerts.model import Alert, Signature
 from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import from_dict
-from appliance.hub.link import HubLink
+from appliance.hublink.link import HubLink
+from hub import provisioning as prov
 
 SIG = Signature(9_200_001, "bench finding", "Test", 2)
 TOPIC = "watchpost/v1/bench/dev1/alerts"

@@ -31,7 +31,7 @@ import tempfile
 import time
 from typing import Any
 
-from appliance.lab import Lab, LabDaemon, LabError, lab_config, stop
+from lab.netns import Lab, LabDaemon, LabError, lab_config, stop
 
 SINK_PORT = 9000
 IPERF_PORT = 5201

@@ -13,7 +13,7 @@ from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import Config, from_dict
 from appliance.detect import intel as intel_mod
 from appliance.detect.engine import Engine
-from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.packet.decode import DecodeStats, decode_ip
 from appliance.replay import replay
 
 HOME = "198.18.0.0/24"

@@ -13,7 +13,7 @@ import hmac
 import ipaddress
 from typing import Any
 
-from appliance.inline.flows import HomeNets
+from appliance.packet.flows import HomeNets
 
 
 class Pseudonymizer:

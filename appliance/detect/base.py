@@ -27,8 +27,8 @@ from appliance.config import ConfigError, coerce
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
     from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 HOOKS = ("packet", "dns", "tls", "http", "tick")
 

@@ -22,8 +22,8 @@ from appliance.detect.base import Detector, Options, hook
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
-from appliance.inline.decode import TCP, UDP, Packet, ip_to_str
-from appliance.inline.flows import (
+from appliance.packet.decode import TCP, UDP, Packet, ip_to_str
+from appliance.packet.flows import (
     DIRECTION_NAMES,
     VERDICT_BLOCK,
     VERDICT_NONE,

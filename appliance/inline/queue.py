@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config import Config
-from appliance.inline.decode import SIDE_INTERNET, SIDE_OFFICE, SIDE_UNKNOWN, DecodeStats, decode_ip
 from appliance.inline.firewall import MARK_BLOCK, MARK_MASK, MARK_PASS
-from appliance.inline.flows import VERDICT_BLOCK, VERDICT_PASS, FlowTable
+from appliance.packet.decode import SIDE_INTERNET, SIDE_OFFICE, SIDE_UNKNOWN, DecodeStats, decode_ip
+from appliance.packet.flows import VERDICT_BLOCK, VERDICT_PASS, FlowTable
 
 log = logging.getLogger(__name__)
 

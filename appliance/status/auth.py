@@ -32,7 +32,7 @@ from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from appliance.config import atomic_write
+from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
 

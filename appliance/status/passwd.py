@@ -33,47 +33,20 @@ def read_password() -> str:
     return line.removesuffix("\n").removesuffix("\r")
 
 
-@click.command("passwd")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Write the hash into this config file instead of printing it.",
-)
-def passwd(config_path: Path | None) -> None:
-    """Set the status page password (read from a prompt, or one line on stdin).
+def set_password(config_path: Path | None, password: str) -> str:
+    """Check `password`, hash it and, with `config_path`, write the hash into that file.
 
-    Prints the hash for status.password_hash, or with --config writes it into that file.
+    Returns the hash; raises ConfigError with the one-line reason (a weak password, a broken
+    config file, a file that cannot be written).
     """
-    from appliance.cli import fail
-
-    config = None
-    if config_path is not None:
-        try:
-            config = load_config(config_path)  # a broken file is reported before any prompt
-        except ConfigError as e:
-            fail(str(e))
-            return
-    password = read_password()
+    config = load_config(config_path) if config_path is not None else None
     problem = password_problem(password)
     if problem:
-        fail(problem)
-        return
+        raise ConfigError("", problem)
     value = hash_password(password)
-    if config is None:
-        click.echo(value)
-        return
-    try:
-        save(merged(config, {"status": {"password_hash": value}}))
-    except ConfigError as e:
-        fail(str(e))
-        return
-    except OSError as e:
-        fail(f"cannot write {config_path}: {e.strerror or e}")
-        return
-    click.echo(
-        f"status page password set in {config_path}; reload the daemon "
-        "(systemctl reload watchpost) for it to take effect",
-        err=True,
-    )
+    if config is not None:
+        try:
+            save(merged(config, {"status": {"password_hash": value}}))
+        except OSError as e:
+            raise ConfigError("", f"cannot write {config_path}: {e.strerror or e}") from None
+    return value

@@ -23,11 +23,11 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 from werkzeug.security import generate_password_hash
 
-from appliance import provisioning as prov
 from appliance.config import Config, from_dict
-from appliance.hub.link import HubLink
+from appliance.hublink.link import HubLink
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
+from hub import provisioning as prov
 from tests.unit.status.fakes import PASSWORD, FakeService, base_numbers, make_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

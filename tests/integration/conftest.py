@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.lab import HOSTS, Lab, LabError, stop
+from lab.netns import HOSTS, Lab, LabError, stop
 
 SESSION_PREFIX = "wpt"
 

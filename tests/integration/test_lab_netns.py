@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from appliance.lab import HOSTS, LAB_NAMES, Lab, LabError
+from lab.netns import HOSTS, LAB_NAMES, Lab, LabError
 
 pytestmark = pytest.mark.root
 
@@ -131,7 +131,7 @@ def test_down_after_a_crash_kills_processes_and_removes_namespaces() -> None:
     prefix = f"wpc{os.getpid()}"
     # A crashed run: a lab built by another process, with a process left running inside it.
     code = (
-        "import sys, subprocess; from appliance.lab import Lab; lab = Lab(sys.argv[1]).up(); "
+        "import sys, subprocess; from lab.netns import Lab; lab = Lab(sys.argv[1]).up(); "
         "null = subprocess.DEVNULL; "
         "p = lab.popen('pc1', 'sleep', '300', stdout=null, stderr=null); "
         "print(p.pid, flush=True)"

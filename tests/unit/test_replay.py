@@ -13,7 +13,7 @@ from scapy.layers.l2 import CookedLinux, Dot1AD, Dot1Q, Ether
 from scapy.layers.ppp import PPP, PPPoE
 from scapy.utils import PcapWriter, wrpcap, wrpcapng
 
-from appliance.inline.decode import DecodeStats
+from appliance.packet.decode import DecodeStats
 from appliance.replay import ReplayError, read_capture, replay
 
 WATCHPOST = str(Path(sys.executable).with_name("watchpost"))

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from appliance.inline.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES
+from appliance.packet.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES
 
 if TYPE_CHECKING:
     from appliance.alerts.model import Alert, Signature

@@ -38,13 +38,13 @@ from appliance.detect.detectors._behaviour import (
     lan_private,
     not_unicast,
 )
-from appliance.inline.decode import ACK, SYN, TCP, UDP, ip_to_str
-from appliance.inline.flows import DIR_OUTBOUND, DIR_UNKNOWN
+from appliance.packet.decode import ACK, SYN, TCP, UDP, ip_to_str
+from appliance.packet.flows import DIR_OUTBOUND, DIR_UNKNOWN
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Beaconing"
 OUTBOUND = Signature(

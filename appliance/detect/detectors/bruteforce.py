@@ -27,13 +27,13 @@ from appliance.detect.detectors._behaviour import (
     direction_name,
     report_at,
 )
-from appliance.inline.decode import ACK, SYN, TCP, ip_to_str
-from appliance.inline.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
+from appliance.packet.decode import ACK, SYN, TCP, ip_to_str
+from appliance.packet.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Brute force"
 INBOUND = Signature(

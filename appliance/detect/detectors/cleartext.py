@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, ClassVar
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
-from appliance.inline.decode import TCP
+from appliance.packet.decode import TCP
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
     from appliance.detect.records import HttpRequest
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Cleartext credentials"
 WHAT = "a username and password were sent unencrypted"

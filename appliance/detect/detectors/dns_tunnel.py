@@ -33,8 +33,8 @@ from appliance.detect.records import dns_type_name
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
     from appliance.detect.records import DnsMessage
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "DNS tunnel"
 ENCODED = Signature(

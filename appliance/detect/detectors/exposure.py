@@ -29,13 +29,13 @@ from appliance.detect.detectors._behaviour import (
     lan_private,
     report_at,
 )
-from appliance.inline.decode import ACK, RST, SYN, TCP, ip_to_str
-from appliance.inline.flows import DIR_INBOUND, DIR_UNKNOWN
+from appliance.packet.decode import ACK, RST, SYN, TCP, ip_to_str
+from appliance.packet.flows import DIR_INBOUND, DIR_UNKNOWN
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Exposed service"
 REMOTE = Signature(

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from appliance.detect.engine import Context
     from appliance.detect.intel import Indicator
     from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Threat intel"
 IP_HIT = Signature(8100001, "Threat intel: traffic with a listed address", CATEGORY, 1)

@@ -40,12 +40,12 @@ from appliance.detect.detectors._behaviour import (
     not_unicast,
     report_at,
 )
-from appliance.inline.decode import ACK, FIN, ICMP, ICMPV6, PSH, RST, SYN, TCP, UDP, URG, ip_to_str
+from appliance.packet.decode import ACK, FIN, ICMP, ICMPV6, PSH, RST, SYN, TCP, UDP, URG, ip_to_str
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 CATEGORY = "Port scan"
 IN_VERTICAL = Signature(

@@ -33,8 +33,8 @@ from appliance.detect.detectors._behaviour import check_range
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
     from appliance.detect.records import HttpRequest
-    from appliance.inline.decode import Packet
-    from appliance.inline.flows import Flow
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
 
 ATTACK = "Web attack"
 DOWNLOAD = "Risky download"

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import Lab, LabDaemon, lab_config, stop
+from lab.netns import Lab, LabDaemon, lab_config, stop
 
 WATCHPOST = [sys.executable, "-m", "appliance"]
 

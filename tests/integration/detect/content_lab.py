@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import Lab, LabDaemon, lab_config, stop
+from lab.netns import Lab, LabDaemon, lab_config, stop
 
 from .behaviour_lab import Alert, Watch
 

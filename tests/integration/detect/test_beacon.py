@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import beacon
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, start_watch, totals
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from appliance.detect.detectors import bruteforce
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, ended, start_watch, totals
 

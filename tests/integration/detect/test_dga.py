@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import dga
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, totals
 from .content_lab import RESOLVER, dig_batch, from_host, sids, start_watch

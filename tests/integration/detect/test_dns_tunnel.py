@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import dns_tunnel
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, totals
 from .content_lab import RESOLVER, capture, dig_batch, from_host, sids, start_watch

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import intel as det
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch
 from .content_lab import dig_batch, sids, start_watch
@@ -39,7 +39,7 @@ def http_code(watch: Watch, url: str) -> str:
 
 def test_dns_hit_blocks_the_answer_addresses_only(watch: Watch, serve) -> None:
     # One HTTP server on both of web's addresses.
-    serve.run("web", sys.executable, "-m", "appliance.labtools", "http", "--listen", "0.0.0.0",
+    serve.run("web", sys.executable, "-m", "lab.tools", "http", "--listen", "0.0.0.0",
               "--port", "80", port=80)  # fmt: skip
     assert http_code(watch, f"http://{WEB2}/") == "200"  # reachable before the lookup
     mark = watch.mark()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.detect.detectors import intel as det
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, totals
 from .content_lab import RESOLVER, capture, dig_batch, from_host, sids, start_watch

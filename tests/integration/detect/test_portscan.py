@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import portscan
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, ended, start_watch, totals
 

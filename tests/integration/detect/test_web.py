@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from appliance.detect.detectors import web
-from appliance.lab import Lab
+from lab.netns import Lab
 
 from .behaviour_lab import Watch, totals
 from .content_lab import capture, from_host, sids, start_watch

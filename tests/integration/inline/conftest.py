@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from inlinekit import Daemons
 
-from appliance.lab import Lab
+from lab.netns import Lab
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from appliance.lab import DEMO_INTEL, Lab, LabDaemon, lab_config
+from lab.netns import DEMO_INTEL, Lab, LabDaemon, lab_config
 
 # Run inside the appliance namespace: remove whatever ruleset is there, print what is left.
 _REMOVE = """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from inlinekit import Daemons, eve, kernel, ping, wait_for
 
-from appliance.lab import DEMO_INTEL, Lab
+from lab.netns import DEMO_INTEL, Lab
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,7 @@ import pytest
 from inlinekit import Daemons, kernel, nothing_of_ours, ping, ruleset, wait_for
 
 from appliance.inline.firewall import MARK_MASK, MARK_PASS
-from appliance.lab import Lab
+from lab.netns import Lab
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from inlinekit import Daemons, kernel, ping, wait_for
 
-from appliance.lab import Lab, stop
+from lab.netns import Lab, stop
 
 pytestmark = pytest.mark.root
 

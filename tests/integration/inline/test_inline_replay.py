@@ -10,7 +10,7 @@ import time
 import pytest
 from inlinekit import Daemons, eve, ping, wait_for
 
-from appliance.lab import Lab, stop
+from lab.netns import Lab, stop
 
 pytestmark = pytest.mark.root
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from inlinekit import Daemons, eve, kernel, nothing_of_ours, ping, ruleset, wait_for
 
-from appliance.lab import Lab
+from lab.netns import Lab
 
 pytestmark = pytest.mark.root
 

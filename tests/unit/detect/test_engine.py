@@ -10,7 +10,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector
 from appliance.detect.dissect.quic import build_initial
-from appliance.inline.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
+from appliance.packet.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
 from bench.engine import tls_client_hello
 from tests.helpers import Harness, make_config
 

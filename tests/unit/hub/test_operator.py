@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from appliance.cli import main
-from appliance.hub import bundle
-from appliance.hub import envelope as E
-from appliance.hub import operator as op
-from tests.unit.hub.rig import DEVICE, Rig
+from hub import operator as op
+from protocol import bundle
+from protocol import envelope as E
+from tests.unit.hublink.rig import DEVICE, Rig
 
 SITE = "site1"
 ROOT = f"watchpost/v1/{SITE}/{DEVICE}"

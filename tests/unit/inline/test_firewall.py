@@ -185,10 +185,7 @@ def test_iptables_script_recreates_chain_and_replaces_stale_jumps() -> None:
 def test_iptables_removal_script() -> None:
     assert render_iptables_removal([], chain_exists=False) is None
     script = render_iptables_removal([JUMP], chain_exists=True)
-    assert script == (
-        "*filter\n-D FORWARD -j WATCHPOST\n"
-        f"-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n"
-    )
+    assert script == (f"*filter\n-D FORWARD -j WATCHPOST\n-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n")
 
 
 def test_parse_set_elements_json() -> None:

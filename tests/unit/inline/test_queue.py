@@ -10,9 +10,7 @@ import threading
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP
 
-from appliance.inline.decode import SIDE_INTERNET, SIDE_OFFICE
 from appliance.inline.firewall import MARK_BLOCK, MARK_MASK, MARK_PASS
-from appliance.inline.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
 from appliance.inline.queue import (
     NFQA_CFG_F_FAIL_OPEN,
     QueueConfigError,
@@ -27,6 +25,8 @@ from appliance.inline.queue import (
     receive_buffer,
     send_config,
 )
+from appliance.packet.decode import SIDE_INTERNET, SIDE_OFFICE
+from appliance.packet.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
 from tests.helpers import make_config
 
 

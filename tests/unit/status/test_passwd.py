@@ -6,9 +6,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from appliance.cli import passwd
 from appliance.config import load
 from appliance.status.auth import check_password
-from appliance.status.passwd import passwd
 
 
 def test_prints_a_hash_for_a_password_on_stdin() -> None:

@@ -13,8 +13,8 @@ from scapy.layers.inet import IP, UDP
 from appliance.detect.base import Detector
 from appliance.detect.engine import AlertSink, Engine
 from appliance.detect.intel import IntelStore
-from appliance.inline.decode import DecodeStats, Packet, decode_ip
-from appliance.inline.flows import Flow
+from appliance.packet.decode import DecodeStats, Packet, decode_ip
+from appliance.packet.flows import Flow
 from tests.helpers import make_config
 
 

@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP
 
 from appliance.config import ConfigError
 from appliance.detect.detectors.cleartext import CleartextDetector, telnet_text
-from appliance.inline.flows import VERDICT_NONE
+from appliance.packet.flows import VERDICT_NONE
 from tests.helpers import Harness, at, make_config, replay_alerts, run_packets, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"

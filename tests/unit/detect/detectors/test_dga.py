@@ -21,7 +21,7 @@ from appliance.detect.detectors.dga import DgaDetector, randomness, registrable_
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsAnswer, DnsMessage
-from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.packet.decode import DecodeStats, decode_ip
 from tests.helpers import (
     Harness,
     alert_key,

@@ -18,7 +18,7 @@ from appliance.config import ConfigError
 from appliance.detect.detectors import intel as det
 from appliance.detect.dissect.quic import build_initial
 from appliance.detect.dissect.tls import parse_client_hello
-from appliance.inline.flows import VERDICT_BLOCK
+from appliance.packet.flows import VERDICT_BLOCK
 from tests.helpers import Harness, alert_key, at, make_config, replay_alerts, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"

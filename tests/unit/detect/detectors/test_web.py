@@ -16,7 +16,7 @@ from appliance.detect.detectors.web import WebDetector, bare_host, decoded_forms
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import HttpRequest
-from appliance.inline.decode import DecodeStats, decode_ip
+from appliance.packet.decode import DecodeStats, decode_ip
 from tests.helpers import (
     Harness,
     alert_key,

@@ -1,0 +1,1 @@
+"""The packet model shared by inline, detect and alerts: decoded packets, flows, address sets."""

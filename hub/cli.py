@@ -1,0 +1,14 @@
+"""`watchpost-hub`: the regional hub's command line (operator commands and provisioning).
+
+In a development install the same groups are also ``watchpost hub`` and ``watchpost provision``
+(entry points ``watchpost.commands``).
+"""
+
+from __future__ import annotations
+
+from hub.operator import hub as main
+from hub.provisioning import provision
+
+main.add_command(provision)
+
+__all__ = ["main"]

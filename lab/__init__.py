@@ -1,0 +1,1 @@
+"""Watchpost's development lab: network namespaces, lab servers, the lab hub and the demo."""
