@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit lint bench clean
+.PHONY: setup demo test test-unit lint bench wheels clean
 
 setup:
 	@./.ci/bootstrap
@@ -21,9 +21,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+wheels: setup
+	$(PY) release/build_wheels.py --out dist
+
 bench: setup
 	@$(PY) -m bench
 
 clean:
 	-$(VENV)/bin/watchpost lab down 2>/dev/null
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache
