@@ -1,8 +1,10 @@
-"""Build the shipped wheels, one per package: ``python release/build_wheels.py [--out DIR] [NAME...]``.
+"""Build the shipped wheels, one per package.
 
-Each package's ``release/wheels/<name>/pyproject.toml`` is laid next to a copy of its source folder in
-a staging directory and built there, so a wheel holds its own package and nothing else (the
-firmware wheel has no hub or lab module). The version is the firmware's
+    python release/build_wheels.py [--out DIR] [NAME...]
+
+Each package's ``release/wheels/<name>/pyproject.toml`` is laid next to a copy of its source
+folder in a staging directory and built there, so a wheel holds its own package and nothing else
+(the firmware wheel has no hub or lab module). The version is the firmware's
 (`appliance.__version__`), the same for every wheel.
 """
 
@@ -42,7 +44,9 @@ def build(name: str, out: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix=f"wp-wheel-{name}-") as tmp:
         stage = Path(tmp)
         text = (REPO / "release" / "wheels" / name / "pyproject.toml").read_text()
-        (stage / "pyproject.toml").write_text(text.replace("@VERSION@", version()))
+        (stage / "pyproject.toml").write_text(
+            text.replace('"0.0.0"', f'"{version()}"').replace("==0.0.0", f"=={version()}")
+        )
         for pkg in PACKAGES[name]:
             shutil.copytree(
                 REPO / pkg, stage / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
