@@ -44,11 +44,10 @@ from appliance import __version__
 from appliance.alerts.pipeline import AlertPipeline, EveFile
 from appliance.config import Config, ConfigError
 from appliance.config import load as load_config
-from appliance.detect.engine import Engine
+from appliance.detect.engine import Engine, WorkerEngine
 from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
 from appliance.inline.firewall import Counters, Firewall, FirewallError, RulesetSpec
 from appliance.inline.queue import QueueWorker, WorkerProcess, port_sides, queue_table
-from appliance.packet.flows import FlowTable, HomeNets
 
 log = logging.getLogger(__name__)
 
@@ -327,7 +326,7 @@ class Service:
             self.queues = [worker]
             return
         paths = list(self.intel.paths) if self.intel is not None else intel_paths(cfg)
-        procs = [WorkerProcess(cfg, n, paths) for n in self.queue_numbers(cfg)]
+        procs = [WorkerProcess(cfg, n, paths, WorkerEngine) for n in self.queue_numbers(cfg)]
         self.workers = procs
         for p in procs:
             p.start()
@@ -461,7 +460,7 @@ class Service:
             log.error("worker for queue %d died: restarting it", w.queue_num)
             self._received_retired += w.stats.get("received", 0)
             w.stop(timeout=0.5)
-            fresh = WorkerProcess(self.config, w.queue_num, w.intel_paths)
+            fresh = WorkerProcess(self.config, w.queue_num, w.intel_paths, w.engine_factory)
             try:
                 fresh.start()
                 fresh.wait_ready(timeout=30.0)
@@ -626,7 +625,7 @@ class Service:
                 self.eve.reopen()  # after logrotate
         self.pipeline.configure(new)
         self.engine.configure(new)
-        fresh_flows(self.engine, new)  # judge every flow again under the new config
+        self.engine.reset_flows()  # judge every flow again under the new config
         self.firewall.config = new
         keys = ("queue", "workers", "queue_maxlen")
         if force_queues or any(getattr(new.inline, k) != getattr(old.inline, k) for k in keys):
@@ -653,7 +652,7 @@ class Service:
         if store is None or self.engine is None:
             return
         self.engine.set_intel(store)
-        fresh_flows(self.engine, self.config)
+        self.engine.reset_flows()
         paths = list(self.intel.paths) if self.intel is not None else intel_paths(self.config)
         for w in self.workers:
             w.send("intel", paths)
@@ -855,12 +854,6 @@ def bridge_promiscuous(name: str) -> bool:
     except (OSError, ValueError):
         return False
     return bool(flags & 0x100)
-
-
-def fresh_flows(engine: Engine, config: Config) -> None:
-    """Forget the flows the engine knows, so each is judged again (after a reload: a new mode,
-    new intel or new detector options apply to flows already under way, too)."""
-    engine.flows = FlowTable(config.inline.max_flows, HomeNets(config.inline.home_nets))
 
 
 def _name(comp: Any) -> str:

@@ -7,7 +7,6 @@ dissector that throws is counted and the packet is still judged (accepted).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections import Counter, OrderedDict
@@ -22,6 +21,7 @@ from appliance.detect.base import Detector, Options, hook
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
+from appliance.packet.addrset import AddrSet, packed_address
 from appliance.packet.decode import TCP, UDP, Packet, ip_to_str
 from appliance.packet.flows import (
     DIRECTION_NAMES,
@@ -30,7 +30,6 @@ from appliance.packet.flows import (
     VERDICT_PASS,
     Flow,
     FlowTable,
-    HomeNets,
 )
 
 log = logging.getLogger(__name__)
@@ -197,11 +196,13 @@ class Engine:
         self.sink = sink
         self.blocker = blocker
         self.stats = EngineStats()
-        self.flows = FlowTable(config.inline.max_flows, HomeNets(config.inline.home_nets))
+        self._home = _addresses("inline.home_nets", config.inline.home_nets)
+        self._never_block = _addresses("inline.never_block", config.inline.never_block)
+        # The engine's own: read it, but only the engine replaces it (`reset_flows`).
+        self.flows = FlowTable(config.inline.max_flows, self._home)
         self.dissect = Dissectors()
         self.ctx = Context(self)
         self.detectors = detectors if detectors is not None else registry.create_detectors()
-        self._never_block = _networks(config.inline.never_block)
         self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
@@ -213,6 +214,8 @@ class Engine:
 
     def configure(self, config: Config, first: bool = False) -> None:
         """Apply a (validated) config to every detector; on any error nothing changes."""
+        home = _addresses("inline.home_nets", config.inline.home_nets)
+        never_block = _addresses("inline.never_block", config.inline.never_block)
         staged: list[tuple[Detector, Options, set[str]]] = []
         for det in self.detectors:
             new = dict(config.detect.get(det.name, {}))
@@ -225,9 +228,9 @@ class Engine:
             if updated:
                 det.configure(opts, updated)  # raises ConfigError naming the option
         self.config = config
+        self._home, self._never_block = home, never_block
         self.flows.max_flows = config.inline.max_flows
-        self.flows.home = HomeNets(config.inline.home_nets)
-        self._never_block = _networks(config.inline.never_block)
+        self.flows.home = self._home
         enabled = [d for d, opts, _ in staged if opts.enabled]
         self._deep = self.deep_ports()
         self._hooks = {
@@ -237,6 +240,19 @@ class Engine:
 
     def set_intel(self, intel: IntelStore) -> None:
         self.intel = intel
+
+    def reset_flows(self) -> None:
+        """Forget every flow, so each is judged again (after a reload: a new mode, new intel or
+        new detector options apply to flows already under way, too)."""
+        self.flows = FlowTable(self.config.inline.max_flows, self._home)
+
+    def counters(self) -> dict[str, int]:
+        """The figures a queue worker reports for its engine."""
+        return {
+            "flows": len(self.flows),
+            "engine_packets": self.stats.packets,
+            "hook_errors": sum(self.stats.hook_errors.values()),
+        }
 
     def deep_ports(self) -> dict[int, int]:
         """Ports whose flows detectors want to see further into: port → head packets."""
@@ -379,15 +395,34 @@ class Engine:
         return True
 
     def is_never_block(self, addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return True
-        return any(ip in net for net in self._never_block)
+        """Whether `addr` must never be blocked (in ``inline.never_block``, or not an address)."""
+        packed = packed_address(addr)
+        return packed is None or self._never_block.contains(packed)
 
 
-def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def _addresses(key: str, entries: tuple[str, ...]) -> AddrSet:
     try:
-        return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+        return AddrSet(entries)
     except ValueError as e:
-        raise ConfigError("inline.never_block", str(e)) from None
+        raise ConfigError(key, str(e)) from None
+
+
+class WorkerEngine(Engine):
+    """The engine of a queue worker process (``inline.workers`` > 1): it loads its own copy of
+    the intel files the main process names. Passed to the queue worker as its engine factory
+    (``appliance.inline.contract.EngineFactory``)."""
+
+    def __init__(
+        self, config: Config, intel_paths: list[str], sink: AlertSink, blocker: Blocker
+    ) -> None:
+        super().__init__(config, _load_intel(config, intel_paths), sink, blocker)
+
+    def load_intel(self, paths: list[str]) -> None:
+        self.set_intel(_load_intel(self.config, paths))
+
+
+def _load_intel(config: Config, paths: list[str]) -> IntelStore:
+    from appliance.detect.intel import intel_cache_dir, load_files
+
+    cache_dir = intel_cache_dir(config.device.state_dir)
+    return load_files(paths, cache=config.intel.cache, cache_dir=cache_dir)

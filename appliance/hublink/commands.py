@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance import config as config_mod
 from appliance.config import Config, ConfigError
+from appliance.packet.addrset import AddrSet
 from protocol import bundle
 from protocol import envelope as env_mod
 from protocol.envelope import EnvelopeError
@@ -657,9 +658,9 @@ class CommandHandler:
             },
         )
         addr = self._address("block", args["address"])
-        for net in config_mod.networks(cfg.inline.never_block):
-            if addr.version == net.version and addr in net:
-                raise CommandFailed(REFUSED, f"block: {addr} is in never_block ({net})")
+        net = AddrSet(cfg.inline.never_block).covering(addr)
+        if net is not None:
+            raise CommandFailed(REFUSED, f"block: {addr} is in never_block ({net})")
         if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local:
             raise CommandFailed(REFUSED, f"block: {addr} is not an address that can be blocked")
         try:
