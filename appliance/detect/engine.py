@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from appliance.alerts.model import Alert, Signature
 from appliance.config import Config, ConfigError
 from appliance.detect import registry
-from appliance.detect.base import Detector, Options, hook
+from appliance.detect.base import HOOKS, Detector, Options, hook
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
@@ -235,7 +235,7 @@ class Engine:
         self._deep = self.deep_ports()
         self._hooks = {
             name: [(d.name, fn) for d in enabled if (fn := hook(d, name)) is not None]
-            for name in ("packet", "dns", "tls", "http", "tick")
+            for name in HOOKS
         }
 
     def set_intel(self, intel: IntelStore) -> None:

@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 # -- netlink: NFQNL_MSG_CONFIG with NFQA_CFG_F_FAIL_OPEN -----------------------------------------
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_CONFIG = 2
 NLM_F_REQUEST = 0x1
