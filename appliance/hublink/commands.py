@@ -442,9 +442,9 @@ class CommandHandler:
         except Exception:  # a bug must not kill the worker or the MQTT thread
             log.exception("command handler failed on a %s message", kind)
 
-    # --- component hooks ------------------------------------------------------------------------
+    # --- life cycle (driven by remote management, appliance.hublink.device) --------------------
 
-    def start(self, service: object = None) -> None:
+    def start(self) -> None:
         if self._worker is not None and self._worker.is_alive():
             return
         self._worker = threading.Thread(target=self._work, name="hub-commands", daemon=True)

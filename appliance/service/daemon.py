@@ -1,4 +1,4 @@
-"""The daemon (`watchpost run`): wires intel, engine, alert pipeline, NFQUEUE worker(s) and the
+"""The daemon (`watchpost run`): wires intel, engine, alert pipeline, NFQUEUE queue set and the
 ruleset together, talks to systemd, and handles signals and live reload.
 
 Start order, each step undone if a later one fails, so nothing is left half-applied:
@@ -17,174 +17,51 @@ kernel's fail-open and bypass keep the office online. SIGTERM/SIGINT stop cleanl
 goes first, so the bridge is plain again); SIGHUP reloads config and intel, and a bad new config
 is refused with a one-line reason while the old one keeps running.
 
-Components (hub link, status page, LEDs) implement any of ``start(service)``, ``tick(now)``
-(about once a second, in the main loop), ``configure(config)`` (live reconfig; raise ConfigError
-to refuse), ``stop()`` and ``stats() -> dict`` (merged into `Service.stats`).
+Components follow `appliance.component.Component` and see the daemon only through a
+`ServiceView`; they are built and connected in `appliance.service.wiring`. Once a tick the
+daemon takes one stats snapshot and hands it to every component's `tick`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import logging
 import logging.handlers
-import os
 import select
 import signal
 import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from appliance import __version__
 from appliance.alerts.pipeline import AlertPipeline, EveFile
+from appliance.component import Component
 from appliance.config import Config, ConfigError
-from appliance.config import load as load_config
-from appliance.detect.engine import Engine, WorkerEngine
+from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
-from appliance.inline.firewall import Counters, Firewall, FirewallError, RulesetSpec
-from appliance.inline.queue import QueueWorker, WorkerProcess, port_sides, queue_table
+from appliance.hublink.device import intel_paths
+from appliance.inline.firewall import Firewall, FirewallError
+from appliance.inline.queue import port_sides, queue_table
+from appliance.service import reconfigure, wiring
+from appliance.service.blocks import BlockRequests
+from appliance.service.metrics import KernelCounters, component_stats, merged
+from appliance.service.notify import Notifier
+from appliance.service.queues import QueueSet, queue_numbers, queue_set
+from appliance.service.view import ServiceView
+from appliance.service.wiring import Wiring
 
 log = logging.getLogger(__name__)
 
-# Components built at start: "module:callable", the callable taking the Config and returning a
-# component (or None when the config leaves it off). Modules not in this build are skipped.
-COMPONENTS: tuple[str, ...] = (
-    "appliance.leds:build",
-    "appliance.status.app:build",
-    "appliance.hublink.device:component",  # before the link: it hands the link its command handler
-    "appliance.hublink.link:component",
-)
-
 TICK = 1.0  # seconds between component/engine ticks
 FAIL_OPEN_CHECK = 30.0  # seconds between fail-open checks (they read kernel counters)
-WORKER_SILENCE = 10.0  # a worker that sent no stats for this long is stuck: restart it
-WORKER_RESTART_GAP = 5.0
 
 
 class ServiceError(RuntimeError):
     """The daemon cannot start (or go on); the message is the one-line reason."""
-
-
-# -- systemd ------------------------------------------------------------------------------------
-
-
-class Notifier:
-    """sd_notify without a dependency: datagrams to $NOTIFY_SOCKET, watchdog pings on demand."""
-
-    def __init__(self, env: Mapping[str, str] | None = None) -> None:
-        env = os.environ if env is None else env
-        addr = env.get("NOTIFY_SOCKET", "")
-        self.address = "\0" + addr[1:] if addr.startswith("@") else addr
-        self.watchdog_interval = 0.0
-        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self.watchdog_interval = int(usec) / 1e6
-        self._last_ping = 0.0
-        self._sock: socket.socket | None = None
-
-    def notify(self, *lines: str) -> bool:
-        if not self.address:
-            return False
-        try:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto("\n".join(lines).encode(), self.address)
-            return True
-        except OSError as e:
-            log.debug("sd_notify to %r failed: %s", self.address, e)
-            return False
-
-    def ready(self, status: str) -> None:
-        self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
-
-    def ping(self, now: float) -> None:
-        """WATCHDOG=1, at most every third of the watchdog interval."""
-        if self.watchdog_interval and now - self._last_ping >= self.watchdog_interval / 3:
-            self._last_ping = now
-            self.notify("WATCHDOG=1")
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-# -- block requests -----------------------------------------------------------------------------
-
-
-class BlockRequests:
-    """The engines' blocker: requests are queued and applied to the firewall by the main loop,
-    outside the packet callback (an ``nft`` call takes milliseconds)."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[str, int]] = []
-        self.until: dict[str, float] = {}  # address → when our last block of it runs out
-        self.failed = 0
-
-    def block(self, addr: str, ttl: int) -> None:
-        self.pending.append((addr, ttl))
-
-    def flush(self, firewall: Firewall, now: float) -> None:
-        while self.pending:
-            addr, ttl = self.pending.pop(0)
-            until = self.until.get(addr)
-            if until is not None and until - now > ttl / 2:
-                continue  # blocked recently: no need to refresh the timeout yet
-            try:
-                if firewall.block(addr, ttl):
-                    self.until[addr] = now + ttl if ttl > 0 else float("inf")
-            except FirewallError as e:
-                self.failed += 1
-                log.error("%s", e)
-        if len(self.until) > 10_000:
-            self.until = {a: t for a, t in self.until.items() if t > now}
-
-    def forget(self) -> None:
-        self.until.clear()
-
-
-# -- the service --------------------------------------------------------------------------------
-
-
-def build_components(config: Config, names: Iterable[str] = COMPONENTS) -> list[Any]:
-    """The components this build has, made from `config` (see `COMPONENTS`)."""
-    out = []
-    for entry in names:
-        module, _, attr = entry.partition(":")
-        try:
-            mod = importlib.import_module(module)
-        except Exception as e:
-            if isinstance(e, ModuleNotFoundError) and e.name == module:
-                continue  # not in this build
-            # The packet path never depends on an optional component.
-            log.exception("component %s cannot be loaded; running without it", entry)
-            continue
-        try:
-            component = getattr(mod, attr)(config)
-        except Exception:
-            log.exception("component %s failed to build; running without it", entry)
-            continue
-        if component is not None:
-            out.append(component)
-    return out
-
-
-def intel_paths(config: Config) -> list[str]:
-    """The intel files to load: `intel.paths` plus the bundles the hub installed."""
-    try:
-        from appliance.hublink.device import intel_paths as with_bundles
-    except Exception:
-        return list(config.intel.paths)
-    try:
-        return with_bundles(config)
-    except Exception:
-        log.exception("cannot list the hub's intel bundles")
-        return list(config.intel.paths)
 
 
 class Service:
@@ -193,24 +70,26 @@ class Service:
     def __init__(
         self,
         config: Config,
-        components: Iterable[Any] | None = None,
+        wired: Wiring | None = None,
         *,
         firewall: Firewall | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
-        self.components = list(components) if components is not None else None
+        self.wiring = wired  # built at start() when not given
         self.firewall = firewall or Firewall(config)
         self.notifier = notifier or Notifier()
+        self.view = ServiceView(self)
         self.blocks = BlockRequests()
+        self.kernel = KernelCounters(self.firewall)
         self.counts: Counter[str] = Counter()
         self.started = 0.0
         self.intel: IntelManager | None = None
         self.eve: EveFile | None = None
         self.pipeline: AlertPipeline | None = None
         self.engine: Engine | None = None
-        self.queues: list[QueueWorker] = []
-        self.workers: list[WorkerProcess] = []
+        self.queues: QueueSet | None = None
+        self.last_snapshot: dict[str, Any] = {}
         self.running = False
         # Inspection paused (no queue rules) while the bridge is promiscuous: see `_watch_bridge`.
         self.paused = False
@@ -224,12 +103,12 @@ class Service:
         self._next_tick = 0.0
         self._next_fail_open_check = 0.0
         self._fail_open_logged = 0
-        # Fail-open accounting across ruleset replacements (their counters restart at zero).
-        self._fail_open_before = 0
-        self._received_at_apply = 0
-        self._received_retired = 0  # packets received by worker processes since replaced
-        self._kernel_cache: tuple[float, Counters, int] | None = None
+        self._received_retired = 0  # packets received by queue sets since closed
         self._inherited_blocks: dict[str, float | None] = {}
+
+    @property
+    def components(self) -> list[Component]:
+        return self.wiring.components if self.wiring is not None else []
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -248,7 +127,7 @@ class Service:
             cfg.inline.queue,
             cfg.inline.workers,
         )
-        busy = {n: q["portid"] for n, q in queue_table().items() if n in self.queue_numbers(cfg)}
+        busy = {n: q["portid"] for n, q in queue_table().items() if n in queue_numbers(cfg)}
         if busy:
             n, portid = next(iter(busy.items()))
             raise ServiceError(
@@ -273,86 +152,72 @@ class Service:
             self.eve = EveFile(cfg.log.eve)
             # Components are made (not started) first: the hub link owns the outbox, which is
             # the pipeline's journal, so every numbered alert is stored before it is published.
-            if self.components is None:
-                self.components = build_components(cfg)
-            journal = next(
-                (j for c in self.components if (j := getattr(c, "journal", None)) is not None),
-                None,
-            )
-            self.pipeline = AlertPipeline(cfg, [self.eve], journal=journal)
+            if self.wiring is None:
+                self.wiring = wiring.build(cfg)
+            self.pipeline = AlertPipeline(cfg, [self.eve], journal=self.wiring.journal)
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
             self.engine.tickers.append(self.pipeline.tick)
-            self._open_queues(cfg)
+            self.open_queues(cfg)
         except (OSError, FirewallError, ConfigError) as e:
             self._teardown()
             raise ServiceError(str(e)) from None
         # Components start before the ruleset: once packets are queued, the loop must run.
-        self._start_components(cfg)
+        self._start_components()
         try:
             self.paused = bridge_promiscuous(cfg.inline.bridge)
             if self.paused:
                 log.warning(_PROMISC_WARNING, cfg.inline.bridge)
-            self._apply_ruleset(cfg)
+            self.apply_ruleset(cfg)
         except (OSError, FirewallError) as e:
             self.stop()
             raise ServiceError(str(e)) from None
+        self.last_snapshot = self.stats()
         self.running = True
         self.notifier.ready(self._status_line())
         log.info("ready: %s", self._status_line())
 
-    def _start_components(self, cfg: Config) -> None:
-        if self.components is None:
-            self.components = build_components(cfg)
-        for comp in list(self.components):
-            fn = getattr(comp, "start", None)
-            if fn is None:
-                continue
+    def _start_components(self) -> None:
+        assert self.wiring is not None
+        for comp in list(self.wiring.components):
             try:
-                fn(self)
+                comp.start(self.view)
             except Exception:
-                log.exception("component %s failed to start; running without it", _name(comp))
-                self.components.remove(comp)
+                log.exception("component %s failed to start; running without it", comp.name)
+                self.wiring.components.remove(comp)
+                if comp is self.wiring.leds:
+                    self.wiring.leds = None
                 self.counts["component_errors"] += 1
 
     @staticmethod
     def queue_numbers(config: Config) -> list[int]:
-        return list(range(config.inline.queue, config.inline.queue + config.inline.workers))
+        return queue_numbers(config)
 
-    def _open_queues(self, cfg: Config) -> None:
+    def open_queues(self, cfg: Config) -> None:
         assert self.engine is not None
-        if cfg.inline.workers == 1:
-            worker = QueueWorker(cfg, self.engine, cfg.inline.queue)
-            worker.open()
-            self.queues = [worker]
-            return
         paths = list(self.intel.paths) if self.intel is not None else intel_paths(cfg)
-        procs = [WorkerProcess(cfg, n, paths, WorkerEngine) for n in self.queue_numbers(cfg)]
-        self.workers = procs
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.wait_ready()
+        queues = queue_set(cfg, self.engine, paths)
+        self.queues = queues
+        queues.open()
 
-    def _close_queues(self) -> None:
-        for q in self.queues:
-            q.close()
-        for w in self.workers:
-            self._received_retired += w.stats.get("received", 0)
-            w.stop()
-        self.queues = []
-        self.workers = []
+    def close_queues(self) -> None:
+        if self.queues is not None:
+            self._received_retired += self.queues.close()
+        self.queues = None
 
-    def _apply_ruleset(self, cfg: Config) -> None:
+    def apply_ruleset(self, cfg: Config) -> None:
         assert self.engine is not None
         if self.firewall.applied:
-            self._fail_open_before = self.fail_open_events(fresh=True)
+            self.kernel.before_replace(queue_numbers(self.config), self.received_total())
         self.firewall.apply(
             cfg, self.engine.deep_ports(), queueing=not self.paused, blocked=self._inherited_blocks
         )
         self._inherited_blocks = {}
-        self._received_at_apply = self.received_total()
-        self._kernel_cache = None
+        self.kernel.after_apply(self.received_total())
         self.blocks.forget()
+
+    def fresh_flows(self) -> None:
+        if self.engine is not None:
+            self.engine.reset_flows()
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -369,16 +234,12 @@ class Service:
         timeout = min(max(0.0, self._next_tick - now), TICK)
         if self.notifier.watchdog_interval:
             timeout = min(timeout, self.notifier.watchdog_interval / 3)
-        fds: list[Any] = [*self.queues, *(w for w in self.workers if w.conn is not None)]
+        fds: list[Any] = self.queues.fds() if self.queues is not None else []
         if self._wake is not None:
             fds.append(self._wake[0])
         ready, _, _ = select.select(fds, [], [], timeout)
-        for q in self.queues:
-            if q in ready:
-                q.process()
-        for w in self.workers:
-            if w in ready:
-                w.drain(self._worker_alert, self.blocks)
+        if self.queues is not None:
+            self.queues.handle(ready, self._worker_alert, self.blocks)
         if self._wake is not None and self._wake[0] in ready:
             with contextlib.suppress(BlockingIOError):
                 while self._wake[0].recv(512):
@@ -400,19 +261,20 @@ class Service:
         self.pipeline(alert)
 
     def tick(self, now: float) -> None:
-        """About once a second: engine housekeeping, workers' health, components."""
+        """About once a second: engine housekeeping, workers' health, then one stats snapshot
+        handed to every component."""
         if self.engine is not None:
             self.engine.tick(now)
         self._watch_bridge()
-        if self.workers:
-            self._supervise_workers()
-        for comp in self.components or ():
-            fn = getattr(comp, "tick", None)
-            if fn is not None:
-                try:
-                    fn(now)
-                except Exception:
-                    self._component_failed(comp, "tick")
+        if self.queues is not None:
+            self.counts["worker_restarts"] += self.queues.supervise()
+        snapshot = self.stats()
+        self.last_snapshot = snapshot
+        for comp in self.components:
+            try:
+                comp.tick(now, snapshot)
+            except Exception:
+                self._component_failed(comp, "tick")
         mono = time.monotonic()
         if mono >= self._next_fail_open_check:
             self._next_fail_open_check = mono + FAIL_OPEN_CHECK
@@ -438,7 +300,7 @@ class Service:
             return
         self.paused = promisc
         try:
-            self._apply_ruleset(self.config)
+            self.apply_ruleset(self.config)
         except FirewallError as e:
             log.error("%s", e)
             self.paused = not promisc  # try again at the next tick
@@ -449,27 +311,7 @@ class Service:
             log.info("bridge %s is not promiscuous any more: inspection resumed",
                      self.config.inline.bridge)  # fmt: skip
 
-    def _supervise_workers(self) -> None:
-        mono = time.monotonic()
-        for i, w in enumerate(self.workers):
-            if w.alive() and mono - w.last_heard > WORKER_SILENCE:
-                log.error("worker for queue %d is stuck: restarting it", w.queue_num)
-                w.stop(timeout=1.0)
-            if w.alive() or mono - w.started_at < WORKER_RESTART_GAP:
-                continue
-            log.error("worker for queue %d died: restarting it", w.queue_num)
-            self._received_retired += w.stats.get("received", 0)
-            w.stop(timeout=0.5)
-            fresh = WorkerProcess(self.config, w.queue_num, w.intel_paths, w.engine_factory)
-            try:
-                fresh.start()
-                fresh.wait_ready(timeout=30.0)
-            except OSError as e:
-                log.error("%s", e)
-            self.workers[i] = fresh
-            self.counts["worker_restarts"] += 1
-
-    def _component_failed(self, comp: Any, what: str) -> None:
+    def _component_failed(self, comp: Component, what: str) -> None:
         key = f"{_name(comp)}.{what}"
         if not self.counts[f"error:{key}"]:
             log.exception("component hook %s failed (further failures only counted)", key)
@@ -529,117 +371,15 @@ class Service:
         self._reload_requested = False
         self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1e6)}")
         try:
-            ok = self._reload()
+            return reconfigure.reload(self)
         finally:
             self.notifier.ready(self._status_line())
-        return ok
-
-    def _reload(self) -> bool:
-        try:
-            new = load_config(self.config.source) if self.config.source else self.config
-        except ConfigError as e:
-            log.error("reload refused, keeping the running config: %s", e)
-            self.counts["reloads_refused"] += 1
-            return False
-        try:
-            self.apply_config(new)  # counts its own refusals
-        except ConfigError as e:
-            log.error("reload refused, keeping the running config: %s", e)
-            return False
-        log.info("reloaded %s", new.source or "(built-in config)")
-        return True
 
     def apply_config(self, new: Config) -> None:
         """Run with `new` from now on (SIGHUP, the hub's set-config). Raises ConfigError, with
         nothing changed, when the engine, the ruleset or a component refuses it. Main loop only.
         """
-        old = self.config
-        try:
-            self._check(new)
-        except ConfigError:
-            self.counts["reloads_refused"] += 1
-            raise
-        done: list[Any] = []
-        for comp in self.components or ():
-            fn = getattr(comp, "configure", None)
-            if fn is None:
-                continue
-            try:
-                fn(new)
-                done.append(comp)
-            except Exception as e:
-                if not isinstance(e, ConfigError):
-                    log.exception("component %s failed to take the new config", _name(comp))
-                self._configure_back(done, old)
-                self.counts["reloads_refused"] += 1
-                if isinstance(e, ConfigError):
-                    raise
-                raise ConfigError("", f"{_name(comp)} failed to take the config: {e}") from None
-        self.config = new
-        try:
-            self._apply_config(old, new)
-        except (OSError, FirewallError) as e:
-            log.error("reload failed half-way (%s); going back to the previous config", e)
-            self.config = old
-            self._configure_back(done, old)
-            try:
-                self._apply_config(new, old, force_queues=True)
-            except (OSError, FirewallError) as e2:
-                log.critical("cannot restore the previous config either: %s", e2)
-            self.counts["reloads_refused"] += 1
-            raise ConfigError("", f"applying it failed: {e}") from None
-        self.counts["reloads"] += 1
-
-    @staticmethod
-    def _configure_back(components: list[Any], old: Config) -> None:
-        for c in components:
-            try:
-                c.configure(old)
-            except Exception:
-                log.exception("component %s failed to go back", _name(c))
-
-    def _check(self, new: Config) -> None:
-        """Everything that can refuse `new`, checked before anything changes (ConfigError)."""
-        for key in ("bridge", "office", "uplink"):
-            name = getattr(new.inline, key)
-            try:
-                socket.if_nametoindex(name)
-            except OSError:
-                raise ConfigError(f"inline.{key}", f"no network interface {name!r}") from None
-        try:
-            RulesetSpec.from_config(new, self.firewall.native_queue(), self.engine.deep_ports())
-        except FirewallError as e:
-            raise ConfigError("", str(e)) from None
-
-    def _apply_config(self, old: Config, new: Config, force_queues: bool = False) -> None:
-        assert self.engine is not None and self.pipeline is not None and self.intel is not None
-        if new.log != old.log:
-            self.setup_logging(new)
-        if self.eve is not None:
-            if new.log.eve != old.log.eve:
-                fresh = EveFile(new.log.eve)
-                self.pipeline.sinks = [fresh if s is self.eve else s for s in self.pipeline.sinks]
-                self.eve.close()
-                self.eve = fresh
-            else:
-                self.eve.reopen()  # after logrotate
-        self.pipeline.configure(new)
-        self.engine.configure(new)
-        self.engine.reset_flows()  # judge every flow again under the new config
-        self.firewall.config = new
-        keys = ("queue", "workers", "queue_maxlen")
-        if force_queues or any(getattr(new.inline, k) != getattr(old.inline, k) for k in keys):
-            log.info("queue settings changed: rebinding (traffic bypasses meanwhile)")
-            self._close_queues()
-            self._open_queues(new)
-        else:
-            for q in self.queues:
-                q.configure(new)
-            for w in self.workers:
-                w.send("configure", new)
-        self._apply_ruleset(new)
-        self.intel.cache = new.intel.cache
-        self.intel.reload(intel_paths(new))
+        reconfigure.apply_config(self, new)
 
     def _on_intel(self, store: IntelStore) -> None:
         """IntelManager listener (its loader thread): the main loop swaps the store in."""
@@ -652,10 +392,10 @@ class Service:
         if store is None or self.engine is None:
             return
         self.engine.set_intel(store)
-        self.engine.reset_flows()
+        self.fresh_flows()
         paths = list(self.intel.paths) if self.intel is not None else intel_paths(self.config)
-        for w in self.workers:
-            w.send("intel", paths)
+        if self.queues is not None:
+            self.queues.set_intel(paths)
 
     # -- stop -----------------------------------------------------------------------------------
 
@@ -672,13 +412,11 @@ class Service:
         log.info("stopping")
         self._release_packet_path()
         self._flush_alerts()
-        for comp in reversed(self.components or []):
-            fn = getattr(comp, "stop", None)
-            if fn is not None:
-                try:
-                    fn()
-                except Exception:
-                    log.exception("component %s failed to stop", _name(comp))
+        for comp in reversed(self.components):
+            try:
+                comp.stop()
+            except Exception:
+                log.exception("component %s failed to stop", _name(comp))
         self._close_files()
         log.info("stopped")
 
@@ -689,11 +427,9 @@ class Service:
         except FirewallError as e:
             log.error("%s", e)
         # Packets already queued would be dropped by an unbind: answer them first.
-        deadline = time.monotonic() + 0.5
-        while self.queues and time.monotonic() < deadline:
-            if not sum(q.process(max_seconds=0.05) for q in self.queues):
-                break
-        self._close_queues()
+        if self.queues is not None:
+            self.queues.answer_pending(0.5)
+        self.close_queues()
 
     def _flush_alerts(self) -> None:
         """Report what detectors and the aggregator still hold (as replay does at its end)."""
@@ -719,59 +455,25 @@ class Service:
     # -- numbers --------------------------------------------------------------------------------
 
     def received_total(self) -> int:
-        total = self._received_retired
-        total += sum(q.stats.received for q in self.queues)
-        total += sum(w.stats.get("received", 0) for w in self.workers)
-        return total
-
-    def _kernel(self, fresh: bool = False) -> tuple[Counters, int]:
-        """Rule counters and queue depth, read at most once a second."""
-        mono = time.monotonic()
-        if fresh or self._kernel_cache is None or mono - self._kernel_cache[0] > 1.0:
-            try:
-                counters = self.firewall.counters()
-            except FirewallError as e:
-                log.debug("counters unavailable: %s", e)
-                counters = Counters()
-            kq = queue_table()
-            depth = sum(kq[n]["total"] for n in self.queue_numbers(self.config) if n in kq)
-            self._kernel_cache = (mono, counters, depth)
-        return self._kernel_cache[1], self._kernel_cache[2]
+        return self._received_retired + (self.queues.received() if self.queues else 0)
 
     def fail_open_events(self, fresh: bool = False) -> int:
-        """Packets the queue rules sent that the daemon never saw: let through by the kernel
-        because the queue was full (fail-open) or nobody listened (bypass)."""
-        counters, depth = self._kernel(fresh)
-        received = self.received_total() - self._received_at_apply
-        return self._fail_open_before + max(0, counters.queued - received - depth)
+        """Packets the queue rules sent that the daemon never saw (fail-open or bypass)."""
+        return self.kernel.fail_open_events(
+            queue_numbers(self.config), self.received_total(), fresh
+        )
 
     def stats(self) -> dict[str, Any]:
-        """The service's own counters plus every component's `stats()`."""
+        """The service's own counters plus every component's `stats()` (one snapshot)."""
         cfg = self.config
-        extra: dict[str, Any] = {}
-        for comp in self.components or ():
-            fn = getattr(comp, "stats", None)
-            if fn is None:
-                continue
-            try:
-                extra.update(fn())
-            except Exception:
-                self._component_failed(comp, "stats")
-        agg: Counter[str] = Counter()
-        for q in self.queues:
-            agg.update(q.stats.as_dict())
-            if self.engine is not None:
-                agg["flows"] += len(self.engine.flows)
-        for w in self.workers:
-            agg.update(w.stats)
-        hook_errors = agg.pop("hook_errors", 0)
-        if self.engine is not None and self.queues:
-            hook_errors += sum(self.engine.stats.hook_errors.values())
-        counters, depth = self._kernel()
+        extra = component_stats(self.components, self._component_failed)
+        agg = self.queues.counters() if self.queues is not None else Counter()
+        numbers = queue_numbers(cfg)
+        counters, depth = self.kernel.read(numbers)
         kq = queue_table()
-        ours = [kq[n] for n in self.queue_numbers(cfg) if n in kq]
+        ours = [kq[n] for n in numbers if n in kq]
         store = self.intel.store if self.intel is not None else None
-        out: dict[str, Any] = {
+        core: dict[str, Any] = {
             "state": "running" if self.running else "stopped",
             "version": __version__,
             "mode": cfg.inline.mode,
@@ -786,7 +488,7 @@ class Service:
             "verdicts_pass": agg["passed"],
             "verdicts_block": agg["blocked"],
             "callback_errors": agg["callback_errors"],
-            "hook_errors": hook_errors,
+            "hook_errors": agg["hook_errors"],
             "socket_overruns": agg["overruns"],
             "queued_by_kernel": counters.queued,
             "fail_open_events": self.fail_open_events(),
@@ -803,9 +505,7 @@ class Service:
             "intel_version": store.version if store is not None else "",
             "intel_indicators": len(store) if store is not None else 0,
         }
-        for key, value in extra.items():
-            out.setdefault(key, value)  # components add keys, never replace the core ones
-        return out
+        return merged(core, extra)
 
     def _status_line(self) -> str:
         store = self.intel.store if self.intel is not None else None
