@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from appliance.config import Config
-from appliance.detect.engine import Engine
+from appliance.detect.engine import Engine, WorkerEngine
 from appliance.inline.queue import QueueWorker, WorkerProcess
 
 log = logging.getLogger(__name__)
