@@ -52,6 +52,11 @@ class DaemonView(Protocol):
         """True while the daemon's main loop runs (and so ticks the components)."""
         ...
 
+    @property
+    def log_file(self) -> str:
+        """The file the daemon's own log goes to ("" when none)."""
+        ...
+
     def snapshot(self) -> Snapshot:
         """The latest tick's stats snapshot (empty before the first one)."""
         ...

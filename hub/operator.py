@@ -56,7 +56,6 @@ from protocol.topics import topic
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
-DESIRED_TTL = 10 * 365 * 86400  # desired config is a state, ordered by version, not a command
 
 
 class OperatorError(Exception):
@@ -777,7 +776,7 @@ def set_config(
             current = _current_desired(conn, desired_topic, key)
             changes = _deep_merge(current, changes)
         seq = obj.next_seq()
-        env = env_mod.make(device, "set-config", changes, key, seq=seq, ttl=DESIRED_TTL)
+        env = env_mod.make_desired(device, changes, key, version=seq)
         reported_topic = topic(site, device, "config/reported")
         if wait:
             conn.subscribe([reported_topic])

@@ -1,13 +1,24 @@
 """Signed command envelopes: the one format the hub uses to tell a device what to do.
 
-An envelope is ``{"id", "device", "cmd", "args", "seq", "issued_at", "expires_at", "sig"}``;
-``sig`` is an Ed25519 signature (standard base64) by the hub's command key over the canonical
-JSON of every other field: keys sorted, separators ``,`` and ``:``, UTF-8 with non-ASCII kept as
-is, no NaN/Infinity. The device re-serialises what it parsed and verifies that, so whitespace or
-key order on the wire never matters, while any change of a value does.
+An envelope is ``{"id", "device", "for", "cmd", "args", "seq", "issued_at", "expires_at",
+"sig"}``; ``sig`` is an Ed25519 signature (standard base64) by the hub's command key over the
+canonical JSON of every other field: keys sorted, separators ``,`` and ``:``, UTF-8 with
+non-ASCII kept as is, no NaN/Infinity. The device re-serialises what it parsed and verifies
+that, so whitespace or key order on the wire never matters, while any change of a value does.
 
-`issued_at`/`expires_at` are integer Unix seconds (a Pi has no RTC; the device enforces expiry
-only once its clock is synchronised) and `seq` is the hub's per-device counter (issue time in ms).
+``for`` binds an envelope to its purpose, inside the signature: ``"cmd"`` is a one-shot command
+(published on ``cmd``, short expiry, ordered by `seq`), ``"desired"`` a desired config
+(retained on ``config/desired``, `seq` is its version, a long expiry); the device refuses an
+envelope on the other topic (`WRONG_PURPOSE`). Use `make` and `make_desired`.
+
+`issued_at`/`expires_at` are integer Unix seconds. A Pi has no RTC: until its clock is
+synchronised the device enforces expiry against a persisted time floor (the latest `issued_at`
+it accepted, or the synchronised time it last saw). `seq` is the hub's per-device counter (issue
+time in ms).
+
+Every string (keys included) must be valid Unicode without lone surrogates, and nesting is
+bounded (`MAX_DEPTH`), so that every payload either parses into an envelope or is refused with
+a reason; nothing in here raises anything but EnvelopeError on bad input.
 
 The same canonical form and key signs other hub documents (an intel bundle's manifest), through
 `sign_document`/`verify_document`. Keys are PEM: PKCS#8 private, SubjectPublicKeyInfo public.
@@ -30,10 +41,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 MAX_ENVELOPE_BYTES = 64 * 1024
-FIELDS = ("id", "device", "cmd", "args", "seq", "issued_at", "expires_at", "sig")
+FIELDS = ("id", "device", "for", "cmd", "args", "seq", "issued_at", "expires_at", "sig")
 SIGNED_FIELDS = FIELDS[:-1]
 MAX_SEQ = (1 << 63) - 1
 SIG_BYTES = 64
+MAX_DEPTH = 32  # nesting of objects/arrays in an envelope
+
+# What an envelope is for (its signed "for" field).
+FOR_COMMAND = "cmd"  # a one-shot command on the `cmd` topic
+FOR_DESIRED = "desired"  # a desired config on the retained `config/desired` topic
+PURPOSES = (FOR_COMMAND, FOR_DESIRED)
+COMMAND_TTL = 300  # seconds a one-shot command stays valid
+DESIRED_TTL = 30 * 86400  # ... and a desired config
 
 # Rejection kinds (the `code` of an answer); the message always says more.
 MALFORMED = "malformed"
@@ -44,6 +63,8 @@ WRONG_DEVICE = "wrong-device"
 EXPIRED = "expired"
 REPLAYED = "replayed"
 UNKNOWN = "unknown-command"
+WRONG_PURPOSE = "wrong-purpose"
+STALE = "stale"  # a desired config whose version is not above the applied one
 
 
 class EnvelopeError(ValueError):
@@ -65,9 +86,12 @@ def canonical(obj: Any) -> bytes:
         text = json.dumps(
             obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
-    except ValueError as e:
+    except (ValueError, TypeError, RecursionError) as e:
         raise EnvelopeError(MALFORMED, f"not representable as canonical JSON: {e}") from None
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EnvelopeError(MALFORMED, "malformed: a string holds a lone surrogate") from None
 
 
 def signing_bytes(doc: Mapping[str, Any]) -> bytes:
@@ -114,15 +138,19 @@ def make(
     key: Ed25519PrivateKey,
     *,
     seq: int,
-    ttl: int = 300,
+    ttl: int = COMMAND_TTL,
     issued_at: int | None = None,
     envelope_id: str | None = None,
+    purpose: str = FOR_COMMAND,
 ) -> dict[str, Any]:
-    """A signed envelope (the operator side)."""
+    """A signed one-shot command envelope (the operator side); see `make_desired` too."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {', '.join(PURPOSES)}, not {purpose!r}")
     now = int(time.time()) if issued_at is None else issued_at
     env = {
         "id": envelope_id or uuid.uuid4().hex,
         "device": device,
+        "for": purpose,
         "cmd": cmd,
         "args": dict(args or {}),
         "seq": seq,
@@ -130,6 +158,29 @@ def make(
         "expires_at": now + ttl,
     }
     return sign_document(env, key)
+
+
+def make_desired(
+    device: str,
+    changes: Mapping[str, Any],
+    key: Ed25519PrivateKey,
+    *,
+    version: int,
+    ttl: int = DESIRED_TTL,
+    issued_at: int | None = None,
+) -> dict[str, Any]:
+    """A signed desired config (retained on ``config/desired``): a ``set-config`` valid only
+    there, with `version` (which must grow with every new desired config) as its seq."""
+    return make(
+        device,
+        "set-config",
+        changes,
+        key,
+        seq=version,
+        ttl=ttl,
+        issued_at=issued_at,
+        purpose=FOR_DESIRED,
+    )
 
 
 def encode(env: Mapping[str, Any]) -> bytes:
@@ -158,12 +209,37 @@ def _safe_id(v: Any) -> str | None:
     return v if isinstance(v, str) and 0 < len(v) <= 128 else None
 
 
+def _text_problem(obj: Any) -> str:
+    """Why `obj` (parsed JSON) cannot be signed canonically: a lone surrogate in a string or a
+    key, or nesting deeper than MAX_DEPTH; "" when it can."""
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a string holds a lone surrogate (not valid Unicode)"
+        elif isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if isinstance(item, dict):
+                stack.extend((k, depth + 1) for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+    return ""
+
+
 def parse(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
     """Decode and shape-check an envelope; raise EnvelopeError (too-large/malformed/unsigned).
 
     The signature itself is checked by `verify_document`; this only proves that every field is
-    present, of the right type, and that nothing else is there.
+    present, of the right type, and that nothing else is there. Whatever the payload, the only
+    exception is EnvelopeError.
     """
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise EnvelopeError(MALFORMED, "malformed: the payload is not bytes")
     size = len(payload)
     if size > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(
@@ -179,7 +255,12 @@ def parse(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
         raise EnvelopeError(MALFORMED, f"malformed: not JSON ({e})") from None
     if not isinstance(env, dict):
         raise EnvelopeError(MALFORMED, "malformed: envelope must be a JSON object")
+    text_problem = _text_problem(env)
     eid = _safe_id(env.get("id"))
+    if eid is not None and _text_problem(eid):
+        eid = None  # not even the id can go back in an answer
+    if text_problem:
+        raise EnvelopeError(MALFORMED, f"malformed: {text_problem}", eid)
     extra = sorted(set(env) - set(FIELDS))
     if extra:
         raise EnvelopeError(MALFORMED, f"malformed: unexpected field(s) {', '.join(extra)}", eid)
@@ -201,6 +282,8 @@ def parse(payload: bytes | bytearray | memoryview) -> dict[str, Any]:
         problems.append("cmd must be a command name")
     if not isinstance(env["args"], dict):
         problems.append("args must be an object")
+    if env["for"] not in PURPOSES:
+        problems.append(f"for must be one of {', '.join(repr(p) for p in PURPOSES)}")
     for name in ("seq", "issued_at", "expires_at"):
         v = env[name]
         if not _is_int(v) or not 0 <= v <= MAX_SEQ:

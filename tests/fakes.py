@@ -38,6 +38,7 @@ class FakeView:
     applied_in: threading.Thread | None = None
     refuse_config: str = ""  # apply_config raises ConfigError("inline.workers", this)
     stops: int = 0
+    log_file: str = ""
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -1,11 +1,15 @@
-"""Device side of remote management: verify signed envelopes, run commands, follow desired config.
+"""Device side of remote management: verify signed envelopes and run commands (the dispatch).
+
+The jobs around it live next to it: `replay_state` (what was accepted, the time floor, the
+clock), `intel_transfer` (the chunked intel-update job), `desired` (``config/desired`` and
+``config/reported``).
 
 Wiring (the daemon and the MQTT link):
 
-- The daemon implements `Device` (a small facade over its real actions) and builds
-  ``handler = CommandHandler.from_config(device)``; the handler is also a service component
-  (`start`/`tick`/`stop`/`stats`): `start` runs a worker thread so slow commands (an intel
-  reload) never stall the MQTT network loop; `tick` times out abandoned intel transfers.
+- The daemon implements `Device` (a small facade over its real actions,
+  `appliance.hublink.device.ServiceDevice`) and builds ``CommandHandler.from_config(device)``;
+  `start` runs a worker thread so slow commands (an intel reload) never stall the MQTT network
+  loop; `tick` times out abandoned intel transfers.
 - The link calls ``handler.attach(publish)`` once, where ``publish(subtopic, payload_dict,
   retain)`` publishes JSON under the device's topic root (used for ``config/reported``).
 - For each message on ``cmd`` the link calls ``handler.on_command(payload, reply)``; ``reply``
@@ -16,21 +20,25 @@ Wiring (the daemon and the MQTT link):
 
 Answers are ``{"id", "ok": true, "result"}`` or ``{"id", "ok": false, "error", "code"}``;
 job answers add ``"job": {"id", "state", ...}`` with state queued, in-progress, succeeded,
-failed or rejected. A rejected envelope changes nothing: the last accepted `seq` is committed
-only after a command has succeeded.
+failed or rejected. Every payload gets an answer, whatever it holds (bad UTF-8, lone
+surrogates, junk): never silence, never a traceback. An envelope on ``cmd`` must be signed
+``"for": "cmd"``. Its seq is saved before the command acts (a failed save refuses it); a command
+refused after that gets its seq back, so a rejected envelope changes nothing.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
 import ipaddress
 import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +48,30 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance import config as config_mod
 from appliance.config import Config, ConfigError
+from appliance.hublink.desired import DesiredConfig
+from appliance.hublink.intel_transfer import TRANSFER_TIMEOUT_S, BadChunk, IntelTransfer
+from appliance.hublink.intel_transfer import answer as _answer
+from appliance.hublink.replay_state import (
+    CommandStateError,
+    ReplayState,
+    Undo,
+    system_clock_synced,
+)
 from appliance.packet.addrset import AddrSet
 from protocol import bundle
 from protocol import envelope as env_mod
 from protocol.envelope import EnvelopeError
+
+__all__ = [
+    "CommandFailed",
+    "CommandHandler",
+    "CommandStateError",
+    "Device",
+    "ReplayState",
+    "redacted",
+    "system_clock_synced",
+    "tail_lines",
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,36 +94,12 @@ MAX_LOG_LINES = 1000
 MAX_LOG_BYTES = 32 * 1024
 MAX_IDENTIFY_S = 600
 MAX_ACK_IDS = 1000
-RECENT_IDS = 512
-TRANSFER_TIMEOUT_S = 300.0
 
 # Answer codes for commands that got past the envelope checks.
 INVALID = "invalid"  # bad args
 REFUSED = "refused"  # the device (or a rule here) refused the action
 FAILED = "failed"  # the action was tried and failed
 BUSY = "busy"
-
-
-# --- clock ------------------------------------------------------------------------------------
-
-_TIME_ERROR = 5  # adjtimex() result while the kernel's STA_UNSYNC is set
-
-
-def system_clock_synced() -> bool:
-    """True once the clock has been synchronised (systemd-timesyncd flag or kernel NTP state).
-
-    `adjtimex` with modes 0 only reads; its return value is TIME_ERROR while STA_UNSYNC is set,
-    which both timesyncd and chrony clear once they have disciplined the clock.
-    """
-    if Path("/run/systemd/timesync/synchronized").exists():
-        return True
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(512)  # larger than struct timex; modes = 0
-        state = libc.adjtimex(buf)
-    except (OSError, AttributeError):
-        return False
-    return state >= 0 and state != _TIME_ERROR
 
 
 # --- the device facade -------------------------------------------------------------------------
@@ -107,6 +111,11 @@ class Device(Protocol):
     @property
     def config(self) -> Config:
         """The config in force (with `source` set to the file it is saved to)."""
+        ...
+
+    @property
+    def log_file(self) -> str:
+        """The daemon's own log file ("" when it logs to no file): all `logs` may read."""
         ...
 
     def apply_config(self, config: Config) -> None:
@@ -147,97 +156,6 @@ class Device(Protocol):
     def status(self) -> dict[str, Any]:
         """The status dict (as on the status page and the retained `status` topic)."""
         ...
-
-
-# --- persisted replay state ---------------------------------------------------------------------
-
-
-class CommandStateError(RuntimeError):
-    """The persisted replay state cannot be read; commands are not safe to accept."""
-
-
-class ReplayState:
-    """Last accepted seq per device, recent envelope ids and the applied desired version.
-
-    Written atomically after every accepted command, so a restart (or a power cut) cannot open
-    a window for replaying an envelope that was already accepted.
-    """
-
-    FORMAT = 1
-
-    def __init__(self, path: str | os.PathLike[str], recent_max: int = RECENT_IDS) -> None:
-        self.path = Path(path)
-        self.last_seq: dict[str, int] = {}
-        self.recent: deque[str] = deque(maxlen=recent_max)
-        self.desired_version = 0
-        self.desired_applied_at = 0
-        self._load()
-
-    def _load(self) -> None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise CommandStateError(f"replay state {self.path}: {e.strerror or e}") from None
-        try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("format") != self.FORMAT:
-                raise ValueError("unknown format")
-            last = data["last_seq"]
-            recent = data["recent_ids"]
-            if not isinstance(last, dict) or not all(
-                isinstance(k, str) and type(v) is int for k, v in last.items()
-            ):
-                raise ValueError("bad last_seq")
-            if not isinstance(recent, list) or not all(isinstance(i, str) for i in recent):
-                raise ValueError("bad recent_ids")
-            version = data.get("desired_version", 0)
-            applied = data.get("desired_applied_at", 0)
-            if type(version) is not int or type(applied) is not int:
-                raise ValueError("bad desired_version")
-        except (ValueError, KeyError, TypeError) as e:
-            raise CommandStateError(
-                f"replay state {self.path} is unreadable ({e}); refusing commands rather than "
-                "forgetting which were already accepted"
-            ) from None
-        self.last_seq = dict(last)
-        self.recent.extend(recent)
-        self.desired_version = version
-        self.desired_applied_at = applied
-
-    def check(self, device: str, seq: int, envelope_id: str) -> None:
-        last = self.last_seq.get(device)
-        if last is not None and seq <= last:
-            raise EnvelopeError(
-                env_mod.REPLAYED,
-                f"replayed: seq {seq} is not above the last accepted seq {last}",
-                envelope_id,
-            )
-        if envelope_id in self.recent:
-            raise EnvelopeError(
-                env_mod.REPLAYED, f"replayed: id {envelope_id} was already accepted", envelope_id
-            )
-
-    def accept(self, device: str, seq: int, envelope_id: str) -> None:
-        self.last_seq[device] = seq
-        self.recent.append(envelope_id)
-        self._save()
-
-    def set_desired(self, version: int, now: float) -> None:
-        self.desired_version = version
-        self.desired_applied_at = int(now)
-        self._save()
-
-    def _save(self) -> None:
-        data = {
-            "format": self.FORMAT,
-            "last_seq": self.last_seq,
-            "recent_ids": list(self.recent),
-            "desired_version": self.desired_version,
-            "desired_applied_at": self.desired_applied_at,
-        }
-        config_mod.atomic_write(self.path, json.dumps(data, sort_keys=True).encode(), mode=0o600)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -297,8 +215,12 @@ def redacted(config: Config) -> dict[str, Any]:
 
 
 def tail_lines(path: str | os.PathLike[str], lines: int, max_bytes: int) -> tuple[list[str], bool]:
-    """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
-    with open(path, "rb") as f:
+    """The last `lines` lines of a regular file (a symlink or a FIFO is refused), reading at
+    most `max_bytes` from its end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         f.seek(0, os.SEEK_END)
         size = f.tell()
         start = max(0, size - max_bytes)
@@ -308,26 +230,6 @@ def tail_lines(path: str | os.PathLike[str], lines: int, max_bytes: int) -> tupl
     if start > 0 and text:
         text = text[1:]  # the first line is probably cut
     return text[-lines:], start > 0 or len(text) > lines
-
-
-def _answer(
-    eid: str | None,
-    ok: bool,
-    *,
-    result: Any = None,
-    error: str = "",
-    code: str = "",
-    job: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    out: dict[str, Any] = {"id": eid, "ok": ok}
-    if ok:
-        out["result"] = result if result is not None else {}
-    else:
-        out["error"] = error
-        out["code"] = code
-    if job is not None:
-        out["job"] = job
-    return out
 
 
 # --- the handler --------------------------------------------------------------------------------
@@ -357,16 +259,19 @@ class CommandHandler:
         self.intel_dir = Path(intel_dir)
         self.clock = clock
         self.clock_synced = clock_synced
-        self.transfer_timeout = transfer_timeout
-        self._publish = publish
+        self.counters: Counter[str] = Counter()
+        self.intel = IntelTransfer(
+            self.keys,
+            self.intel_dir,
+            lambda: self.device.reload_intel(),
+            self.counters,
+            timeout=transfer_timeout,
+        )
+        self.desired = DesiredConfig(self)
+        self.desired.publish = publish
         self._lock = threading.RLock()
         self._queue: queue.Queue[tuple[str, bytes, Reply | None] | None] = queue.Queue(queue_max)
         self._worker: threading.Thread | None = None
-        self._transfer: bundle.Transfer | None = None
-        self._transfer_reply: Reply | None = None
-        self._transfer_id: str | None = None
-        self._transfer_eid: str | None = None  # the envelope of its latest chunk
-        self.counters: Counter[str] = Counter()
         self._commands: dict[str, Callable[[dict[str, Any], Reply], dict[str, Any] | None]] = {
             "ping": self._ping,
             "status": self._status,
@@ -383,6 +288,7 @@ class CommandHandler:
             "reboot": self._reboot,
         }
         self._deferred: Callable[[], None] | None = None
+        self._undo: Undo | None = None  # the commit of the command running now
 
     @classmethod
     def from_config(cls, device: Device, **kwargs: Any) -> CommandHandler:
@@ -401,11 +307,14 @@ class CommandHandler:
     def commands(self) -> tuple[str, ...]:
         return tuple(self._commands)
 
+    def redacted(self, config: Config) -> dict[str, Any]:
+        return redacted(config)
+
     # --- link side ----------------------------------------------------------------------------
 
     def attach(self, publish: Publish) -> None:
         """Where `config/reported` goes: ``publish(subtopic, payload, retain)``."""
-        self._publish = publish
+        self.desired.publish = publish
 
     def on_command(self, payload: bytes, reply: Reply) -> None:
         """A message on `cmd` (from the MQTT thread): queued for the worker, or run inline."""
@@ -464,9 +373,7 @@ class CommandHandler:
             worker.join(timeout=10)
         self._worker = None
         with self._lock:
-            if self._transfer is not None:
-                self._transfer.discard()
-                self._transfer = None
+            self.intel.discard()
 
     def tick(self, now: float) -> None:
         """Fail an intel transfer that has waited too long for its missing chunks."""
@@ -474,16 +381,7 @@ class CommandHandler:
         if not self._lock.acquire(blocking=False):
             return
         try:
-            t = self._transfer
-            if t is None or now - t.last_activity < self.transfer_timeout:
-                return
-            missing = bundle._ranges(t.missing())
-            self._end_transfer(
-                "failed",
-                f"intel-update: no chunk for {self.transfer_timeout:g} s, missing {missing}",
-                self._transfer_eid,
-                None,
-            )
+            self.intel.tick(now)
         finally:
             self._lock.release()
 
@@ -504,7 +402,7 @@ class CommandHandler:
             self._deferred = None
             try:
                 env = env_mod.parse(payload)
-                self._authenticate(env, replay=True, expiry=True)
+                self.authenticate(env, env_mod.FOR_COMMAND)
                 fn = self._commands.get(env["cmd"])
                 if fn is None:
                     raise EnvelopeError(
@@ -515,28 +413,50 @@ class CommandHandler:
             except EnvelopeError as e:
                 self._reject(reply, e.envelope_id, e.code, str(e))
                 return
+            except Exception as e:  # a bug in the checks: still answer
+                log.exception("checking an envelope failed")
+                self._reject(reply, _peek_id(payload), env_mod.MALFORMED, f"malformed: {e!r}")
+                return
+            cmd, eid = env["cmd"], env["id"]
+            try:  # used before it acts: a crash in the middle cannot let it run twice
+                undo = self.state.commit(env["device"], env["seq"], eid, env["issued_at"])
+            except OSError as e:
+                self._reject(
+                    reply,
+                    eid,
+                    FAILED,
+                    f"cannot save the replay state ({e.strerror or e}): {cmd} refused, "
+                    "nothing done",
+                    cmd=cmd,
+                )
+                return
+            self._undo = undo
             try:
                 result = fn(env, reply)
             except CommandFailed as e:
-                self._reject(reply, env["id"], e.code, str(e), cmd=env["cmd"])
+                self._refuse(undo, reply, eid, e.code, str(e), cmd)
                 return
             except (ValueError, OSError, NotImplementedError, TimeoutError) as e:
-                self._reject(reply, env["id"], FAILED, f"{env['cmd']}: {e}", cmd=env["cmd"])
+                self._refuse(undo, reply, eid, FAILED, f"{cmd}: {e}", cmd)
                 return
             except Exception as e:  # a bug in a device action: still answer
-                log.exception("command %s failed", env["cmd"])
-                self._reject(reply, env["id"], FAILED, f"{env['cmd']}: internal error: {e!r}")
+                log.exception("command %s failed", cmd)
+                self._refuse(undo, reply, eid, FAILED, f"{cmd}: internal error: {e!r}", cmd)
                 return
+            finally:
+                self._undo = None
             if result is None:  # a job command that answered for itself
                 return
-            self._accept(env)
-            log.info("command %s (%s) done", env["cmd"], env["id"])
-            reply(_answer(env["id"], True, result=result))
+            self.counters["accepted"] += 1
+            log.info("command %s (%s) done", cmd, eid)
+            reply(_answer(eid, True, result=result))
             deferred, self._deferred = self._deferred, None
         if deferred is not None:
             deferred()
 
-    def _authenticate(self, env: dict[str, Any], *, replay: bool, expiry: bool) -> None:
+    def authenticate(self, env: dict[str, Any], purpose: str) -> None:
+        """For this device, signed by the hub, meant for `purpose` (cmd or desired), not
+        replayed (commands) and not expired; else EnvelopeError."""
         me = self.device.config.device.id
         if env["device"] != me:
             raise EnvelopeError(
@@ -545,20 +465,29 @@ class CommandHandler:
                 env["id"],
             )
         env_mod.verify(env, self.keys)
-        if replay:
+        if env["for"] != purpose:
+            where = "cmd" if purpose == env_mod.FOR_COMMAND else "config/desired"
+            raise EnvelopeError(
+                env_mod.WRONG_PURPOSE,
+                f"wrong purpose: the envelope is signed for {env['for']!r}, not for {where}",
+                env["id"],
+            )
+        if purpose == env_mod.FOR_COMMAND:
             self.state.check(env["device"], env["seq"], env["id"])
-        if expiry and self.clock_synced():
-            now = int(self.clock())
-            if now > env["expires_at"]:
-                raise EnvelopeError(
-                    env_mod.EXPIRED,
-                    f"expired: expired at {env['expires_at']}, the device clock says {now}",
-                    env["id"],
-                )
+        self.state.check_expiry(env, self.clock(), self.clock_synced())
 
-    def _accept(self, env: Mapping[str, Any]) -> None:
-        self.state.accept(env["device"], env["seq"], env["id"])
-        self.counters["accepted"] += 1
+    @staticmethod
+    def describe_failure(e: BaseException) -> str:
+        if isinstance(e, EnvelopeError | CommandFailed):
+            return str(e)
+        log.error("desired config failed", exc_info=e)
+        return f"internal error: {e!r}"
+
+    def _refuse(
+        self, undo: Undo, reply: Reply, eid: str, code: str, message: str, cmd: str
+    ) -> None:
+        self.state.undo(undo)
+        self._reject(reply, eid, code, message, cmd=cmd)
 
     def _reject(
         self, reply: Reply, eid: str | None, code: str, message: str, cmd: str = ""
@@ -592,7 +521,7 @@ class CommandHandler:
     def _set_config(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
         new, changed = self.apply_changes(env["args"])
         if changed:
-            self._deferred = self.report
+            self._deferred = self.desired.report
         return {"changed": changed, "config": redacted(new)}
 
     def _set_mode(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -601,11 +530,14 @@ class CommandHandler:
         )
         _new, changed = self.apply_changes({"inline": {"mode": args["mode"]}})
         if changed:
-            self._deferred = self.report
+            self._deferred = self.desired.report
         return {"mode": args["mode"], "changed": changed}
 
-    def apply_changes(self, changes: Mapping[str, Any]) -> tuple[Config, bool]:
-        """Validate `changes` as a whole, apply live, save atomically; all or nothing."""
+    def apply_changes(
+        self, changes: Mapping[str, Any], commit: Callable[[], None] | None = None
+    ) -> tuple[Config, bool]:
+        """Validate `changes` as a whole, apply live, save atomically; all or nothing.
+        `commit` (the desired version's save) runs last; if it fails the change is undone."""
         current = self.device.config
         if not isinstance(changes, Mapping):
             raise CommandFailed(INVALID, "set-config: args must be a TOML-shaped table")
@@ -623,6 +555,8 @@ class CommandHandler:
         except ConfigError as e:
             raise CommandFailed(INVALID, f"invalid config: {e}") from None
         if new == current:
+            if commit is not None:
+                self._commit_or_fail(commit)
             return current, False
         if not current.source:
             raise CommandFailed(REFUSED, "the running config has no file to save changes to")
@@ -638,8 +572,25 @@ class CommandHandler:
         except (OSError, ConfigError) as e:
             self._restore(current)
             raise CommandFailed(FAILED, f"could not save the config, change undone: {e}") from e
+        if commit is not None:
+            try:
+                self._commit_or_fail(commit)
+            except CommandFailed:
+                self._restore(current)
+                with contextlib.suppress(OSError, ConfigError):
+                    config_mod.save(current)
+                raise
         log.info("config changed: %s", ", ".join(sorted(new.changed_sections(current))))
         return new, True
+
+    @staticmethod
+    def _commit_or_fail(commit: Callable[[], None]) -> None:
+        try:
+            commit()
+        except OSError as e:
+            raise CommandFailed(
+                FAILED, f"cannot save the replay state ({e.strerror or e}); change undone"
+            ) from None
 
     def _restore(self, previous: Config) -> None:
         try:
@@ -708,7 +659,9 @@ class CommandHandler:
         args = _check_args(
             "logs", env["args"], {"lines": Arg(int, default=100, lo=1, hi=MAX_LOG_LINES)}
         )
-        path = self.device.config.log.file
+        path = self.device.log_file  # the daemon's own log, never a path from the args
+        if not path:
+            raise CommandFailed(FAILED, "logs: the daemon logs to no file (log.file is empty)")
         try:
             lines, truncated = tail_lines(path, args["lines"], MAX_LOG_BYTES)
         except OSError as e:
@@ -725,199 +678,29 @@ class CommandHandler:
         self._deferred = self.device.reboot
         return {"rebooting": True}
 
-    # --- intel-update (a job) -------------------------------------------------------------------
+    # --- intel-update (a job: appliance.hublink.intel_transfer) -------------------------------
 
     def _intel_update(self, env: dict[str, Any], reply: Reply) -> None:
-        eid = env["id"]
+        undo = self._undo
+        assert undo is not None
         try:
-            job, manifest, index, count, chunk_size, data = bundle.parse_chunk(env["args"])
-        except bundle.BundleError as e:
-            raise CommandFailed(INVALID, f"intel-update: {e}") from None
-        jobinfo: dict[str, Any] = {"id": job}
-        now = self.clock()
-        t = self._transfer
-        new_job = t is None or self._transfer_id != job
-        if new_job:
-            try:
-                manifest = bundle.check_manifest(manifest, self.keys)
-            except bundle.BundleError as e:
-                self._job_reject(reply, eid, jobinfo, f"intel-update: {e}")
-                return
-            try:
-                fresh = bundle.Transfer(job, manifest, count, chunk_size, self.intel_dir, now)
-            except bundle.BundleError as e:
-                self._job_reject(reply, eid, jobinfo, f"intel-update: {e}")
-                return
-            except OSError as e:
-                self._job_reject(reply, eid, jobinfo, f"intel-update: staging: {e}")
-                return
-            if t is not None:
-                self._end_transfer("failed", f"intel-update: superseded by job {job}", None, None)
-            self._transfer, self._transfer_id, t = fresh, job, fresh
-        else:
-            assert t is not None
-            if manifest != t.manifest or count != t.count or chunk_size != t.chunk_size:
-                self._job_reject(
-                    reply, eid, jobinfo, f"intel-update: chunk {index} does not match job {job}"
-                )
-                return
-        self._transfer_reply = reply
-        self._transfer_eid = eid
-        try:
-            fresh_chunk = t.add(index, data, now)
-        except bundle.BundleError as e:
-            # Signed but inconsistent: the job cannot be trusted to finish correctly.
-            self._accept(env)
-            self._end_transfer("failed", f"intel-update: {e}", eid, reply)
-            return
-        except OSError as e:
-            self._accept(env)
-            self._end_transfer("failed", f"intel-update: staging: {e}", eid, reply)
-            return
-        self._accept(env)
-        progress = {
-            "received": len(t.received),
-            "count": t.count,
-            "version": t.manifest["version"],
-        }
-        state = "queued" if new_job and not t.complete else "in-progress"
-        reply(
-            _answer(
-                eid,
-                True,
-                result={"chunk": index, "duplicate": not fresh_chunk},
-                job={**jobinfo, "state": state, **progress},
-            )
-        )
-        if not t.complete:
-            return
-        reply(
-            _answer(
-                eid,
-                True,
-                result={},
-                job={**jobinfo, "state": "in-progress", **progress, "step": "installing"},
-            )
-        )
-        try:
-            staged = t.finish()
-            store_version = bundle.install(
-                self.intel_dir, staged, t.manifest, self.device.reload_intel
-            )
-        except (bundle.BundleError, OSError) as e:
-            self._end_transfer("failed", f"intel-update: {e}", eid, reply)
-            return
-        self._transfer = None
-        self._transfer_id = None
-        self._transfer_reply = None
-        self.counters["intel_updates"] += 1
-        log.info("intel bundle %s %s installed", t.manifest["name"], t.manifest["version"])
-        reply(
-            _answer(
-                eid,
-                True,
-                result={
-                    "name": t.manifest["name"],
-                    "version": t.manifest["version"],
-                    "store_version": store_version,
-                },
-                job={**jobinfo, "state": "succeeded", **progress},
-            )
-        )
+            self.intel.handle(env, reply, self.clock(), refuse=lambda: self.state.undo(undo))
+        except BadChunk as e:
+            raise CommandFailed(INVALID, str(e)) from None
 
-    def _job_reject(self, reply: Reply, eid: str, jobinfo: dict[str, Any], message: str) -> None:
-        self.counters[f"rejected:{REFUSED}"] += 1
-        log.warning("intel-update %s rejected: %s", eid, message)
-        reply(
-            _answer(eid, False, error=message, code=REFUSED, job={**jobinfo, "state": "rejected"})
-        )
-
-    def _end_transfer(self, state: str, message: str, eid: str | None, reply: Reply | None) -> None:
-        t = self._transfer
-        if t is None:
-            return
-        reply = reply or self._transfer_reply
-        t.discard()
-        self._transfer = None
-        self._transfer_id = None
-        self._transfer_reply = None
-        self.counters["intel_failures"] += 1
-        log.warning("intel-update job %s %s: %s", t.job, state, message)
-        if reply is not None:
-            reply(
-                _answer(
-                    eid,
-                    False,
-                    error=message,
-                    code=FAILED,
-                    job={
-                        "id": t.job,
-                        "state": state,
-                        "received": len(t.received),
-                        "count": t.count,
-                        "version": t.manifest["version"],
-                    },
-                )
-            )
-
-    # --- desired / reported config --------------------------------------------------------------
+    # --- desired / reported config (appliance.hublink.desired) ----------------------------------
 
     def handle_desired(self, payload: bytes) -> None:
-        """Apply a retained desired config when its version (the envelope's seq) is newer."""
-        if not payload:
-            return  # the retained message was cleared
+        """Apply a retained desired config when its version is newer (see `desired`)."""
         with self._lock:
-            error = ""
-            version = None
-            try:
-                env = env_mod.parse(payload)
-                # A retained state, not a one-shot command: ordering comes from its version, so
-                # neither the command seq nor the expiry applies (it is re-read on every connect).
-                self._authenticate(env, replay=False, expiry=False)
-                if env["cmd"] != "set-config":
-                    raise EnvelopeError(
-                        env_mod.MALFORMED,
-                        f"malformed: config/desired must carry set-config, not {env['cmd']!r}",
-                        env["id"],
-                    )
-                version = env["seq"]
-                if version > self.state.desired_version:
-                    self.apply_changes(env["args"])
-                    self.state.set_desired(version, self.clock())
-                    self.counters["desired_applied"] += 1
-                    log.info("desired config version %d applied", version)
-            except EnvelopeError as e:
-                error = str(e)
-            except CommandFailed as e:
-                error = str(e)
-            if error:
-                self.counters["desired_rejected"] += 1
-                log.warning("desired config rejected: %s", error)
-            self.report(error=error, rejected_version=version if error else None)
+            self.desired.handle(payload)
 
     def reported(self, error: str = "", rejected_version: int | None = None) -> dict[str, Any]:
-        cfg = self.device.config
-        out: dict[str, Any] = {
-            "device": cfg.device.id,
-            "version": self.state.desired_version,
-            "applied_at": self.state.desired_applied_at,
-            "reported_at": int(self.clock()),
-            "config": redacted(cfg),
-        }
-        if error:
-            out["error"] = error
-            if rejected_version is not None:
-                out["rejected_version"] = rejected_version
-        return out
+        return self.desired.reported(error, rejected_version)
 
     def report(self, error: str = "", rejected_version: int | None = None) -> None:
         """Publish `config/reported` (retained) if a link is attached."""
-        if self._publish is None:
-            return
-        try:
-            self._publish("config/reported", self.reported(error, rejected_version), True)
-        except Exception:
-            log.exception("could not publish config/reported")
+        self.desired.report(error, rejected_version)
 
 
 def _drop_redacted(changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -104,6 +104,10 @@ class ServiceDevice:
     def config(self) -> Config:
         return self.view.config
 
+    @property
+    def log_file(self) -> str:
+        return self.view.log_file
+
     def apply_config(self, config: Config) -> None:
         view = self.view
         self._in_loop(lambda: view.apply_config(config))

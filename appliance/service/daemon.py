@@ -100,6 +100,7 @@ class Service:
         self._wake: tuple[socket.socket, socket.socket] | None = None
         self._old_signals: dict[int, Any] = {}
         self._log_handlers: list[logging.Handler] = []
+        self.log_file = ""  # the file our log goes to (what the hub's `logs` may read)
         self._next_tick = 0.0
         self._next_fail_open_check = 0.0
         self._fail_open_logged = 0
@@ -525,10 +526,12 @@ class Service:
         fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
         problem = None
+        self.log_file = ""
         if cfg.log.file:
             try:
                 Path(cfg.log.file).parent.mkdir(parents=True, exist_ok=True)
                 handlers.append(logging.handlers.WatchedFileHandler(cfg.log.file))
+                self.log_file = cfg.log.file
             except OSError as e:
                 problem = f"log.file: cannot open {cfg.log.file}: {e.strerror or e}"
         for h in handlers:

@@ -29,6 +29,10 @@ class ServiceView:
     def running(self) -> bool:
         return self._service.running
 
+    @property
+    def log_file(self) -> str:
+        return self._service.log_file
+
     def snapshot(self) -> Snapshot:
         return MappingProxyType(self._service.last_snapshot)
 

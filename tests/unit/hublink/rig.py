@@ -36,6 +36,7 @@ class FakeDevice:
         self.reboots = 0
         self.reload_error: str = ""
         self.store = intel_mod.load_files(bundle.installed_paths(intel_dir))
+        self.log_file = config.log.file  # the daemon opened its log at start
 
     @property
     def config(self) -> Config:
@@ -99,6 +100,7 @@ class Rig:
         fields = {
             "id": f"id-{self.seq}",
             "device": DEVICE,
+            "for": E.FOR_COMMAND,
             "cmd": cmd,
             "args": args or {},
             "seq": self.seq,
@@ -107,6 +109,11 @@ class Rig:
         }
         fields.update(over)
         return E.sign_document(fields, self.key)
+
+    def desired(self, args: dict[str, Any], version: int, **over: Any) -> bytes:
+        """A signed desired config (``"for": "desired"``, 30 days) of `version`."""
+        over.setdefault("expires_at", int(self.clock[0]) + E.DESIRED_TTL)
+        return E.encode(self.env("set-config", args, seq=version, **{"for": E.FOR_DESIRED, **over}))
 
     def send(self, env: dict[str, Any] | bytes) -> list[dict[str, Any]]:
         answers: list[dict[str, Any]] = []

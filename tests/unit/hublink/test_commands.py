@@ -71,18 +71,41 @@ def test_for_another_device(rig: Rig) -> None:
     assert_rejected(rig, env, E.WRONG_DEVICE, "for 'dev2', this is 'dev1'")
 
 
-def test_expired_once_clock_is_synchronised(rig: Rig) -> None:
+def test_expired_once_clock_is_synchronised_and_never_applied_by_any_route(rig: Rig) -> None:
     now = int(rig.clock[0])
     env = rig.env("set-mode", {"mode": "block"}, issued_at=now - 600, expires_at=now - 1)
-    assert_rejected(rig, env, E.EXPIRED, "expired at")
-
-
-def test_expiry_not_enforced_while_clock_unsynchronised(rig: Rig) -> None:
-    rig.synced[0] = False
-    env = rig.env("ping", issued_at=1000, expires_at=1300)
+    before = rig.snapshot()
     answer = rig.one(env)
+    assert answer["ok"] is False and answer["code"] == E.EXPIRED
+    assert "expired at" in answer["error"]
+    after = rig.snapshot()
+    # Nothing changed but the time floor: the synchronised time at which it was found expired.
+    assert {**after, "state": None} == {**before, "state": None}
+    assert json.loads(after["state"])["time_floor"] == now
+    # After a reboot without a synchronised clock (a Pi has no RTC) it is still expired ...
+    rig.synced[0] = False
+    rig.clock[0] = 0.0
+    rig.restart_handler()
+    again = rig.one(env)
+    assert again["code"] == E.EXPIRED and "not synchronised" in again["error"]
+    # ... and it cannot come in as a desired config either.
+    rig.handler.handle_desired(E.encode(env))
+    assert "wrong purpose" in rig.published[-1][1]["error"]
+    assert rig.device.config.inline.mode == "monitor" and rig.device.applied == []
+
+
+def test_without_a_synchronised_clock_expiry_is_judged_by_the_time_floor(rig: Rig) -> None:
+    rig.synced[0] = False
+    answer = rig.one(rig.env("ping", issued_at=1000, expires_at=1300))  # nothing seen yet
     assert answer["ok"] is True
     assert answer["result"]["clock_synced"] is False
+    assert rig.one(rig.env("ping", issued_at=5000, expires_at=5300))["ok"] is True
+    # Expired before the latest issued_at accepted: refused, also after a restart.
+    late = rig.env("set-mode", {"mode": "block"}, issued_at=4000, expires_at=4300)
+    assert_rejected(rig, late, E.EXPIRED, "before 5000")
+    rig.restart_handler()
+    assert_rejected(rig, late, E.EXPIRED, "before 5000")
+    assert rig.one(rig.env("ping", issued_at=4990, expires_at=5290))["ok"] is True
 
 
 def test_replayed_same_envelope(rig: Rig) -> None:
@@ -232,7 +255,7 @@ def test_ping_and_status(rig: Rig) -> None:
     status = rig.one(rig.env("status"))["result"]
     assert status["state"] == "ready" and status["mode"] == "monitor"
     assert status["commands"]["commands_accepted"] == 1
-    assert status["commands"]["last_seq"] == rig.seq - 1
+    assert status["commands"]["last_seq"] == rig.seq  # its own: saved before it ran
 
 
 def test_get_config_redacts_secrets(rig: Rig) -> None:
@@ -455,9 +478,9 @@ def test_intel_update_missing_chunk_times_out(rig: Rig) -> None:
     for e in envs[:2] + envs[3:]:
         rig.send(e)
     rig.handler.tick(rig.clock[0] + 10)  # not yet
-    assert rig.handler._transfer is not None
+    assert rig.handler.intel.transfer is not None
     answers: list[dict[str, Any]] = []
-    rig.handler._transfer_reply = answers.append
+    rig.handler.intel.reply = answers.append
     rig.handler.tick(rig.clock[0] + 301)
     assert answers[0]["job"]["state"] == "failed"
     assert answers[0]["id"] == envs[-1]["id"]  # answers the latest chunk's envelope
@@ -473,7 +496,7 @@ def test_intel_update_conflicting_duplicate_fails_job(rig: Rig) -> None:
     answer = rig.one(rig.env("intel-update", args))
     assert answer["job"]["state"] == "failed" and "different content" in answer["error"]
     _intel_unchanged(rig, before)
-    assert rig.handler._transfer is None
+    assert rig.handler.intel.transfer is None
 
 
 def test_intel_update_corrupt_content_fails_hash(rig: Rig) -> None:
@@ -585,7 +608,7 @@ def test_intel_update_superseded_job(rig: Rig) -> None:
 
 
 def desired(rig: Rig, args: dict[str, Any], seq: int, **over: Any) -> bytes:
-    return E.encode(rig.env("set-config", args, seq=seq, **over))
+    return rig.desired(args, seq, **over)
 
 
 def test_desired_applied_when_newer_and_reported(rig: Rig) -> None:
@@ -614,13 +637,21 @@ def test_desired_version_survives_restart(rig: Rig) -> None:
     assert rig.device.config.alerts.burst == 6
 
 
-def test_desired_ignores_command_seq_and_expiry(rig: Rig) -> None:
+def test_desired_ignores_command_seq_but_has_its_own_long_expiry(rig: Rig) -> None:
     for _ in range(3):
         rig.one(rig.env("ping"))
     now = int(rig.clock[0])
-    old = desired(rig, {"alerts": {"burst": 4}}, 10, issued_at=now - 900, expires_at=now - 600)
+    # Issued long ago with a low version (below every command seq): its own expiry counts.
+    old = desired(rig, {"alerts": {"burst": 4}}, 10, issued_at=now - 20 * 86400)
     rig.handler.handle_desired(old)
     assert rig.device.config.alerts.burst == 4
+    gone = desired(rig, {"alerts": {"burst": 3}}, 11, issued_at=now - 900, expires_at=now - 600)
+    rig.handler.handle_desired(gone)
+    assert rig.device.config.alerts.burst == 4
+    rep = rig.published[-1][1]
+    assert "expired" in rep["error"] and rep["rejected_version"] == 11 and rep["version"] == 10
+    made = E.make_desired(DEVICE, {}, rig.key, version=12, issued_at=now)
+    assert made["for"] == "desired" and made["expires_at"] - made["issued_at"] == 30 * 86400
 
 
 @pytest.mark.parametrize(
@@ -629,7 +660,7 @@ def test_desired_ignores_command_seq_and_expiry(rig: Rig) -> None:
         (
             lambda r: E.encode(
                 dict(
-                    r.env("set-config", {"alerts": {"burst": 4}}, seq=99),
+                    r.env("set-config", {"alerts": {"burst": 4}}, seq=99, **{"for": "desired"}),
                     sig=base64.b64encode(b"x" * 64).decode(),
                 )
             ),
@@ -637,15 +668,26 @@ def test_desired_ignores_command_seq_and_expiry(rig: Rig) -> None:
         ),
         (
             lambda r: E.encode(
-                r.env("set-config", {"alerts": {"burst": 4}}, seq=99, device="dev2")
+                r.env(
+                    "set-config",
+                    {"alerts": {"burst": 4}},
+                    seq=99,
+                    device="dev2",
+                    **{"for": "desired"},
+                )
             ),
             "wrong device",
         ),
-        (lambda r: E.encode(r.env("set-mode", {"mode": "block"}, seq=99)), "must carry set-config"),
         (
-            lambda r: E.encode(r.env("set-config", {"alerts": {"burst": "x"}}, seq=99)),
-            "alerts.burst",
+            lambda r: E.encode(r.env("set-mode", {"mode": "block"}, seq=99, **{"for": "desired"})),
+            "must carry set-config",
         ),
+        (lambda r: r.desired({"alerts": {"burst": "x"}}, 99), "alerts.burst"),
+        (
+            lambda r: E.encode(r.env("set-config", {"alerts": {"burst": 4}}, seq=99)),
+            "wrong purpose",
+        ),
+        (lambda r: r.desired({"alerts": {"burst": 4}}, 99)[:-1] + b"\xff", "not UTF-8"),
         (lambda r: b"{", "malformed"),
     ],
 )
