@@ -238,8 +238,6 @@ def tail_lines(path: str | os.PathLike[str], lines: int, max_bytes: int) -> tupl
 class CommandHandler:
     """Verifies envelopes and runs commands against a `Device`; see the module docstring."""
 
-    SUBSCRIPTIONS = ("cmd", "config/desired")
-
     def __init__(
         self,
         device: Device,

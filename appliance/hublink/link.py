@@ -1,4 +1,7 @@
-"""The device's MQTT link to the regional hub.
+"""The device's MQTT link to the regional hub: the session (connect, back-off, will, status,
+subscriptions, incoming commands). Its other jobs live next to it: `preflight` (TLS files checked
+before dialling, failure reasons), `window` (the sender window and PUBACK bookkeeping),
+`telemetry` (telemetry, status and summary payloads).
 
 paho-mqtt 2.x (callback API 2, MQTT 5) over TLS with the device's own client certificate and
 the hub CA pinned (no system CAs, hostname checked, TLS >= 1.2). `connect_async` + `loop_start`:
@@ -32,23 +35,17 @@ status page, the LEDs and telemetry.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import random
-import socket
-import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -57,9 +54,14 @@ from appliance import __version__
 from appliance.alerts.outbox import Outbox
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
-from appliance.hublink.report import DailyReport, SystemMetrics, traffic_counters
+from appliance.hublink.preflight import Preflight, _ssl_text, describe_failure, preflight
+from appliance.hublink.report import DailyReport, SystemMetrics
+from appliance.hublink.telemetry import Telemetry
+from appliance.hublink.window import SenderWindow, _failed
 from protocol import topics
 from protocol.files import atomic_write
+
+__all__ = ["HubLink", "Preflight", "component", "describe_failure", "preflight", "topic_root"]
 
 log = logging.getLogger(__name__)
 
@@ -83,111 +85,10 @@ def topic_root(config: Config) -> str:
     return topics.device_root(config.device.site, config.device.id)
 
 
-# -- why the link is down --------------------------------------------------------------------------
-
-
-def describe_failure(exc: BaseException | None, host: str, port: int) -> str:
-    """A short, specific reason for a failed connection attempt."""
-    where = f"{host}:{port}"
-    if exc is None:
-        return f"cannot connect to {where}"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve hub host {host!r} ({exc.strerror or exc})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        msg = exc.verify_message or str(exc)
-        if "unable to get local issuer" in msg or "self-signed" in msg or "self signed" in msg:
-            msg += " (the hub's certificate is not signed by the pinned hub CA)"
-        return f"hub certificate rejected: {msg}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake with {where} failed: {_ssl_text(str(exc))}"
-    if isinstance(exc, ConnectionRefusedError):
-        return f"connection refused by {where} (no broker listening?)"
-    if isinstance(exc, TimeoutError | socket.timeout):
-        return f"no answer from {where} (timed out)"
-    if isinstance(exc, OSError):
-        return f"cannot connect to {where}: {exc.strerror or exc}"
-    return f"cannot connect to {where}: {exc}"
-
-
-def _ssl_text(text: str) -> str:
-    """'[SSL: X] sslv3 alert certificate expired (_ssl.c:2580)' -> 'sslv3 alert certificate
-    expired'."""
-    if "] " in text:
-        text = text.split("] ", 1)[1]
-    return text.split(" (_ssl.c", 1)[0].strip()
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """Local checks of the TLS files before dialling: `fatal` (key, problem) pairs stop the link
-    (nothing would work), `notes` explain a failure that may follow (e.g. an expired
-    certificate, when the clock may be wrong)."""
-
-    fatal: tuple[tuple[str, str], ...]
-    notes: tuple[str, ...]
-    context: ssl.SSLContext | None
-
-
-def preflight(config: Config, now: float | None = None) -> Preflight:
-    hub = config.hub
-    fatal: list[tuple[str, str]] = []
-    notes: list[str] = []
-    for key in ("ca", "cert", "key"):
-        path = Path(getattr(hub, key))
-        if not path.is_file():
-            fatal.append((f"hub.{key}", f"{path}: no such file"))
-    if fatal:
-        return Preflight(tuple(fatal), (), None)
-    try:
-        cas = x509.load_pem_x509_certificates(Path(hub.ca).read_bytes())
-    except (OSError, ValueError) as e:
-        return Preflight((("hub.ca", f"{hub.ca}: not a PEM certificate ({e})"),), (), None)
-    try:
-        cert = x509.load_pem_x509_certificate(Path(hub.cert).read_bytes())
-    except (OSError, ValueError) as e:
-        return Preflight((("hub.cert", f"{hub.cert}: not a PEM certificate ({e})"),), (), None)
-    try:
-        key = serialization.load_pem_private_key(Path(hub.key).read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        return Preflight((("hub.key", f"{hub.key}: not an unencrypted PEM key ({e})"),), (), None)
-    if key.public_key() != cert.public_key():
-        fatal.append(("hub.key", f"{hub.key} does not belong to the certificate {hub.cert}"))
-    cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else ""
-    if cn != config.device.id:
-        fatal.append(
-            (
-                "hub.cert",
-                f"the certificate is for {cn!r}, not for this device {config.device.id!r} "
-                "(the broker takes the CN as the device id)",
-            )
-        )
-    if fatal:
-        return Preflight(tuple(fatal), (), None)
-    now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
-    # Only trust our clock about expiry when it is past the CA's birth (no RTC on a Pi).
-    clock_plausible = any(now_dt > ca.not_valid_before_utc for ca in cas)
-    if clock_plausible and now_dt > cert.not_valid_after_utc:
-        notes.append(f"the device certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    elif clock_plausible and now_dt < cert.not_valid_before_utc:
-        notes.append(
-            f"the device certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d}"
-        )
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=hub.ca)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.check_hostname = True
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_cert_chain(hub.cert, hub.key)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        return Preflight((("hub.cert", f"cannot load the TLS files: {e}"),), tuple(notes), None)
-    return Preflight((), tuple(notes), ctx)
-
-
 # -- the link ------------------------------------------------------------------------------------
 
 
-class HubLink:
+class HubLink(SenderWindow, Telemetry):
     """Daemon component (start/tick/configure/stop/stats) that owns the MQTT connection.
 
     ``link = HubLink(config)`` opens the outbox (``hub.outbox``) when the hub is enabled; pass
@@ -411,83 +312,6 @@ class HubLink:
             out.update(self.outbox.stats())
         return out
 
-    # -- reports -------------------------------------------------------------------------------
-
-    def telemetry(self) -> dict[str, Any]:
-        """Counters (the service's stats, ours included), per-second rates of the traffic
-        counters since the previous telemetry, and the machine's vital signs."""
-        counters = dict(self._service_stats) or {}
-        counters.update(self.stats())
-        mono = time.monotonic()
-        now_counts = traffic_counters(counters)
-        now_counts["alerts"] = float(counters.get("alerts", 0) or 0)
-        rates: dict[str, float] = {}
-        if self._last_counts is not None:
-            then, before = self._last_counts
-            span = mono - then
-            if span > 0:
-                rates = {
-                    f"{k}_per_s": round(max(0.0, v - before.get(k, v)) / span, 3)
-                    for k, v in now_counts.items()
-                }
-        self._last_counts = (mono, now_counts)
-        return {
-            "ts": self.clock(),
-            "device": self.config.device.id,
-            "uptime": int(mono - self._started_mono),
-            "counters": counters,
-            "rates": rates,
-            "system": self.metrics.sample(),
-        }
-
-    def publish_telemetry(self) -> bool:
-        return self.publish_json("telemetry", self.telemetry())
-
-    def _status_key(self) -> tuple[Any, ...]:
-        s = self._service_stats
-        return (s.get("mode"), s.get("intel_version"), str(s.get("leds")), self.problem)
-
-    def _status_state(self) -> str:
-        return "ready" if self._ready else "init"
-
-    def _status(self, state: str) -> dict[str, Any]:
-        s = self._service_stats
-        return {
-            "state": state,
-            "bd_seq": self._bd_seq,
-            "device": self.config.device.id,
-            "site": self.config.device.site,
-            "version": self.version,
-            "mode": s.get("mode", self.config.inline.mode),
-            "uptime": int(time.monotonic() - self._started_mono),
-            "intel_version": s.get("intel_version", ""),
-            "leds": s.get("leds"),
-            "link": {"problem": self.problem, "since": self.since},
-            "ts": self.clock(),
-        }
-
-    def _publish_status(self, state: str, done: Callable[[Any], None] | None = None) -> bool:
-        self._last_status = self._status_key()
-        data = json.dumps(self._status(state), separators=(",", ":"), default=str).encode()
-        return self._publish(self.topic("status"), data, retain=True, done=done) is not None
-
-    def _publish_summaries(self) -> None:
-        for rep in list(self.report.pending):
-            day = str(rep.get("day"))
-            if day in self._summaries_inflight:
-                continue
-            self._summaries_inflight.add(day)
-            body = dict(rep, device=self.config.device.id, site=self.config.device.site)
-            data = json.dumps(body, separators=(",", ":")).encode()
-
-            def done(rc: Any, day: str = day) -> None:
-                self._summaries_inflight.discard(day)
-                if not _failed(rc):
-                    self.report.sent(day)
-
-            if self._publish(self.topic("summary"), data, done=done) is None:
-                self._summaries_inflight.discard(day)
-
     # -- state ---------------------------------------------------------------------------------
 
     def _set(self, state: str, problem: str) -> None:
@@ -705,120 +529,6 @@ class HubLink:
                 why = f"connection error: {_ssl_text(text)}"
             self._last_error = (time.monotonic(), why)
 
-    # -- publishing and acknowledgements -------------------------------------------------------
-
-    def _publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        props: Properties | None = None,
-        done: Callable[[Any], None] | None = None,
-    ) -> int | None:
-        """Hand one message to paho; `done(reason_code)` runs on its PUBACK. Never holds our
-        locks while calling paho (paho calls on_publish with its own lock held, possibly before
-        publish() returns: such early acknowledgements are kept by mid and matched here)."""
-        client = self._client
-        if client is None:
-            return None
-        try:
-            info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        except (ValueError, TypeError) as e:
-            self.counters["publish_errors"] += 1
-            log.error("cannot publish on %s: %s", topic, e)
-            return None
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-            self.counters["publish_errors"] += 1
-            log.error("publish on %s failed: %s", topic, mqtt.error_string(info.rc))
-            return None
-        self.counters["published"] += 1
-        with self._mid_lock:
-            rc = self._early.pop(info.mid, None)
-            if rc is None:
-                self._waiting[info.mid] = (topic, done)
-                return info.mid
-        self._acknowledged(topic, done, rc)
-        return info.mid
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any
-    ) -> None:
-        if not self._current(client):
-            return
-        with self._mid_lock:
-            entry = self._waiting.pop(mid, None)
-            if entry is None:
-                self._early[mid] = reason
-                return
-        self._acknowledged(entry[0], entry[1], reason)
-
-    def _acknowledged(self, topic: str, done: Callable[[Any], None] | None, rc: Any) -> None:
-        if _failed(rc):
-            self.counters["refused"] += 1
-            log.error("the hub refused a message on %s: %s (0x%02x)", topic, rc, _value(rc))
-            if topic == self.topic("alerts"):
-                self._set(self.state, f"the hub refuses alerts: {rc} (0x{_value(rc):02x})")
-        if done is not None:
-            try:
-                done(rc)
-            except Exception:
-                log.exception("publish callback failed")
-
-    def _alert_done(self, seq: int) -> Callable[[Any], None]:
-        def done(rc: Any) -> None:
-            with self._mid_lock:
-                (self._refused_alerts if _failed(rc) else self._acked).append(seq)
-            self._wake.set()
-
-        return done
-
-    def _settle(self) -> None:
-        """Move acknowledgements into the outbox (one transaction per batch)."""
-        if self.outbox is None:
-            return
-        with self._mid_lock:
-            acked, self._acked = self._acked, []
-            refused, self._refused_alerts = self._refused_alerts, []
-        if acked:
-            self.outbox.delivered(acked)
-            self.counters["alerts_sent"] += len(acked)
-            if self.problem.startswith("the hub refuses alerts") and not refused:
-                self._set(self.state, "")
-        if refused:
-            self.outbox.refused(refused)
-            self._pause_until = time.monotonic() + self.refusal_pause
-
-    def _on_record(self, eve: dict[str, Any]) -> None:
-        self.report.add(eve)
-        self._wake.set()
-
-    def _send_loop(self) -> None:
-        """Feeds stored alerts to paho, at most `window` unacknowledged at a time."""
-        alerts = self.topic("alerts")
-        paused = False
-        while not self._stopping.is_set():
-            self._wake.wait(0.5)
-            self._wake.clear()
-            try:
-                self._settle()
-                outbox = self.outbox
-                if outbox is None or not self._connected:
-                    continue
-                if time.monotonic() < self._pause_until:
-                    paused = True
-                    continue
-                if paused:
-                    paused = False
-                    outbox.retry_refused()
-                alerts = self.topic("alerts")
-                for seq, body in outbox.next_batch(self.window - outbox.inflight):
-                    if self._publish(alerts, body, done=self._alert_done(seq)) is None:
-                        outbox.release([seq])
-            except Exception:
-                log.exception("hub sender failed; retrying")
-                self._stopping.wait(1.0)
-
     # -- incoming ------------------------------------------------------------------------------
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -874,19 +584,6 @@ def _no_handler(payload: bytes) -> dict[str, Any]:
     except (ValueError, AttributeError):
         eid = None
     return {"id": eid, "ok": False, "error": "this device has no command handler"}
-
-
-def _value(rc: Any) -> int:
-    return int(getattr(rc, "value", rc) or 0)
-
-
-def _failed(rc: Any) -> bool:
-    """An MQTT 5 reason code >= 0x80 (paho's ReasonCode, or a plain int)."""
-    if rc is None:
-        return False
-    if hasattr(rc, "is_failure"):
-        return bool(rc.is_failure)
-    return _value(rc) >= 0x80
 
 
 def component(config: Config) -> HubLink | None:
