@@ -77,7 +77,9 @@ class IntelTransfer:
         self.job_id: str | None = None
         self.eid: str | None = None  # the envelope of its latest chunk
 
-    def handle(self, env: dict[str, Any], reply: Reply, now: float, refuse: Callable[[], None]):
+    def handle(
+        self, env: dict[str, Any], reply: Reply, now: float, refuse: Callable[[], None]
+    ) -> None:
         """One chunk envelope (already verified and committed). `refuse` gives the envelope
         back when the chunk is rejected before it changed anything. Answers for itself."""
         eid = env["id"]

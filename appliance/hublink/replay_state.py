@@ -49,7 +49,7 @@ def system_clock_synced() -> bool:
         state = libc.adjtimex(buf)
     except (OSError, AttributeError):
         return False
-    return state >= 0 and state != _TIME_ERROR
+    return bool(state >= 0 and state != _TIME_ERROR)
 
 
 class CommandStateError(RuntimeError):

@@ -10,6 +10,7 @@ from appliance.component import IntelStatus, Snapshot
 from appliance.config import Config
 from appliance.hublink.device import intel_paths
 from appliance.inline.firewall import FirewallError
+from appliance.leds import Leds
 
 if TYPE_CHECKING:
     from appliance.service.daemon import Service
@@ -68,16 +69,20 @@ class ServiceView:
             raise ValueError(result.message)
         return str(result.version)
 
+    def _leds(self) -> Leds | None:
+        wired = self._service.wiring
+        return wired.leds if wired is not None else None
+
     @property
     def has_leds(self) -> bool:
-        return self._service.wiring.leds is not None
+        return self._leds() is not None
 
     def ack_alerts(self, ids: Sequence[str] | None) -> int:
-        leds = self._service.wiring.leds
+        leds = self._leds()
         return int(leds.ack() or 0) if leds is not None else 0
 
     def identify(self, seconds: float) -> None:
-        leds = self._service.wiring.leds
+        leds = self._leds()
         if leds is None:
             raise NotImplementedError("this unit has no LEDs to blink")
         leds.identify(seconds)

@@ -98,7 +98,7 @@ HOSTILE = [
     (lambda r: _raw(r, seq="1e400").encode(), "seq must be"),
     (lambda r: _raw(r, seq="9" * 5000).encode(), "not JSON"),
     (lambda r: _raw(r, seq="NaN").encode(), "not JSON"),
-    (lambda r: b"", "not JSON"),
+    EMPTY := (lambda r: b"", "not JSON"),
     (lambda r: b"null", "must be a JSON object"),
     (lambda r: b'"ping"', "must be a JSON object"),
     (lambda r: b"{" * 100_000, "too large"),
@@ -117,11 +117,13 @@ def test_hostile_commands_get_an_answer_and_change_nothing(rig: Rig, make, words
     json.dumps(answer).encode()  # the answer itself can be published
 
 
-@pytest.mark.parametrize(("make", "words"), HOSTILE)
+# An empty retained message clears the desired config: not a rejection (tested in test_commands).
+NON_EMPTY = [h for h in HOSTILE if h is not EMPTY]
+
+
+@pytest.mark.parametrize(("make", "words"), NON_EMPTY)
 def test_hostile_desired_configs_are_reported(rig: Rig, make, words: str) -> None:
     payload = make(rig)
-    if not payload:
-        pytest.skip("an empty retained message clears the desired config (not a rejection)")
     before = rig.snapshot()
     rig.handler.handle_desired(payload)
     assert rig.snapshot() == before
