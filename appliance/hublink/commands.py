@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance import config as config_mod
-from appliance.config import Config, ConfigError
+from appliance.config import Config, ConfigError, RemoteRefused
 from appliance.packet.addrset import AddrSet
 from protocol import bundle
 from protocol import envelope as env_mod
@@ -54,14 +54,6 @@ ClockSynced = Callable[[], bool]
 REDACTED = "<redacted>"
 # Secrets never leave the device; a set-config carrying REDACTED for one keeps the current value.
 SECRET_KEYS = (("privacy", "key"), ("status", "password_hash"))
-# Changing these remotely would cut the device off from its hub or its own identity.
-PROTECTED_KEYS = {
-    ("device", "id"): "is the certificate's identity; re-provision the device instead",
-    ("device", "site"): "is part of the topic root; re-provision the device instead",
-    ("device", "state_dir"): "holds the replay state; change it locally",
-    ("hub", "enabled"): "would cut the device off from remote management",
-    ("hub", "command_pubkey"): "would change who may command the device; change it locally",
-}
 MAX_LOG_LINES = 1000
 MAX_LOG_BYTES = 32 * 1024
 MAX_IDENTIFY_S = 600
@@ -605,27 +597,20 @@ class CommandHandler:
         return {"mode": args["mode"], "changed": changed}
 
     def apply_changes(self, changes: Mapping[str, Any]) -> tuple[Config, bool]:
-        """Validate `changes` as a whole, apply live, save atomically; all or nothing."""
+        """Check `changes` against the remote allow-list, validate the whole result, apply it
+        live, save it as the overlay under the state dir; all or nothing."""
         current = self.device.config
         if not isinstance(changes, Mapping):
             raise CommandFailed(INVALID, "set-config: args must be a TOML-shaped table")
         changes = _drop_redacted(changes)
-        for (section, key), why in PROTECTED_KEYS.items():
-            sec = changes.get(section)
-            if (
-                isinstance(sec, Mapping)
-                and key in sec
-                and sec[key] != getattr(getattr(current, section), key)
-            ):
-                raise CommandFailed(REFUSED, f"{section}.{key} {why}")
         try:
-            new = config_mod.merged(current, changes)
+            new = config_mod.remote_merged(current, changes)
+        except RemoteRefused as e:
+            raise CommandFailed(REFUSED, f"refused: {e}") from None
         except ConfigError as e:
             raise CommandFailed(INVALID, f"invalid config: {e}") from None
         if new == current:
             return current, False
-        if not current.source:
-            raise CommandFailed(REFUSED, "the running config has no file to save changes to")
         try:
             self.device.apply_config(new)
         except ConfigError as e:
@@ -634,7 +619,7 @@ class CommandHandler:
             self._restore(current)
             raise CommandFailed(FAILED, f"applying the config failed, change undone: {e}") from e
         try:
-            config_mod.save(new)
+            config_mod.save_remote(new)
         except (OSError, ConfigError) as e:
             self._restore(current)
             raise CommandFailed(FAILED, f"could not save the config, change undone: {e}") from e
