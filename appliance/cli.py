@@ -18,8 +18,7 @@ from pathlib import Path
 import click
 
 from appliance import __version__
-from appliance.config import DEFAULT_PATH, Config, ConfigError
-from appliance.config import load as load_config
+from appliance.config import DEFAULT_PATH, Config, ConfigError, load, load_running
 
 PLUGIN_GROUP = "watchpost.commands"
 
@@ -29,11 +28,14 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def config_or_exit(path: str | Path | None, required: bool = True) -> Config:
+def config_or_exit(path: str | Path | None, required: bool = True, running: bool = False) -> Config:
+    """The config file at `path` (with `running`: plus the hub's overlay, as the daemon runs)."""
+    import appliance.detect.registry  # noqa: F401  (the detectors' declared options)
+
     try:
         if path is None and not required:
             return Config()
-        return load_config(path or DEFAULT_PATH)
+        return (load_running if running else load)(path or DEFAULT_PATH)
     except ConfigError as e:
         fail(str(e))
         raise  # unreachable
@@ -84,7 +86,7 @@ def run(config_path: Path) -> None:
     """Run the daemon: inspect the bridge inline until SIGTERM (SIGHUP reloads)."""
     from appliance.service import run_daemon
 
-    run_daemon(config_or_exit(config_path))
+    run_daemon(config_or_exit(config_path, running=True))
 
 
 @main.command("passwd")

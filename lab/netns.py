@@ -485,6 +485,7 @@ def lab_config(
     """
     import tomli_w
 
+    import appliance.detect.registry  # noqa: F401  (validates [detect.*] too)
     from appliance.config import from_dict
 
     d = Path(directory)

@@ -1,8 +1,10 @@
 """The shape every detector has (after mitmproxy's addons).
 
-A detector declares its options with defaults and help text in `load`, checks them in
-`configure` (raising `ConfigError` that names ``detect.<name>.<option>``), and implements only the
-event hooks it needs; the engine calls only hooks a detector actually defines:
+A detector declares its options in the classmethod `load` (``loader.add_option(name, type,
+default, help, range=..., choices=..., remote=...)``: the one declaration the config loader, the
+docs and the hub's allow-list read), may check options against each other in the classmethod
+`check`, takes new values in `configure`, and implements only the event hooks it needs; the
+engine calls only hooks a detector actually defines:
 
     packet(ctx, pkt, flow, from_client)   every queued packet (flow heads, all DNS)
     dns(ctx, pkt, flow, msg)              a dissected DNS query or answer
@@ -10,19 +12,29 @@ event hooks it needs; the engine calls only hooks a detector actually defines:
     http(ctx, pkt, flow, req)             an HTTP/1 request head
     tick(ctx, now)                        about once a second (packet time in replay)
 
-Hooks must be cheap (they run on the packet path) and must not keep packets: only the few
-fields they need.
+Any other public method is an error when the detector is loaded (a misspelt hook would never be
+called); helpers start with ``_``. Each detector gets its own `ctx`, so ``ctx.alert(signature,
+...)`` knows who reports and when. Hooks must be cheap (they run on the packet path) and must
+not keep packets: only the few fields they need.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from collections.abc import Callable, Mapping
+import functools
+import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from appliance.alerts.model import Signature
-from appliance.config import ConfigError, coerce
+from appliance.config import (
+    ConfigError,
+    DetectorSpec,
+    Loader,
+    Option,
+    Options,
+    type_label,
+)
+from appliance.config import validate_options as _validate
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -30,55 +42,31 @@ if TYPE_CHECKING:
     from appliance.packet.decode import Packet
     from appliance.packet.flows import Flow
 
-HOOKS = ("packet", "dns", "tls", "http", "tick")
+__all__ = [
+    "HOOKS",
+    "ConfigError",
+    "Detector",
+    "Loader",
+    "Option",
+    "Options",
+    "check_hooks",
+    "declared_options",
+    "hook",
+    "spec_of",
+    "type_label",
+    "validate_options",
+]
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Option:
-    name: str
-    typespec: Any
-    default: Any
-    help: str
-
-
-class Loader:
-    """Collects the options a detector declares in `load`."""
-
-    def __init__(self, detector: str) -> None:
-        self.detector = detector
-        self.options: dict[str, Option] = {}
-
-    def add_option(self, name: str, typespec: Any, default: Any, help: str) -> None:
-        if name in self.options:
-            raise ValueError(f"detect.{self.detector}.{name}: declared twice")
-        coerce(f"detect.{self.detector}.{name}", typespec, default)  # defaults must type-check
-        self.options[name] = Option(name, typespec, default, help)
-
-
-class Options:
-    """Read-only attribute access to one detector's validated option values."""
-
-    __slots__ = ("_detector", "_values")
-
-    def __init__(self, detector: str, values: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "_detector", detector)
-        object.__setattr__(self, "_values", dict(values))
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._values[name]
-        except KeyError:
-            raise AttributeError(f"detect.{self._detector}.{name}") from None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("options are read-only; change them through the config")
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        """A ConfigError naming this detector's option, for `configure` to raise."""
-        return ConfigError(f"detect.{self._detector}.{name}", problem)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+# Hook name -> its arguments after self.
+HOOKS: dict[str, tuple[str, ...]] = {
+    "packet": ("ctx", "pkt", "flow", "from_client"),
+    "dns": ("ctx", "pkt", "flow", "msg"),
+    "tls": ("ctx", "pkt", "flow", "hello"),
+    "http": ("ctx", "pkt", "flow", "req"),
+    "tick": ("ctx", "now"),
+}
+# Public names a detector may define besides hooks.
+API = frozenset({"load", "check", "configure", "stats"})
 
 
 class Detector:
@@ -87,11 +75,19 @@ class Detector:
     name: ClassVar[str] = ""
     signatures: ClassVar[tuple[Signature, ...]] = ()
 
-    def load(self, loader: Loader) -> None:
-        """Declare options with `loader.add_option(name, type, default, help)`."""
+    @classmethod
+    def load(cls, loader: Loader) -> None:
+        """Declare options with ``loader.add_option(name, type, default, help, ...)``."""
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        """Check and take new option values; raise ``opts.error(name, why)`` if bad."""
+    @classmethod
+    def check(cls, opts: Options) -> None:
+        """Checks between options (one must be below another): raise ``opts.error(name, why)``.
+        Runs when a config is read, and again by the engine before anything changes."""
+
+    def configure(self, opts: Options) -> None:
+        """Take new option values (already checked). The engine calls it only when this
+        detector's options changed. It may raise ``opts.error`` (a resource it needs is
+        missing) only before changing anything; the engine then puts every detector back."""
 
     # Hooks are looked up by name; the base class deliberately defines none of them.
     if TYPE_CHECKING:
@@ -103,39 +99,63 @@ class Detector:
         def tick(self, ctx: Context, now: float) -> None: ...
 
 
-def declared_options(detector: Detector) -> dict[str, Option]:
-    """All options of `detector`, including the implicit `enabled` switch."""
-    loader = Loader(detector.name)
-    loader.add_option("enabled", bool, True, f"Run the {detector.name} detector.")
-    detector.load(loader)
-    return loader.options
+def _cls(detector: Detector | type[Detector]) -> type[Detector]:
+    return detector if isinstance(detector, type) else type(detector)
 
 
-def validate_options(detector: Detector, raw: Any) -> dict[str, Any]:
-    """Defaults overlaid with `raw` (the detector's TOML table), type-checked, names checked."""
-    prefix = f"detect.{detector.name}"
-    if not isinstance(raw, dict):
-        raise ConfigError(prefix, f"expected a table, got {raw!r}")
-    declared = declared_options(detector)
-    for key in raw:
-        if key not in declared:
-            raise ConfigError(
-                f"{prefix}.{key}", f"unknown option (known: {', '.join(sorted(declared))})"
-            )
-    values = {name: opt.default for name, opt in declared.items()}
-    for key, value in raw.items():
-        values[key] = coerce(f"{prefix}.{key}", declared[key].typespec, value)
-    return values
+@functools.cache
+def _spec(cls: type[Detector]) -> DetectorSpec:
+    check_hooks(cls)
+    loader = Loader(cls.name)
+    loader.add_option("enabled", bool, True, f"Run the {cls.name} detector.", remote=True)
+    cls.load(loader)
+    has_check = cls.check.__func__ is not Detector.check.__func__  # type: ignore[attr-defined]
+    return DetectorSpec(cls.name, dict(loader.options), cls.check if has_check else None)
+
+
+def spec_of(detector: Detector | type[Detector]) -> DetectorSpec:
+    """The declarations of a detector class (checked once: hook names, option defaults)."""
+    return _spec(_cls(detector))
+
+
+def declared_options(detector: Detector | type[Detector]) -> dict[str, Option]:
+    """All options of a detector, including the implicit `enabled` switch."""
+    return dict(spec_of(detector).options)
+
+
+def validate_options(detector: Detector | type[Detector], raw: Any) -> dict[str, Any]:
+    """Defaults overlaid with `raw` (the detector's TOML table), every value checked."""
+    return _validate(spec_of(detector), raw)
+
+
+def check_hooks(cls: type[Detector]) -> None:
+    """Refuse a detector class with a public method that is neither a hook nor part of the
+    detector API (a misspelt hook), or a hook with the wrong arguments."""
+    if not cls.name:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__}: a detector needs a name")
+    for klass in cls.__mro__:
+        if klass in (Detector, object):
+            continue
+        for attr, value in vars(klass).items():
+            if attr.startswith("_") or isinstance(value, property):
+                continue
+            if not (callable(value) or isinstance(value, classmethod | staticmethod)):
+                continue
+            where = f"detector {cls.name!r} ({cls.__module__}.{cls.__qualname__}.{attr})"
+            if attr in HOOKS:
+                params = list(inspect.signature(getattr(cls, attr)).parameters.values())[1:]
+                varargs = any(p.kind == p.VAR_POSITIONAL for p in params)
+                if not varargs and len(params) != len(HOOKS[attr]):
+                    want = ", ".join(HOOKS[attr])
+                    raise TypeError(f"{where}: hook {attr} takes ({want})")
+            elif attr not in API:
+                hooks = ", ".join(HOOKS)
+                raise TypeError(
+                    f"{where}: not a hook (hooks: {hooks}); name helpers with a leading '_'"
+                )
 
 
 def hook(detector: Detector, name: str) -> Callable[..., None] | None:
     """The detector's bound hook method, or None when it does not implement that hook."""
     fn = getattr(detector, name, None)
     return fn if callable(fn) else None
-
-
-def type_label(typespec: Any) -> str:
-    origin = typing.get_origin(typespec)
-    if origin is tuple:
-        return f"list of {type_label(typing.get_args(typespec)[0])}"
-    return getattr(typespec, "__name__", str(typespec))

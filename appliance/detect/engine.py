@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from appliance.alerts.model import Alert, Signature
 from appliance.config import Config, ConfigError
 from appliance.detect import registry
-from appliance.detect.base import HOOKS, Detector, Options, hook
+from appliance.detect.base import HOOKS, Detector, Options, check_hooks, hook, validate_options
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
@@ -87,12 +87,28 @@ class EngineStats:
 
 
 class Context:
-    """What detectors get in every hook: the current time, intel, and ways to report and act."""
+    """What a detector gets in every hook: the current time, intel, and ways to report and act.
 
-    def __init__(self, engine: Engine) -> None:
+    One per detector (`Engine.contexts`), so `alert` knows who reports; the clock and the name
+    cache are the engine's."""
+
+    __slots__ = ("_engine", "detector")
+
+    def __init__(self, engine: Engine, detector: str = "") -> None:
         self._engine = engine
-        self.now = 0.0
-        self.names = NameCache()
+        self.detector = detector
+
+    @property
+    def now(self) -> float:
+        return self._engine.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._engine.now = value
+
+    @property
+    def names(self) -> NameCache:
+        return self._engine.names
 
     @property
     def config(self) -> Config:
@@ -114,9 +130,9 @@ class Context:
 
     def alert(
         self,
-        detector: str,
         signature: Signature,
         *,
+        at: float | None = None,
         pkt: Packet | None = None,
         flow: Flow | None = None,
         src: str | None = None,
@@ -130,7 +146,8 @@ class Context:
         first_seen: float = 0.0,
         block: str | None = None,
     ) -> Alert:
-        """Report a finding. Addresses default to the packet's (or the flow's client → server).
+        """Report a finding as this detector, at the current time (or `at`: an episode's own
+        last event). Addresses default to the packet's (or the flow's client → server).
 
         With `block` set to an address and the engine in block mode, that address goes into the
         kernel drop set (unless allow-listed) and the flow is dropped; the alert then says
@@ -156,10 +173,11 @@ class Context:
         action = "allowed"
         if block and self._engine.block(block, flow):
             action = "blocked"
+        now = self._engine.now if at is None else at
         alert = Alert(
-            detector=detector,
+            detector=self.detector,
             signature=signature,
-            timestamp=self.now,
+            timestamp=now,
             src_ip=src or "",
             dest_ip=dst or "",
             proto=proto,
@@ -171,8 +189,8 @@ class Context:
             app=app or {},
             details=details or {},
             count=count,
-            first_seen=first_seen or self.now,
-            last_seen=self.now,
+            first_seen=first_seen or now,
+            last_seen=now,
             intel_version=self._engine.intel.version,
         )
         self._engine.stats.alerts += 1
@@ -201,9 +219,14 @@ class Engine:
         # The engine's own: read it, but only the engine replaces it (`reset_flows`).
         self.flows = FlowTable(config.inline.max_flows, self._home)
         self.dissect = Dissectors()
+        # The clock (packet time) and the address -> name cache every detector context shares.
+        self.now = 0.0
+        self.names = NameCache()
         self.ctx = Context(self)
         self.detectors = detectors if detectors is not None else registry.create_detectors()
-        self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
+        self.contexts: dict[str, Context] = {}  # one per detector
+        self._options: dict[str, Options] = {}
+        self._hooks: dict[str, list[tuple[str, Callable[..., None], Context]]] = {}
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
         # Called on every tick after the detectors (the alert pipeline's aggregation windows).
@@ -213,20 +236,36 @@ class Engine:
     # -- configuration -------------------------------------------------------------------------
 
     def configure(self, config: Config, first: bool = False) -> None:
-        """Apply a (validated) config to every detector; on any error nothing changes."""
+        """Apply a (validated) config to every detector, staged: every detector whose options
+        changed is checked first, then all take their new options; when any refuses, every
+        detector is left (or put back) as it was and the ConfigError is raised."""
         home = _addresses("inline.home_nets", config.inline.home_nets)
         never_block = _addresses("inline.never_block", config.inline.never_block)
-        staged: list[tuple[Detector, Options, set[str]]] = []
+        staged: list[tuple[Detector, Options, bool]] = []
         for det in self.detectors:
-            new = dict(config.detect.get(det.name, {}))
-            if not new:
-                new = registry.validate_options(det, {})
-            old = {} if first else dict(self.config.detect.get(det.name, {}))
-            updated = {k for k in new if first or old.get(k) != new[k]}
-            staged.append((det, Options(det.name, new), updated))
-        for det, opts, updated in staged:
-            if updated:
-                det.configure(opts, updated)  # raises ConfigError naming the option
+            if det.name not in self.contexts:
+                check_hooks(type(det))  # a misspelt hook is an error, not a hook never called
+                self.contexts[det.name] = Context(self, det.name)
+            values = config.detect.get(det.name) or validate_options(det, {})
+            old = self._options.get(det.name)
+            if not first and old is not None and old.as_dict() == dict(values):
+                staged.append((det, old, False))
+                continue
+            opts = Options(det.name, values)
+            type(det).check(opts)  # raises ConfigError naming the option; nothing changed yet
+            staged.append((det, opts, True))
+        done: list[Detector] = []
+        try:
+            for det, opts, changed in staged:
+                if changed:
+                    det.configure(opts)
+                    done.append(det)
+        except Exception:
+            for det in done:  # put back the options each accepted before
+                if det.name in self._options:
+                    det.configure(self._options[det.name])
+            raise
+        self._options = {det.name: opts for det, opts, _ in staged}
         self.config = config
         self._home, self._never_block = home, never_block
         self.flows.max_flows = config.inline.max_flows
@@ -234,7 +273,11 @@ class Engine:
         enabled = [d for d, opts, _ in staged if opts.enabled]
         self._deep = self.deep_ports()
         self._hooks = {
-            name: [(d.name, fn) for d in enabled if (fn := hook(d, name)) is not None]
+            name: [
+                (d.name, fn, self.contexts[d.name])
+                for d in enabled
+                if (fn := hook(d, name)) is not None
+            ]
             for name in HOOKS
         }
 
@@ -267,12 +310,11 @@ class Engine:
     def process(self, pkt: Packet) -> int:
         """Run one packet through everything; returns the flow's verdict (VERDICT_*)."""
         self.stats.packets += 1
-        ctx = self.ctx
-        ctx.now = pkt.ts
+        self.now = pkt.ts
         if pkt.ts >= self._next_tick:
             self.tick(pkt.ts)
         flow, from_client = self.flows.lookup(pkt)
-        for name, fn in self._hooks["packet"]:
+        for name, fn, ctx in self._hooks["packet"]:
             try:
                 fn(ctx, pkt, flow, from_client)
             except Exception:
@@ -284,14 +326,13 @@ class Engine:
         return flow.verdict
 
     def _dissect(self, pkt: Packet, flow: Flow, from_client: bool) -> None:
-        ctx = self.ctx
         d = self.dissect
         if pkt.sport == 53 or pkt.dport == 53:
             msg = d.dns(pkt.payload, pkt.proto == TCP)
             if msg is not None:
                 flow.app = "dns"
                 if msg.response:
-                    ctx.names.learn(msg)
+                    self.names.learn(msg)
                 self._run("dns", pkt, flow, msg)
             return
         if not from_client or flow.verdict != VERDICT_NONE:
@@ -357,19 +398,19 @@ class Engine:
             self._run("tls", pkt, flow, hello)
 
     def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
-        for name, fn in self._hooks[hook_name]:
+        for name, fn, ctx in self._hooks[hook_name]:
             try:
-                fn(self.ctx, pkt, flow, record)
+                fn(ctx, pkt, flow, record)
             except Exception:
                 self._hook_failed(name, hook_name)
 
     def tick(self, now: float) -> None:
         """Once a second: detector housekeeping and flow ageing."""
         self._next_tick = now + 1.0
-        self.ctx.now = now
-        for name, fn in self._hooks["tick"]:
+        self.now = now
+        for name, fn, ctx in self._hooks["tick"]:
             try:
-                fn(self.ctx, now)
+                fn(ctx, now)
             except Exception:
                 self._hook_failed(name, "tick")
         for fn in self.tickers:

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance import config as config_mod
-from appliance.config import Config, ConfigError
+from appliance.config import Config, ConfigError, RemoteRefused
 from appliance.hublink.desired import DesiredConfig
 from appliance.hublink.intel_transfer import TRANSFER_TIMEOUT_S, BadChunk, IntelTransfer
 from appliance.hublink.intel_transfer import answer as _answer
@@ -82,14 +82,6 @@ ClockSynced = Callable[[], bool]
 REDACTED = "<redacted>"
 # Secrets never leave the device; a set-config carrying REDACTED for one keeps the current value.
 SECRET_KEYS = (("privacy", "key"), ("status", "password_hash"))
-# Changing these remotely would cut the device off from its hub or its own identity.
-PROTECTED_KEYS = {
-    ("device", "id"): "is the certificate's identity; re-provision the device instead",
-    ("device", "site"): "is part of the topic root; re-provision the device instead",
-    ("device", "state_dir"): "holds the replay state; change it locally",
-    ("hub", "enabled"): "would cut the device off from remote management",
-    ("hub", "command_pubkey"): "would change who may command the device; change it locally",
-}
 MAX_LOG_LINES = 1000
 MAX_LOG_BYTES = 32 * 1024
 MAX_IDENTIFY_S = 600
@@ -534,30 +526,23 @@ class CommandHandler:
     def apply_changes(
         self, changes: Mapping[str, Any], commit: Callable[[], None] | None = None
     ) -> tuple[Config, bool]:
-        """Validate `changes` as a whole, apply live, save atomically; all or nothing.
-        `commit` (the desired version's save) runs last; if it fails the change is undone."""
+        """Check `changes` against the remote allow-list, validate the whole result, apply it
+        live, save it as the overlay under the state dir; all or nothing. `commit` (the desired
+        version's save) runs last; if it fails the change is undone."""
         current = self.device.config
         if not isinstance(changes, Mapping):
             raise CommandFailed(INVALID, "set-config: args must be a TOML-shaped table")
         changes = _drop_redacted(changes)
-        for (section, key), why in PROTECTED_KEYS.items():
-            sec = changes.get(section)
-            if (
-                isinstance(sec, Mapping)
-                and key in sec
-                and sec[key] != getattr(getattr(current, section), key)
-            ):
-                raise CommandFailed(REFUSED, f"{section}.{key} {why}")
         try:
-            new = config_mod.merged(current, changes)
+            new = config_mod.remote_merged(current, changes)
+        except RemoteRefused as e:
+            raise CommandFailed(REFUSED, f"refused: {e}") from None
         except ConfigError as e:
             raise CommandFailed(INVALID, f"invalid config: {e}") from None
         if new == current:
             if commit is not None:
                 self._commit_or_fail(commit)
             return current, False
-        if not current.source:
-            raise CommandFailed(REFUSED, "the running config has no file to save changes to")
         try:
             self.device.apply_config(new)
         except ConfigError as e:
@@ -566,7 +551,7 @@ class CommandHandler:
             self._restore(current)
             raise CommandFailed(FAILED, f"applying the config failed, change undone: {e}") from e
         try:
-            config_mod.save(new)
+            config_mod.save_remote(new)
         except (OSError, ConfigError) as e:
             self._restore(current)
             raise CommandFailed(FAILED, f"could not save the config, change undone: {e}") from e
@@ -576,7 +561,7 @@ class CommandHandler:
             except CommandFailed:
                 self._restore(current)
                 with contextlib.suppress(OSError, ConfigError):
-                    config_mod.save(current)
+                    config_mod.save_remote(current)
                 raise
         log.info("config changed: %s", ", ".join(sorted(new.changed_sections(current))))
         return new, True

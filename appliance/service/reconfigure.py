@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from appliance.alerts.pipeline import EveFile
 from appliance.component import Component
 from appliance.config import Config, ConfigError
-from appliance.config import load as load_config
+from appliance.config import load_running as load_config
 from appliance.hublink.device import intel_paths
 from appliance.inline.firewall import FirewallError, RulesetSpec
 

@@ -4,20 +4,18 @@ They all count things per host over time and report an *episode* (a scan, a brut
 beacon) as one alert when it is recognised plus, if it went on, one closing alert with the rest
 of the count. Closing alerts are raised from `tick`, whose clock can run far ahead of the episode
 (replay ends with a tick a billion seconds on), so they are stamped with the episode's own last
-time (`report_at`), which keeps replay and inline alerts the same.
+time (``ctx.alert(..., at=last)``), which keeps replay and inline alerts the same.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from appliance.packet.addrset import AddrSet, parse_entry
 from appliance.packet.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES
 
 if TYPE_CHECKING:
-    from appliance.alerts.model import Alert, Signature
     from appliance.detect.base import Options
-    from appliance.detect.engine import Context
 
 # Login and remote-access services by TCP port, named as an office owner knows them.
 SERVICE_NAMES: dict[int, str] = {
@@ -100,31 +98,14 @@ def direction_name(direction: int) -> str:
     return DIRECTION_NAMES.get(direction, "unknown")
 
 
-def report_at(ctx: Context, ts: float, detector: str, sig: Signature, **kw: Any) -> Alert:
-    """`ctx.alert` stamped with time `ts` (an episode's last event) rather than the tick clock."""
-    saved = ctx.now
-    ctx.now = ts
-    try:
-        return ctx.alert(detector, sig, **kw)
-    finally:
-        ctx.now = saved
+def address_entry(text: str) -> None:
+    """an address or network (an option check: raises ValueError saying what is wrong)"""
+    parse_entry(text)
 
 
-def check_range(opts: Options, name: str, lo: float, hi: float) -> Any:
-    """The option's value, or `opts.error` if it is outside [lo, hi]."""
-    value = getattr(opts, name)
-    if not lo <= value <= hi:
-        raise opts.error(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
-    return value
-
-
-def check_ports(opts: Options, name: str) -> frozenset[int]:
-    """A list-of-ports option as a set; each must be 1..65535."""
-    ports = getattr(opts, name)
-    for i, p in enumerate(ports):
-        if not 1 <= p <= 65535:
-            raise opts.error(f"{name}[{i}]", f"not a port number (1-65535): {p!r}")
-    return frozenset(ports)
+def address_port_entry(text: str) -> None:
+    """an address or network, optionally with `:PORT`"""
+    parse_entry(text, ports=True)
 
 
 def address_option(opts: Options, name: str, ports: bool = False) -> AddrSet:

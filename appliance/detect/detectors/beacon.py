@@ -31,9 +31,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
+    address_entry,
     address_option,
-    check_ports,
-    check_range,
     direction_name,
     lan_private,
     not_unicast,
@@ -48,6 +47,19 @@ if TYPE_CHECKING:
     from appliance.packet.flows import Flow
 
 CATEGORY = "Beaconing"
+
+
+def _normal_name(raw: str) -> str:
+    return raw.strip().strip(".").lower()
+
+
+def _dns_name(raw: str) -> None:
+    """a DNS name"""
+    name = _normal_name(raw)
+    if not name or any(c.isspace() for c in name) or ".." in name:
+        raise ValueError(f"not a DNS name: {raw!r}")
+
+
 OUTBOUND = Signature(
     8108001,
     "Beaconing: an office computer contacts the same server at regular intervals,"
@@ -131,65 +143,117 @@ class BeaconDetector(Detector):
         # again); the second call makes it a `_Calls`.
         self._calls: OrderedDict[tuple[Any, ...], _Calls | float] = OrderedDict()
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         add = loader.add_option
         add(
             "min_calls",
             int,
             20,
             f"Calls to one destination needed before judging regularity (4-{RING + 1}).",
+            range=(4, RING + 1),
+            remote=True,
         )
-        add("min_period", float, 10.0, "Shortest median interval (seconds) called beaconing.")
-        add("max_period", float, 3600.0, "Longest median interval (seconds) called beaconing.")
+        add(
+            "min_period",
+            float,
+            10.0,
+            "Shortest median interval (seconds) called beaconing.",
+            range=(0.1, 86400),
+            remote=True,
+        )
+        add(
+            "max_period",
+            float,
+            3600.0,
+            "Longest median interval (seconds) called beaconing.",
+            range=(0.1, 7 * 86400),
+            remote=True,
+        )
         add(
             "jitter",
             float,
             0.2,
             "Largest median absolute deviation of the intervals, as a fraction of their median.",
+            range=(0.0, 1.0),
+            remote=True,
         )
-        add("min_span", float, 300.0, "Seconds the judged calls must span at least.")
-        add("burst", float, 2.0, "Connections this close (seconds) to a call belong to it.")
-        add("realert", float, 3600.0, "Seconds between reports about the same beaconing pair.")
-        add("max_tracked", int, 20000, "Most host/destination pairs remembered at once.")
+        add(
+            "min_span",
+            float,
+            300.0,
+            "Seconds the judged calls must span at least.",
+            range=(0.0, 7 * 86400),
+            remote=True,
+        )
+        add(
+            "burst",
+            float,
+            2.0,
+            "Connections this close (seconds) to a call belong to it.",
+            range=(0.0, 3600),
+            remote=True,
+        )
+        add(
+            "realert",
+            float,
+            3600.0,
+            "Seconds between reports about the same beaconing pair.",
+            range=(1, 30 * 86400),
+            remote=True,
+        )
+        add(
+            "max_tracked",
+            int,
+            20000,
+            "Most host/destination pairs remembered at once.",
+            range=(16, 10_000_000),
+            remote=True,
+            remote_range=(16, 200_000),
+        )
         add(
             "ignore_ports",
             tuple[int, ...],
             DEFAULT_IGNORE_PORTS,
             "Destination ports never judged (DNS, NTP, DHCP, discovery protocols).",
+            range=(1, 65535),
+            remote=True,
         )
         add(
             "ignore_names",
             tuple[str, ...],
             DEFAULT_IGNORE_NAMES,
             "DNS names (and their subdomains) never reported: connectivity checks, time sync.",
+            check=_dns_name,
+            remote=True,
         )
-        add("ignore", tuple[str, ...], (), "Destination addresses or networks never reported.")
+        add(
+            "ignore",
+            tuple[str, ...],
+            (),
+            "Destination addresses or networks never reported.",
+            check=address_entry,
+            remote=True,
+        )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        min_calls = check_range(opts, "min_calls", 4, RING + 1)
-        min_period = check_range(opts, "min_period", 0.1, 86400)
-        max_period = check_range(opts, "max_period", 0.1, 7 * 86400)
-        if max_period <= min_period:
-            raise opts.error("max_period", f"must be above min_period ({min_period:g})")
-        jitter = check_range(opts, "jitter", 0.0, 1.0)
-        min_span = check_range(opts, "min_span", 0.0, 7 * 86400)
-        burst = check_range(opts, "burst", 0.0, 3600)
-        if burst >= min_period:
-            raise opts.error("burst", f"must be below min_period ({min_period:g})")
-        realert = check_range(opts, "realert", 1, 30 * 86400)
-        max_tracked = check_range(opts, "max_tracked", 16, 10_000_000)
-        ignore_ports = check_ports(opts, "ignore_ports")
-        names = []
-        for i, raw in enumerate(opts.ignore_names):
-            name = raw.strip().strip(".").lower()
-            if not name or any(c.isspace() for c in name) or ".." in name:
-                raise opts.error(f"ignore_names[{i}]", f"not a DNS name: {raw!r}")
-            names.append(name)
-        ignore = address_option(opts, "ignore")
-        self.min_calls, self.min_period, self.max_period = min_calls, min_period, max_period
-        self.jitter, self.min_span, self.burst, self.realert = jitter, min_span, burst, realert
-        self.max_tracked, self.ignore_ports, self.ignore = max_tracked, ignore_ports, ignore
-        self.ignore_names = tuple(names)
+    @classmethod
+    def check(cls, opts: Options) -> None:
+        if opts.max_period <= opts.min_period:
+            raise opts.error("max_period", f"must be above min_period ({opts.min_period:g})")
+        if opts.burst >= opts.min_period:
+            raise opts.error("burst", f"must be below min_period ({opts.min_period:g})")
+
+    def configure(self, opts: Options) -> None:
+        self.min_calls, self.min_period, self.max_period = (
+            opts.min_calls,
+            opts.min_period,
+            opts.max_period,
+        )
+        self.jitter, self.min_span, self.burst = opts.jitter, opts.min_span, opts.burst
+        self.realert, self.max_tracked = opts.realert, opts.max_tracked
+        self.ignore_ports = frozenset(opts.ignore_ports)
+        self.ignore = address_option(opts, "ignore")
+        self.ignore_names = tuple(_normal_name(n) for n in opts.ignore_names)
 
     def _ignored(self, name: str, server: bytes) -> bool:
         if self.ignore and self.ignore.contains(server):
@@ -274,7 +338,6 @@ class BeaconDetector(Detector):
         if name:
             details["name"] = name
         ctx.alert(
-            self.name,
             sig,
             flow=flow,
             src=ip_to_str(flow.client),

@@ -22,10 +22,7 @@ from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
     SERVICE_NAMES,
-    check_ports,
-    check_range,
     direction_name,
-    report_at,
 )
 from appliance.packet.decode import ACK, SYN, TCP, ip_to_str
 from appliance.packet.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND
@@ -102,13 +99,16 @@ class BruteForceDetector(Detector):
         self._pairs: OrderedDict[tuple[bytes, bytes, int], _Pair] = OrderedDict()
         self._episodes: dict[tuple[bytes, bytes, int], _Pair] = {}
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "ports",
             tuple[int, ...],
             DEFAULT_PORTS,
             "TCP ports of login services watched (SSH, Telnet, FTP, RDP, SMB, VNC, WinRM,"
             " SQL databases).",
+            range=(1, 65535),
+            remote=True,
         )
         loader.add_option(
             "attempts",
@@ -116,26 +116,33 @@ class BruteForceDetector(Detector):
             10,
             "Accepted connections from one host to one login service of another, within the"
             " window, that make a brute-force attempt.",
+            range=(2, 100_000),
+            remote=True,
         )
         loader.add_option(
-            "window", float, 120.0, "Sliding window in seconds; also the quiet time ending a run."
+            "window",
+            float,
+            120.0,
+            "Sliding window in seconds; also the quiet time ending a run.",
+            range=(1, 86400),
+            remote=True,
         )
         loader.add_option(
             "max_pairs",
             int,
             4096,
             "Most source/target/service triples remembered at once (oldest forgotten).",
+            range=(16, 10_000_000),
+            remote=True,
+            remote_range=(16, 100_000),
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        ports = check_ports(opts, "ports")
-        attempts = check_range(opts, "attempts", 2, 100_000)
-        window = check_range(opts, "window", 1, 86400)
-        max_pairs = check_range(opts, "max_pairs", 16, 10_000_000)
-        if attempts != self.attempts:
+    def configure(self, opts: Options) -> None:
+        if opts.attempts != self.attempts:
             self._pairs.clear()  # their timestamp rings have the old length
             self._episodes.clear()
-        self.ports, self.attempts, self.window, self.max_pairs = ports, attempts, window, max_pairs
+        self.ports, self.attempts = frozenset(opts.ports), opts.attempts
+        self.window, self.max_pairs = opts.window, opts.max_pairs
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
         # An attempt is the service's SYN-ACK: the first packet from the server side.
@@ -191,11 +198,9 @@ class BruteForceDetector(Detector):
             "duration_s": round(duration, 3),
             "per_minute": round(p.total * 60.0 / duration, 1) if duration > 0 else None,
         }
-        report_at(
-            ctx,
-            p.last,
-            self.name,
+        ctx.alert(
             p.sig,
+            at=p.last,
             flow=flow,
             src=ip_to_str(flow.client),
             dst=ip_to_str(flow.server),

@@ -89,20 +89,18 @@ class CleartextDetector(Detector):
     # banner, option negotiation and a login typed one character per packet (Telnet).
     deep_ports: ClassVar[dict[int, int]] = {21: 40, 23: 60, 110: 30, 143: 30}
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "protocols",
             tuple[str, ...],
             PROTOCOLS,
             f"Protocols whose cleartext logins are reported (any of: {', '.join(PROTOCOLS)}).",
+            choices=PROTOCOLS,
+            remote=True,
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        for i, p in enumerate(opts.protocols):
-            if p not in PROTOCOLS:
-                raise opts.error(
-                    f"protocols[{i}]", f"unknown protocol {p!r} (known: {', '.join(PROTOCOLS)})"
-                )
+    def configure(self, opts: Options) -> None:
         self.protocols = frozenset(opts.protocols)
         self._ports = {
             port: proto for port, proto in _PORT_PROTOCOL.items() if proto in self.protocols
@@ -133,7 +131,6 @@ class CleartextDetector(Detector):
     def http(self, ctx: Context, pkt: Packet, flow: Flow, req: HttpRequest) -> None:
         if req.basic_auth and "http" in self.protocols:
             ctx.alert(
-                self.name,
                 HTTP_BASIC,
                 pkt=pkt,
                 flow=flow,
@@ -203,4 +200,4 @@ class CleartextDetector(Detector):
         self, ctx: Context, pkt: Packet, flow: Flow, note: dict, sig: Signature, proto: str
     ) -> None:
         note["done"] = True  # one alert per connection
-        ctx.alert(self.name, sig, pkt=pkt, flow=flow, details={"protocol": proto, "what": WHAT})
+        ctx.alert(sig, pkt=pkt, flow=flow, details={"protocol": proto, "what": WHAT})

@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
-from appliance.detect.detectors._behaviour import check_range
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -128,6 +127,13 @@ _HEX = frozenset("0123456789abcdef")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
+def _suffix(raw: str) -> None:
+    """a domain suffix"""
+    text = raw.strip(".").lower()
+    if not text or not all(_LABEL.fullmatch(p) for p in text.split(".")):
+        raise ValueError(f"not a domain suffix: {raw!r}")
+
+
 def split_name(name: str) -> tuple[str, str, str]:
     """(subdomain, registrable label, public suffix) of a lower-case name.
 
@@ -201,25 +207,32 @@ class DgaDetector(Detector):
         self._judged: dict[str, tuple[str, float] | None] = {}
         self._next_prune = 0.0
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "min_length",
             int,
             8,
             "Shortest registrable label judged for randomness (shorter ones are often "
             "abbreviations).",
+            range=(4, 63),
+            remote=True,
         )
         loader.add_option(
             "score",
             float,
             8.0,
             "Randomness (bits) above which a name counts as random-looking when its lookup fails.",
+            range=(0.0, 1000.0),
+            remote=True,
         )
         loader.add_option(
             "strong_score",
             float,
             20.0,
             "Randomness (bits) above which a name counts as random-looking whatever the answer.",
+            range=(0.0, 1000.0),
+            remote=True,
         )
         loader.add_option(
             "failed_names",
@@ -227,6 +240,8 @@ class DgaDetector(Detector):
             3,
             "Random-looking non-existent domains from one computer within `window` that raise "
             "an alert.",
+            range=(1, 10_000),
+            remote=True,
         )
         loader.add_option(
             "strong_names",
@@ -234,6 +249,8 @@ class DgaDetector(Detector):
             10,
             "Very random-looking domains from one computer within `burst_window` that raise an "
             "alert.",
+            range=(1, 10_000),
+            remote=True,
         )
         loader.add_option(
             "nxdomain_per_hour",
@@ -241,43 +258,54 @@ class DgaDetector(Detector):
             20,
             "Alert when one computer looks up more than this many distinct non-existent "
             "domains within `window` (an hour by default).",
+            range=(1, 100_000),
+            remote=True,
         )
         loader.add_option(
-            "window", float, 3600.0, "Seconds over which non-existent lookups are counted."
+            "window",
+            float,
+            3600.0,
+            "Seconds over which non-existent lookups are counted.",
+            range=(1.0, 86400.0),
+            remote=True,
         )
         loader.add_option(
             "burst_window",
             float,
             600.0,
             "Seconds over which very random-looking lookups are counted.",
+            range=(1.0, 86400.0),
+            remote=True,
         )
         loader.add_option(
             "ignore_suffixes",
             tuple[str, ...],
             ("arpa", "local", "lan", "home", "internal", "localdomain", "corp", "intranet"),
             "Names under these suffixes are never judged (reverse lookups, local names).",
+            check=_suffix,
+            remote=True,
         )
         loader.add_option(
-            "max_hosts", int, 4096, "Querying computers tracked at once (oldest dropped)."
+            "max_hosts",
+            int,
+            4096,
+            "Querying computers tracked at once (oldest dropped).",
+            range=(1, 1_000_000),
+            remote=True,
+            remote_range=(1, 100_000),
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        self.min_length = check_range(opts, "min_length", 4, 63)
-        self.score = check_range(opts, "score", 0.0, 1000.0)
-        self.strong_score = check_range(opts, "strong_score", 0.0, 1000.0)
-        self.failed_names = check_range(opts, "failed_names", 1, 10_000)
-        self.strong_names = check_range(opts, "strong_names", 1, 10_000)
-        self.nxdomain_per_hour = check_range(opts, "nxdomain_per_hour", 1, 100_000)
-        self.window = check_range(opts, "window", 1.0, 86400.0)
-        self.burst_window = check_range(opts, "burst_window", 1.0, 86400.0)
-        self.max_hosts = check_range(opts, "max_hosts", 1, 1_000_000)
-        suffixes = []
-        for i, s in enumerate(opts.ignore_suffixes):
-            text = s.strip(".").lower()
-            if not text or not all(_LABEL.fullmatch(p) for p in text.split(".")):
-                raise opts.error(f"ignore_suffixes[{i}]", f"not a domain suffix: {s!r}")
-            suffixes.append("." + text)
-        self.ignore = tuple(suffixes)
+    def configure(self, opts: Options) -> None:
+        self.min_length, self.score, self.strong_score = (
+            opts.min_length,
+            opts.score,
+            opts.strong_score,
+        )
+        self.failed_names, self.strong_names = opts.failed_names, opts.strong_names
+        self.nxdomain_per_hour = opts.nxdomain_per_hour
+        self.window, self.burst_window = opts.window, opts.burst_window
+        self.max_hosts = opts.max_hosts
+        self.ignore = tuple("." + s.strip(".").lower() for s in opts.ignore_suffixes)
         self._judged.clear()
 
     # -- judging names ---------------------------------------------------------------------
@@ -374,7 +402,6 @@ class DgaDetector(Detector):
         first = seen[names[0]]
         seen.clear()
         ctx.alert(
-            self.name,
             sig,
             flow=flow,
             app=msg.eve(),

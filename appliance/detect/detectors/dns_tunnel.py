@@ -26,9 +26,17 @@ from typing import TYPE_CHECKING
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
-from appliance.detect.detectors._behaviour import check_range
 from appliance.detect.detectors.dga import GENERATED, randomness, split_name
 from appliance.detect.records import dns_type_name
+
+
+def _registrable(raw: str) -> None:
+    """a registrable domain (example.com)"""
+    text = raw.strip(".").lower()
+    sub, label, _suffix = split_name(text)
+    if not label or sub or " " in text:
+        raise ValueError(f"expected a registrable domain such as example.com, got {raw!r}")
+
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -135,15 +143,23 @@ class DnsTunnelDetector(Detector):
         self._last: tuple[bytes, str, int] | None = None
         self._next_prune = 0.0
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
-            "window", float, 300.0, "Seconds over which lookups per computer and domain count."
+            "window",
+            float,
+            300.0,
+            "Seconds over which lookups per computer and domain count.",
+            range=(1.0, 86400.0),
+            remote=True,
         )
         loader.add_option(
             "min_encoded",
             int,
             24,
             "Shortest subdomain (characters, dots not counted) that can count as encoded data.",
+            range=(8, 253),
+            remote=True,
         )
         loader.add_option(
             "encoded_names",
@@ -151,50 +167,48 @@ class DnsTunnelDetector(Detector):
             8,
             "Distinct encoded-looking names under one domain within the window that raise an "
             "alert.",
+            range=(1, 100_000),
+            remote=True,
         )
         loader.add_option(
             "unique_names",
             int,
             150,
             "Distinct subdomains of one domain within the window that raise an alert.",
+            range=(2, 100_000),
+            remote=True,
         )
         loader.add_option(
             "txt_names",
             int,
             20,
             "Distinct TXT/NULL lookups under one domain within the window that raise an alert.",
+            range=(1, 100_000),
+            remote=True,
         )
         loader.add_option(
             "ignore_domains",
             tuple[str, ...],
             DEFAULT_IGNORE,
             "Registrable domains never judged (security products that query hashes by DNS).",
+            check=_registrable,
+            remote=True,
         )
         loader.add_option(
             "max_zones",
             int,
             4096,
             "(computer, domain) pairs tracked at once; the least recently active go first.",
+            range=(1, 1_000_000),
+            remote=True,
+            remote_range=(1, 100_000),
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        self.window = check_range(opts, "window", 1.0, 86400.0)
-        self.min_encoded = check_range(opts, "min_encoded", 8, 253)
-        self.encoded_names = check_range(opts, "encoded_names", 1, 100_000)
-        self.unique_names = check_range(opts, "unique_names", 2, 100_000)
-        self.txt_names = check_range(opts, "txt_names", 1, 100_000)
-        self.max_zones = check_range(opts, "max_zones", 1, 1_000_000)
-        ignore = set()
-        for i, d in enumerate(opts.ignore_domains):
-            text = d.strip(".").lower()
-            sub, label, _suffix = split_name(text)
-            if not label or sub or " " in text:
-                raise opts.error(
-                    f"ignore_domains[{i}]",
-                    f"expected a registrable domain such as example.com, got {d!r}",
-                )
-            ignore.add(text)
-        self.ignore = frozenset(ignore)
+    def configure(self, opts: Options) -> None:
+        self.window, self.min_encoded = opts.window, opts.min_encoded
+        self.encoded_names, self.unique_names = opts.encoded_names, opts.unique_names
+        self.txt_names, self.max_zones = opts.txt_names, opts.max_zones
+        self.ignore = frozenset(d.strip(".").lower() for d in opts.ignore_domains)
         self._names.clear()
         self._last = None
 
@@ -282,7 +296,6 @@ class DnsTunnelDetector(Detector):
         dns = {"type": "answer" if msg.response else "query", "rrname": domain}
         dns["rrtype"] = dns_type_name(msg.qtype)
         ctx.alert(
-            self.name,
             sig,
             flow=flow,
             app={"dns": dns},

@@ -23,11 +23,9 @@ from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
     SERVICE_NAMES,
     address_option,
-    check_ports,
-    check_range,
+    address_port_entry,
     direction_name,
     lan_private,
-    report_at,
 )
 from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import ACK, RST, SYN, TCP, ip_to_str
@@ -116,39 +114,47 @@ class ExposureDetector(Detector):
         self._sig = {p: sig for ports, sig in CLASSES for p in ports}
         self._services: OrderedDict[tuple[bytes, int], _Service] = OrderedDict()
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "ports",
             tuple[int, ...],
             DEFAULT_PORTS,
             "TCP ports of risky office services: remote access (SSH, Telnet, RDP, VNC, WinRM),"
             " file sharing (FTP, SMB, NFS, AFP), databases and printers.",
+            range=(1, 65535),
+            remote=True,
         )
         loader.add_option(
             "repeat",
             float,
             3600.0,
             "Seconds between reports about the same exposed service (with the connections since).",
+            range=(1, 30 * 86400),
+            remote=True,
         )
         loader.add_option(
             "allow",
             tuple[str, ...],
             (),
             "Office services exposed on purpose, never reported: ADDRESS, NETWORK or ADDRESS:PORT.",
+            check=address_port_entry,
+            remote=True,
         )
         loader.add_option(
             "max_services",
             int,
             1024,
             "Most exposed services remembered at once (oldest reported and forgotten first).",
+            range=(16, 1_000_000),
+            remote=True,
+            remote_range=(16, 100_000),
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        ports = check_ports(opts, "ports")
-        repeat = check_range(opts, "repeat", 1, 30 * 86400)
-        max_services = check_range(opts, "max_services", 16, 1_000_000)
-        allow = address_option(opts, "allow", ports=True)
-        self.ports, self.repeat, self.allow, self.max_services = ports, repeat, allow, max_services
+    def configure(self, opts: Options) -> None:
+        self.ports, self.repeat = frozenset(opts.ports), opts.repeat
+        self.allow = address_option(opts, "allow", ports=True)
+        self.max_services = opts.max_services
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
         # The client's ACK that completes the handshake: SYN and SYN-ACK were seen before it.
@@ -209,11 +215,9 @@ class ExposureDetector(Detector):
         }
         if len(svc.sources) >= MAX_SOURCES_LISTED:
             details["outside_hosts_at_least"] = True
-        report_at(
-            ctx,
-            svc.last,
-            self.name,
+        ctx.alert(
             sig,
+            at=svc.last,
             flow=flow,
             src=ip_to_str(flow.client),
             dst=ip_to_str(flow.server),

@@ -77,13 +77,15 @@ class IntelDetector(Detector):
         self._memo: dict[str, Indicator | None] = {}
         self._memo_store: object = None
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "block",
             bool,
             True,
             "In block mode, drop traffic with listed addresses, names and URLs (and the "
             "addresses DNS returns for listed domains).",
+            remote=True,
         )
         loader.add_option(
             "block_fingerprints",
@@ -91,15 +93,17 @@ class IntelDetector(Detector):
             False,
             "In block mode, also drop servers contacted by a client whose JA3/JA4 fingerprint is "
             "listed (fingerprints are shared by unrelated clients: off by default).",
+            remote=True,
         )
         loader.add_option(
             "domain_addresses",
             bool,
             True,
             "Alert on connections to addresses that DNS returned for a listed domain.",
+            remote=True,
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
+    def configure(self, opts: Options) -> None:
         self.block = opts.block
         self.block_fingerprints = opts.block_fingerprints
         self.domain_addresses = opts.domain_addresses
@@ -156,7 +160,6 @@ class IntelDetector(Detector):
             if ind is not None:
                 listed = pkt.dst_ip if addr is pkt.dst else pkt.src_ip
                 ctx.alert(
-                    self.name,
                     self._sig(IP_HIT, ind),
                     pkt=pkt,
                     flow=flow,
@@ -171,7 +174,6 @@ class IntelDetector(Detector):
             ind = self._domain(ctx, name)
             if ind is not None:
                 ctx.alert(
-                    self.name,
                     self._sig(NAME_ADDR, ind),
                     pkt=pkt,
                     flow=flow,
@@ -185,7 +187,6 @@ class IntelDetector(Detector):
             ind = self._domain(ctx, msg.qname)
             if ind is not None:
                 ctx.alert(
-                    self.name,
                     self._sig(DNS_QUERY, ind),
                     pkt=pkt,
                     flow=flow,
@@ -208,7 +209,6 @@ class IntelDetector(Detector):
             blocked = [a for a in addresses if ctx.block(a)]
             if blocked:  # (blocking the first again below only refreshes its timeout)
                 ctx.alert(
-                    self.name,
                     self._sig(DNS_BLOCKED, hit),
                     src=pkt.dst_ip,
                     dst=blocked[0],
@@ -221,7 +221,6 @@ class IntelDetector(Detector):
             ind = intel.match_ip_text(addr)
             if ind is not None:
                 ctx.alert(
-                    self.name,
                     self._sig(DNS_ANSWER_IP, ind),
                     pkt=pkt,
                     flow=flow,
@@ -237,7 +236,6 @@ class IntelDetector(Detector):
             ind = self._domain(ctx, hello.sni)
             if ind is not None:
                 ctx.alert(
-                    self.name,
                     self._sig(TLS_SNI, ind),
                     pkt=pkt,
                     flow=flow,
@@ -252,7 +250,6 @@ class IntelDetector(Detector):
         ):
             if ind is not None:
                 ctx.alert(
-                    self.name,
                     self._sig(sig, ind),
                     pkt=pkt,
                     flow=flow,
@@ -284,7 +281,6 @@ class IntelDetector(Detector):
         if ind is None:
             return
         ctx.alert(
-            self.name,
             self._sig(sig, ind),
             pkt=pkt,
             flow=flow,

@@ -33,12 +33,11 @@ from typing import TYPE_CHECKING, Any
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
+    address_entry,
     address_option,
-    check_range,
     direction_class,
     direction_name,
     not_unicast,
-    report_at,
 )
 from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import ACK, FIN, ICMP, ICMPV6, PSH, RST, SYN, TCP, UDP, URG, ip_to_str
@@ -258,13 +257,16 @@ class PortScanDetector(Detector):
         self._sources: OrderedDict[bytes, _Source] = OrderedDict()
         self._episodes: dict[bytes, _Episode] = {}
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
             "ports",
             int,
             10,
             "Distinct ports on one host, probed without success within the window, that make a"
             " (vertical) port scan; Maltrail's threshold is 10.",
+            range=(2, MAX_RECENT),
+            remote=True,
         )
         loader.add_option(
             "hosts",
@@ -272,18 +274,33 @@ class PortScanDetector(Detector):
             20,
             "Distinct hosts probed without success on one port within the window that make a"
             " (horizontal) scan.",
+            range=(2, MAX_RECENT),
+            remote=True,
         )
         loader.add_option(
-            "window", float, 60.0, "Sliding window in seconds; also the quiet time ending a scan."
+            "window",
+            float,
+            60.0,
+            "Sliding window in seconds; also the quiet time ending a scan.",
+            range=(1, 86400),
+            remote=True,
         )
         loader.add_option(
             "probe_timeout",
             float,
             5.0,
             "Seconds after which an unanswered connection attempt counts as a failed probe.",
+            range=(0.1, 600),
+            remote=True,
         )
         loader.add_option(
-            "max_sources", int, 4096, "Most probing hosts remembered at once (oldest forgotten)."
+            "max_sources",
+            int,
+            4096,
+            "Most probing hosts remembered at once (oldest forgotten).",
+            range=(16, 10_000_000),
+            remote=True,
+            remote_range=(16, 100_000),
         )
         loader.add_option(
             "ignore",
@@ -291,19 +308,19 @@ class PortScanDetector(Detector):
             (),
             "Scanners never reported: addresses or networks (the office's own vulnerability"
             " scanner, a monitoring system).",
+            check=address_entry,
+            remote=True,
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        ports = check_range(opts, "ports", 2, MAX_RECENT)
-        hosts = check_range(opts, "hosts", 2, MAX_RECENT)
-        window = check_range(opts, "window", 1, 86400)
-        timeout = check_range(opts, "probe_timeout", 0.1, 600)
-        if timeout >= window:
-            raise opts.error("probe_timeout", f"must be shorter than window ({window:g} s)")
-        max_sources = check_range(opts, "max_sources", 16, 10_000_000)
-        ignore = address_option(opts, "ignore")
-        self.ports, self.hosts, self.window = ports, hosts, window
-        self.probe_timeout, self.max_sources, self.ignore = timeout, max_sources, ignore
+    @classmethod
+    def check(cls, opts: Options) -> None:
+        if opts.probe_timeout >= opts.window:
+            raise opts.error("probe_timeout", f"must be shorter than window ({opts.window:g} s)")
+
+    def configure(self, opts: Options) -> None:
+        self.ports, self.hosts, self.window = opts.ports, opts.hosts, opts.window
+        self.probe_timeout, self.max_sources = opts.probe_timeout, opts.max_sources
+        self.ignore = address_option(opts, "ignore")
 
     # -- the packet path -------------------------------------------------------------------------
 
@@ -485,11 +502,9 @@ class PortScanDetector(Detector):
             return
         ep.reported += count
         ep.reported_at = ep.last
-        report_at(
-            ctx,
-            ep.last,
-            self.name,
+        ctx.alert(
             ep.sig,
+            at=ep.last,
             flow=ep.flow,
             src=ep.src,
             dst=ep.dst,

@@ -28,7 +28,6 @@ from urllib.parse import unquote, unquote_plus
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
-from appliance.detect.detectors._behaviour import check_range
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -37,6 +36,21 @@ if TYPE_CHECKING:
     from appliance.packet.flows import Flow
 
 ATTACK = "Web attack"
+
+
+def _not_blank(raw: str) -> None:
+    """not empty"""
+    if not raw.strip():
+        raise ValueError("must not be empty")
+
+
+def _host_suffix(raw: str) -> None:
+    """a domain suffix"""
+    text = raw.strip().strip(".").lower()
+    if not text or " " in text or not all(text.split(".")):
+        raise ValueError(f"not a domain suffix: {raw!r}")
+
+
 DOWNLOAD = "Risky download"
 SQLI = Signature(8107001, "Web attack: SQL injection attempt in a web request", ATTACK, 2)
 TRAVERSAL = Signature(
@@ -273,58 +287,64 @@ class WebDetector(Detector):
         self._sweeps: dict[bytes, tuple[float, set[int]]] = {}
         self._next_prune = 0.0
 
-    def load(self, loader: Loader) -> None:
+    @classmethod
+    def load(cls, loader: Loader) -> None:
         loader.add_option(
-            "checks", tuple[str, ...], CHECKS, f"Checks to run (any of: {', '.join(CHECKS)})."
+            "checks",
+            tuple[str, ...],
+            CHECKS,
+            f"Checks to run (any of: {', '.join(CHECKS)}).",
+            choices=CHECKS,
+            remote=True,
         )
         loader.add_option(
             "sweep_paths",
             int,
             8,
             "Distinct sensitive paths from one source within `sweep_window` that make a sweep.",
+            range=(2, 10_000),
+            remote=True,
         )
         loader.add_option(
-            "sweep_window", float, 600.0, "Seconds over which a source's sensitive paths count."
+            "sweep_window",
+            float,
+            600.0,
+            "Seconds over which a source's sensitive paths count.",
+            range=(1.0, 86400.0),
+            remote=True,
         )
         loader.add_option(
             "scanner_agents",
             tuple[str, ...],
             (),
             "More User-Agent substrings (case-insensitive) that mark an attack tool.",
+            check=_not_blank,
+            remote=True,
         )
         loader.add_option(
             "risky_suffixes",
             tuple[str, ...],
             DEFAULT_RISKY_SUFFIXES,
             "Host suffixes (dynamic DNS, throwaway TLDs) from which a program download is risky.",
+            check=_host_suffix,
+            remote=True,
         )
         loader.add_option(
-            "max_sources", int, 4096, "Sources whose sensitive paths are tracked at once."
+            "max_sources",
+            int,
+            4096,
+            "Sources whose sensitive paths are tracked at once.",
+            range=(1, 1_000_000),
+            remote=True,
+            remote_range=(1, 100_000),
         )
 
-    def configure(self, opts: Options, updated: set[str]) -> None:
-        for i, check in enumerate(opts.checks):
-            if check not in CHECKS:
-                raise opts.error(
-                    f"checks[{i}]", f"unknown check {check!r} (known: {', '.join(CHECKS)})"
-                )
+    def configure(self, opts: Options) -> None:
         self.checks = frozenset(opts.checks)
-        self.sweep_paths = check_range(opts, "sweep_paths", 2, 10_000)
-        self.sweep_window = check_range(opts, "sweep_window", 1.0, 86400.0)
-        self.max_sources = check_range(opts, "max_sources", 1, 1_000_000)
-        agents = []
-        for i, a in enumerate(opts.scanner_agents):
-            if not a.strip():
-                raise opts.error(f"scanner_agents[{i}]", "must not be empty")
-            agents.append(a.strip().lower())
-        self.agents = tuple(agents)
-        suffixes = []
-        for i, s in enumerate(opts.risky_suffixes):
-            text = s.strip().strip(".").lower()
-            if not text or " " in text or not all(text.split(".")):
-                raise opts.error(f"risky_suffixes[{i}]", f"not a domain suffix: {s!r}")
-            suffixes.append("." + text)
-        self.risky = tuple(suffixes)
+        self.sweep_paths, self.sweep_window = opts.sweep_paths, opts.sweep_window
+        self.max_sources = opts.max_sources
+        self.agents = tuple(a.strip().lower() for a in opts.scanner_agents)
+        self.risky = tuple("." + s.strip().strip(".").lower() for s in opts.risky_suffixes)
 
     # -- the hook ----------------------------------------------------------------------------
 
@@ -448,7 +468,6 @@ class WebDetector(Detector):
         first_seen: float = 0.0,
     ) -> None:
         ctx.alert(
-            self.name,
             sig,
             flow=flow,
             app=req.eve(),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
 from appliance.alerts.model import Signature
+from appliance.config import Config, ConfigError
 from appliance.detect.base import Detector
 from appliance.detect.dissect.quic import build_initial
+from appliance.detect.engine import Engine
 from appliance.packet.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
 from bench.engine import tls_client_hello
 from tests.helpers import Harness, make_config
@@ -131,3 +135,139 @@ def test_deep_ports_keep_flows_unjudged() -> None:
     assert h.engine.deep_ports().get(21, 0) > 8
     verdicts = h.feed([*handshake(dport=21), tcp(b"USER bob\r\n", dport=21)])
     assert verdicts[-1] == VERDICT_NONE
+
+
+# --- staged configuration, hook names, who reports ------------------------------------------------
+
+
+class Refuser(Detector):
+    """Refuses new options at configure time (a resource it needs has gone)."""
+
+    name = "refuser"
+    refuse = False
+
+    @classmethod
+    def load(cls, loader) -> None:
+        loader.add_option("level", int, 1, "Anything.", range=(0, 9), remote=True)
+
+    def configure(self, opts) -> None:
+        if type(self).refuse:
+            raise opts.error("level", "the rule file it needs is gone")
+        self.level = opts.level
+
+
+def _staged_rig() -> tuple[Engine, dict, Config]:
+    from appliance.config import from_dict, registered_detectors
+    from appliance.detect.base import spec_of
+    from appliance.detect.detectors.dga import DgaDetector
+    from appliance.detect.detectors.portscan import PortScanDetector
+    from appliance.detect.intel import IntelStore
+
+    specs = {**registered_detectors(), "refuser": spec_of(Refuser)}
+    Refuser.refuse = False
+    dets = [PortScanDetector(), DgaDetector(), Refuser()]
+    cfg = from_dict({"inline": {"home_nets": ["198.18.0.0/24"]}}, detectors=specs)
+    engine = Engine(cfg, IntelStore(), lambda a: None, detectors=dets)
+    return engine, specs, cfg
+
+
+def _state(engine: Engine) -> list[dict]:
+    """Each detector's option-derived attributes (address sets by their networks)."""
+    return [
+        {
+            k: (tuple(v) if hasattr(v, "networks") else v)
+            for k, v in vars(d).items()
+            if not k.startswith("_") and not callable(v)
+        }
+        for d in engine.detectors
+    ]
+
+
+def test_a_detector_that_refuses_leaves_every_detector_as_it_was() -> None:
+    from appliance.config import from_dict
+
+    engine, specs, cfg = _staged_rig()
+    before = _state(engine)
+    assert before[0]["ports"] == 10 and before[1]["min_length"] == 8 and before[2]["level"] == 1
+    new = from_dict(
+        {
+            "inline": {"home_nets": ["198.18.0.0/24"]},
+            "detect": {
+                "portscan": {"ports": 50},
+                "dga": {"min_length": 12},
+                "refuser": {"level": 5},
+            },
+        },
+        detectors=specs,
+    )
+    Refuser.refuse = True  # the third detector refuses after the first two took theirs
+    with pytest.raises(ConfigError) as e:
+        engine.configure(new)
+    assert e.value.key == "detect.refuser.level"
+    assert _state(engine) == before
+    assert engine.config is cfg
+    Refuser.refuse = False
+    engine.configure(new)  # and all of it lands when everyone accepts
+    after = _state(engine)
+    assert (after[0]["ports"], after[1]["min_length"], after[2]["level"]) == (50, 12, 5)
+
+
+def test_options_that_fail_a_check_change_no_detector() -> None:
+    """A config that bypassed the loader (built in code) is checked before anything changes."""
+    engine, _specs, cfg = _staged_rig()
+    before = _state(engine)
+    bad = dataclasses.replace(
+        cfg,
+        detect={
+            **cfg.detect,
+            "dga": {**cfg.detect["dga"], "min_length": 12},
+            "portscan": {**cfg.detect["portscan"], "probe_timeout": 600.0},
+        },
+    )
+    with pytest.raises(ConfigError, match="detect.portscan.probe_timeout"):
+        engine.configure(bad)
+    assert _state(engine) == before
+
+
+def test_a_misspelt_hook_is_an_error_when_the_detector_loads() -> None:
+    from appliance.detect.base import check_hooks, spec_of
+    from appliance.detect.intel import IntelStore
+
+    class Typo(Detector):
+        name = "typo"
+
+        def dnss(self, ctx, pkt, flow, msg) -> None: ...
+
+    class WrongArgs(Detector):
+        name = "wrongargs"
+
+        def tick(self, ctx) -> None: ...
+
+    with pytest.raises(TypeError, match="dnss.*not a hook"):
+        check_hooks(Typo)
+    with pytest.raises(TypeError, match="dnss"):
+        spec_of(Typo)
+    with pytest.raises(TypeError, match="hook tick takes"):
+        Engine(make_config(), IntelStore(), lambda a: None, detectors=[WrongArgs()])
+
+
+def test_the_engine_stamps_each_alert_with_its_detector_and_time() -> None:
+    seen: list = []
+
+    class Reporter(Detector):
+        name = "reporter"
+        signatures = (Signature(8199997, "Test: seen", "Test", 3),)
+
+        def packet(self, ctx, pkt, flow, from_client) -> None:
+            ctx.alert(self.signatures[0], pkt=pkt)
+            ctx.alert(self.signatures[0], pkt=pkt, at=1_700_000_000.0)
+
+    h = Harness()
+    h.engine.sink = seen.append
+    h.engine.detectors.append(Reporter())
+    h.engine.configure(h.config, first=True)
+    h.feed([tcp(flags="S")], start=1_800_000_000.0)
+    assert [(a.detector, a.timestamp) for a in seen] == [
+        ("reporter", 1_800_000_000.0),
+        ("reporter", 1_700_000_000.0),
+    ]

@@ -128,9 +128,11 @@ class Rig:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything a rejected command must leave alone."""
+        overlay = config_mod.remote_path(self.device.config.device.state_dir)
         return {
             "state": self.state_path.read_bytes() if self.state_path.exists() else None,
             "config_file": self.config_path.read_bytes(),
+            "overlay": overlay.read_bytes() if overlay.exists() else None,
             "config": self.device.config,
             "mode": self.device.config.inline.mode,
             "intel": {

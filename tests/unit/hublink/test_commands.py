@@ -23,6 +23,7 @@ from appliance.hublink.commands import (
 from protocol import bundle
 from protocol import envelope as E
 from tests.unit.hublink.rig import DEVICE, Rig
+from tests.unit.test_config import HOSTILE
 
 
 def assert_rejected(rig: Rig, payload: dict[str, Any] | bytes, code: str, words: str) -> None:
@@ -215,10 +216,29 @@ def test_refusals_change_nothing(rig: Rig) -> None:
     )
 
 
+@pytest.mark.parametrize(("changes", "key", "words"), HOSTILE, ids=[h[1] for h in HOSTILE])
+def test_each_hostile_set_config_key_is_refused_and_nothing_saved(
+    rig: Rig, changes: dict[str, Any], key: str, words: str
+) -> None:
+    """Paths, privacy, the test knob, status secrets, identity and out-of-production values."""
+    for send in (rig.one, lambda env: rig.handler.handle_desired(E.encode(env))):
+        before = rig.snapshot()
+        harmless = {"alerts": {"window": 61}}
+        both = {s: {**harmless.get(s, {}), **changes.get(s, {})} for s in {*harmless, *changes}}
+        answer = send(rig.env("set-config", both))
+        if answer is not None:
+            assert answer["ok"] is False and answer["code"] == "refused", answer
+            assert key in answer["error"] and words in answer["error"], answer
+        else:
+            assert key in rig.published[-1][1]["error"]
+        assert rig.snapshot() == before
+        assert rig.device.applied == []
+
+
 def test_set_config_refused_by_device_changes_nothing(rig: Rig) -> None:
     rig.device.refuse_config = "no such interface"
     assert_rejected(
-        rig, rig.env("set-config", {"inline": {"bridge": "br9"}}), "refused", "no such interface"
+        rig, rig.env("set-config", {"inline": {"workers": 3}}), "refused", "no such interface"
     )
 
 
@@ -234,7 +254,7 @@ def test_set_config_save_failure_is_undone(rig: Rig, monkeypatch: pytest.MonkeyP
     def broken_save(*a: Any, **k: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(config_mod, "save", broken_save)
+    monkeypatch.setattr(config_mod, "save_remote", broken_save)
     original = rig.device.config
     answer = rig.one(rig.env("set-config", {"inline": {"workers": 2}}))
     assert answer["ok"] is False and "could not save" in answer["error"]
@@ -266,12 +286,17 @@ def test_get_config_redacts_secrets(rig: Rig) -> None:
 
 
 def test_set_config_applies_saves_and_reports(rig: Rig) -> None:
+    office_file = rig.config_path.read_bytes()
     answer = rig.one(rig.env("set-config", {"alerts": {"window": 60}, "inline": {"workers": 2}}))
     assert answer["ok"] is True and answer["result"]["changed"] is True
     assert rig.device.config.alerts.window == 60.0
-    on_disk = config_mod.load(rig.config_path)
+    on_disk = config_mod.load_running(rig.config_path)
     assert on_disk.alerts.window == 60.0 and on_disk.inline.workers == 2
     assert on_disk.privacy.key == "k" * 32  # secrets kept on disk
+    # saved as the hub's overlay in the state dir; the office's file is never written
+    assert rig.config_path.read_bytes() == office_file
+    overlay = config_mod.remote_path(rig.device.config.device.state_dir).read_text()
+    assert "window = 60" in overlay and "privacy" not in overlay
     topic, payload, retain = rig.published[-1]
     assert (topic, retain) == ("config/reported", True)
     assert payload["config"]["inline"]["workers"] == 2
@@ -284,7 +309,7 @@ def test_set_config_round_trip_of_get_config_keeps_secrets(rig: Rig) -> None:
     answer = rig.one(rig.env("set-config", cfg))
     assert answer["ok"] is True, answer
     assert rig.device.config.privacy.key == "k" * 32
-    assert config_mod.load(rig.config_path).alerts.burst == 10
+    assert config_mod.load_running(rig.config_path).alerts.burst == 10
 
 
 def test_set_config_without_change_writes_nothing(rig: Rig) -> None:
@@ -298,7 +323,7 @@ def test_set_mode(rig: Rig) -> None:
     answer = rig.one(rig.env("set-mode", {"mode": "block"}))
     assert answer["result"] == {"mode": "block", "changed": True}
     assert rig.device.config.inline.mode == "block"
-    assert config_mod.load(rig.config_path).inline.mode == "block"
+    assert config_mod.load_running(rig.config_path).inline.mode == "block"
 
 
 def test_block_unblock(rig: Rig) -> None:
@@ -614,7 +639,7 @@ def desired(rig: Rig, args: dict[str, Any], seq: int, **over: Any) -> bytes:
 def test_desired_applied_when_newer_and_reported(rig: Rig) -> None:
     rig.handler.handle_desired(desired(rig, {"inline": {"mode": "block"}}, 50))
     assert rig.device.config.inline.mode == "block"
-    assert config_mod.load(rig.config_path).inline.mode == "block"
+    assert config_mod.load_running(rig.config_path).inline.mode == "block"
     topic, rep, retain = rig.published[-1]
     assert topic == "config/reported" and retain
     assert rep["version"] == 50 and rep["config"]["inline"]["mode"] == "block"

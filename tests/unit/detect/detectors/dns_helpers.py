@@ -33,7 +33,8 @@ def dns_hook(
     det: Detector, sink: AlertSink, client: str, resolver: str, ts: float
 ) -> tuple[Engine, Packet, Flow]:
     """An engine running only `det` (alerts to `sink`) and the packet and flow of one DNS query
-    from `client` to `resolver`, to pass to `det.dns(engine.ctx, pkt, flow, record)`."""
+    from `client` to `resolver`, to pass to ``det.dns(engine.contexts[det.name], pkt, flow,
+    record)``."""
     engine = Engine(make_config(), IntelStore(), sink, detectors=[det])
     raw = bytes(IP(src=client, dst=resolver) / UDP(sport=40000, dport=53) / DNS(qd=DNSQR()))
     pkt = decode_ip(raw, ts, DecodeStats())

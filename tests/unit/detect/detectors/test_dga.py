@@ -182,7 +182,7 @@ def hook_runner(det: DgaDetector) -> tuple[list[Alert], Callable[..., None]]:
     minute); returns the alerts it raises and a function `look(name, ts, rcode)`."""
     alerts: list[Alert] = []
     engine, pkt, flow = dns_hook(det, alerts.append, PC1, RESOLVER, T0)
-    ctx = engine.ctx
+    ctx = engine.contexts[det.name]
 
     def look(name: str, ts: float, rcode: int = NOERROR) -> None:
         ctx.now = ts
@@ -202,7 +202,7 @@ def test_false_positive_rate_on_popular_domains_is_below_a_tenth_of_a_percent() 
     names = popular_domains()
     assert len(names) >= 10_000
     det = DgaDetector()
-    det.configure(_opts(), set())
+    det.configure(_opts())
     alerts, look = hook_runner(det)
     for i, name in enumerate(names):
         look(name, T0 + 2.0 * i)
@@ -217,7 +217,7 @@ def test_classifier_alone_on_popular_domains() -> None:
     is bounded here, and these are exactly why one name alone never raises an alert."""
     names = popular_domains()
     det = DgaDetector()
-    det.configure(_opts(), set())
+    det.configure(_opts())
     judged = [det._judge(n) for n in names]
     scores = [j[1] for j in judged if j is not None]
     weak = sum(s >= det.score for s in scores) / len(names)
@@ -242,7 +242,7 @@ def _opts(**kw):
 )
 def test_generated_names_look_random(family: str, rate: float) -> None:
     det = DgaDetector()
-    det.configure(_opts(), set())
+    det.configure(_opts())
     names = GENERATORS[family](500)
     hits = sum(det._judge(n)[1] >= det.score for n in names)
     assert hits / len(names) >= rate, hits
@@ -262,7 +262,7 @@ def test_dga_burst_of_nonexistent_names_is_found(family: str) -> None:
     assert len(first["watchpost"]["details"]["examples"]) == 3
     # The counts of the 8105001 alerts add up to the random-looking names, in threes.
     det = DgaDetector()
-    det.configure(_opts(), set())
+    det.configure(_opts())
     randomish = sum(det._judge(n)[1] >= det.score for n in names)
     counted = [a["watchpost"]["count"] for a in h.by_detector("dga")]
     got_sids = sids(h)
@@ -384,7 +384,7 @@ def test_state_stays_bounded_and_ages_out() -> None:
         for host_state in det._hosts.values():
             assert len(host_state.nx) <= det.nxdomain_per_hour + 1
             assert len(host_state.failed) <= det.failed_names
-    det.tick(engine.ctx, T0 + 10_000)
+    det.tick(engine.contexts[det.name], T0 + 10_000)
     assert det._hosts == {}
     assert len(det._judged) <= dga.SCORE_CACHE
 

@@ -322,7 +322,7 @@ def test_false_positive_rate_on_popular_domains_is_below_a_tenth_of_a_percent() 
     alerts: list[Alert] = []
     det = DnsTunnelDetector()
     engine, pkt, flow = dns_hook(det, alerts.append, PC1, RESOLVER, T0)
-    ctx = engine.ctx
+    ctx = engine.contexts[det.name]
     for i, name in enumerate(names):
         ctx.now = T0 + i
         for qname, qtype in ((name, 1), (name, 28), (name, 16), ("www." + name, 1)):
@@ -341,5 +341,10 @@ def test_odd_names_never_break_the_hook() -> None:
     odd = ["", ".", "..", "a..b", "_.x.y", "1.2.3.4.5", "\\000\\255.a.com", "x" * 300]
     odd += ["".join(r.choice(alphabet) for _ in range(r.randint(1, 120))) for _ in range(3000)]
     for i, name in enumerate(odd):
-        engine.ctx.now = T0 + i * 0.01
-        det.dns(engine.ctx, pkt, flow, DnsMessage(i, bool(i % 2), 0, 0, name, (1, 16, 10)[i % 3]))
+        engine.now = T0 + i * 0.01
+        det.dns(
+            engine.contexts[det.name],
+            pkt,
+            flow,
+            DnsMessage(i, bool(i % 2), 0, 0, name, (1, 16, 10)[i % 3]),
+        )

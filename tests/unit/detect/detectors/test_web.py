@@ -465,5 +465,5 @@ def test_odd_requests_never_break_the_hook() -> None:
         text = "".join(r.choice(alphabet) for _ in range(r.randint(0, 200)))
         host = "".join(r.choice(alphabet) for _ in range(r.randint(0, 40)))
         req = HttpRequest(r.choice(["GET", "POST", "HEAD"]), text, "HTTP/1.1", host, text[::-1])
-        engine.ctx.now = T0 + i
-        det.http(engine.ctx, pkt, flow, req)
+        engine.now = T0 + i
+        det.http(engine.contexts[det.name], pkt, flow, req)
