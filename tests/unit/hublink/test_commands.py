@@ -221,11 +221,14 @@ def test_each_hostile_set_config_key_is_refused_and_nothing_saved(
     rig: Rig, changes: dict[str, Any], key: str, words: str
 ) -> None:
     """Paths, privacy, the test knob, status secrets, identity and out-of-production values."""
-    for send in (rig.one, lambda env: rig.handler.handle_desired(E.encode(env))):
+    harmless = {"alerts": {"window": 61}}
+    both = {s: {**harmless.get(s, {}), **changes.get(s, {})} for s in {*harmless, *changes}}
+    for send in (
+        lambda: rig.one(rig.env("set-config", both)),
+        lambda: rig.handler.handle_desired(rig.desired(both, version=10_000 + rig.seq)),
+    ):
         before = rig.snapshot()
-        harmless = {"alerts": {"window": 61}}
-        both = {s: {**harmless.get(s, {}), **changes.get(s, {})} for s in {*harmless, *changes}}
-        answer = send(rig.env("set-config", both))
+        answer = send()
         if answer is not None:
             assert answer["ok"] is False and answer["code"] == "refused", answer
             assert key in answer["error"] and words in answer["error"], answer
