@@ -7,7 +7,6 @@ dissector that throws is counted and the packet is still judged (accepted).
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import socket
 from collections import Counter, OrderedDict
@@ -16,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.alerts.model import Alert, Signature
-from appliance.config import Config, ConfigError
-from appliance.detect import registry
+from appliance.config import Config
+from appliance.detect import dnstrust, registry
 from appliance.detect.base import Detector, Options, hook
+from appliance.detect.blockguard import BlockGuard
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
@@ -53,9 +53,6 @@ class AlertSink(Protocol):
     def __call__(self, alert: Alert) -> None: ...
 
 
-_AF_OF_RR = {1: socket.AF_INET, 28: socket.AF_INET6}
-
-
 class NameCache:
     """Address → the DNS name it was last answered for, so alerts can say which domain it was."""
 
@@ -64,14 +61,14 @@ class NameCache:
         self._names: OrderedDict[bytes, str] = OrderedDict()
 
     def learn(self, msg: DnsMessage) -> None:
-        for ans in msg.answers:
-            if ans.rrtype in (1, 28) and ans.data:
-                try:
-                    addr = socket.inet_pton(_AF_OF_RR[ans.rrtype], ans.data)
-                except (OSError, ValueError):
-                    continue
-                self._names[addr] = msg.qname or ans.name
-                self._names.move_to_end(addr)
+        """Learn the addresses of a believed answer's name chain (`msg.chain_addresses`)."""
+        for text in msg.chain_addresses:
+            try:
+                addr = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+            except (OSError, ValueError):
+                continue
+            self._names[addr] = msg.qname
+            self._names.move_to_end(addr)
         while len(self._names) > self.size:
             self._names.popitem(last=False)
 
@@ -84,6 +81,7 @@ class EngineStats:
     packets: int = 0
     alerts: int = 0
     blocked_packets: int = 0
+    dns_untrusted: int = 0  # DNS answers that answered no office question (never believed)
     hook_errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -107,11 +105,11 @@ class Context:
     def block_mode(self) -> bool:
         return self._engine.config.inline.mode == "block"
 
-    def block(self, addr: str) -> bool:
+    def block(self, addr: str, evidence: str = "dns-answer") -> bool:
         """Put `addr` into the kernel drop set without judging the current flow (block mode and
-        `inline.never_block` apply); True if blocked. For addresses learnt from other traffic,
-        such as the answers to a lookup of a listed domain."""
-        return self._engine.block(addr, None)
+        the block guard's rules apply); True if blocked. For addresses learnt from other
+        traffic, such as the believed answers to a lookup of a listed domain."""
+        return self._engine.block(addr, None, evidence)
 
     def alert(
         self,
@@ -130,12 +128,14 @@ class Context:
         count: int = 1,
         first_seen: float = 0.0,
         block: str | None = None,
+        drop: bool = False,
     ) -> Alert:
         """Report a finding. Addresses default to the packet's (or the flow's client → server).
 
         With `block` set to an address and the engine in block mode, that address goes into the
-        kernel drop set (unless allow-listed) and the flow is dropped; the alert then says
-        ``blocked``.
+        kernel drop set (if the block guard allows it) and the flow is dropped; with `drop`,
+        only this flow is dropped (a listed name on a possibly shared server address). The
+        alert then says ``blocked``.
         """
         if pkt is not None:
             src = src or pkt.src_ip
@@ -154,9 +154,10 @@ class Context:
                 dest_port = flow.server_port
         if proto is None:
             proto = {6: "TCP", 17: "UDP"}.get(flow.proto, str(flow.proto)) if flow else "IP"
-        action = "allowed"
-        if block and self._engine.block(block, flow):
-            action = "blocked"
+        evidence = f"{detector}:{signature.sid}"
+        engine = self._engine
+        blocked = engine.block(block, flow, evidence) if block else drop and engine.drop_flow(flow)
+        action = "blocked" if blocked else "allowed"
         alert = Alert(
             detector=detector,
             signature=signature,
@@ -201,7 +202,7 @@ class Engine:
         self.dissect = Dissectors()
         self.ctx = Context(self)
         self.detectors = detectors if detectors is not None else registry.create_detectors()
-        self._never_block = _networks(config.inline.never_block)
+        self.guard = BlockGuard(config.inline.home_nets, config.inline.never_block)
         self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
@@ -227,7 +228,7 @@ class Engine:
         self.config = config
         self.flows.max_flows = config.inline.max_flows
         self.flows.home = HomeNets(config.inline.home_nets)
-        self._never_block = _networks(config.inline.never_block)
+        self.guard.configure(config.inline.home_nets, config.inline.never_block)
         enabled = [d for d, opts, _ in staged if opts.enabled]
         self._deep = self.deep_ports()
         self._hooks = {
@@ -274,8 +275,15 @@ class Engine:
             msg = d.dns(pkt.payload, pkt.proto == TCP)
             if msg is not None:
                 flow.app = "dns"
-                if msg.response:
+                if not msg.response:
+                    if dnstrust.note_query(flow, msg):
+                        self.guard.protect(ip_to_str(flow.server), "resolver")
+                elif dnstrust.believe_answer(flow, msg, from_client, pkt.side):
+                    msg.trusted = True
+                    msg.chain_names, msg.chain_addresses = dnstrust.chain(msg)
                     ctx.names.learn(msg)
+                else:
+                    self.stats.dns_untrusted += 1
                 self._run("dns", pkt, flow, msg)
             return
         if not from_client or flow.verdict != VERDICT_NONE:
@@ -368,26 +376,26 @@ class Engine:
 
     # -- acting --------------------------------------------------------------------------------
 
-    def block(self, addr: str, flow: Flow | None) -> bool:
-        """Block `addr` if in block mode and not allow-listed; True if it was blocked."""
-        if self.config.inline.mode != "block" or self.is_never_block(addr):
+    def block(self, addr: str, flow: Flow | None, evidence: str = "") -> bool:
+        """Block `addr` (and drop `flow`) in block mode if the guard allows; True if blocked."""
+        if self.config.inline.mode != "block":
+            return False
+        ttl = self.config.inline.block_ttl
+        if not self.guard.allow(addr, evidence or "unknown", ttl):
             return False
         if flow is not None:
             flow.verdict = VERDICT_BLOCK
         if self.blocker is not None:
-            self.blocker.block(addr, self.config.inline.block_ttl)
+            self.blocker.block(addr, ttl)
         return True
 
-    def is_never_block(self, addr: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return True
-        return any(ip in net for net in self._never_block)
+    def drop_flow(self, flow: Flow | None) -> bool:
+        """Drop just `flow` (its conntrack entry is marked) in block mode; True if dropped."""
+        if self.config.inline.mode != "block" or flow is None:
+            return False
+        flow.verdict = VERDICT_BLOCK
+        return True
 
-
-def _networks(cidrs: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    try:
-        return [ipaddress.ip_network(c, strict=False) for c in cidrs]
-    except ValueError as e:
-        raise ConfigError("inline.never_block", str(e)) from None
+    def protect(self, addr: str, why: str) -> None:
+        """Never block `addr` automatically (the office gateway, the hub)."""
+        self.guard.protect(addr, why)
