@@ -188,6 +188,33 @@ def intel_paths(config: Config) -> list[str]:
         return list(config.intel.paths)
 
 
+def protected_addresses(config: Config) -> list[tuple[str, str]]:
+    """Addresses block mode must never drop that traffic alone does not show: the device's own
+    default gateway (the office router) and the hub's addresses."""
+    out = [(gw, "gateway") for gw in default_gateways()]
+    if config.hub.enabled and config.hub.host:
+        try:
+            infos = socket.getaddrinfo(config.hub.host, None, proto=socket.IPPROTO_TCP)
+        except (OSError, UnicodeError):
+            infos = []
+        out += [(str(info[4][0]), "hub") for info in infos]
+    return out
+
+
+def default_gateways(route_file: str = "/proc/net/route") -> list[str]:
+    """IPv4 default gateways of this machine (from the kernel's routing table)."""
+    out = []
+    try:
+        lines = Path(route_file).read_text().splitlines()[1:]
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
+            out.append(socket.inet_ntoa(int(fields[2], 16).to_bytes(4, "little")))
+    return out
+
+
 class Service:
     """The running appliance. `start()`, then `run()` until a signal asks it to stop."""
 
@@ -282,6 +309,8 @@ class Service:
             )
             self.pipeline = AlertPipeline(cfg, [self.eve], journal=journal)
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
+            for addr, why in protected_addresses(cfg):
+                self.engine.protect(addr, why)
             self.engine.tickers.append(self.pipeline.tick)
             self._open_queues(cfg)
         except (OSError, FirewallError, ConfigError) as e:
@@ -768,6 +797,7 @@ class Service:
         hook_errors = agg.pop("hook_errors", 0)
         if self.engine is not None and self.queues:
             hook_errors += sum(self.engine.stats.hook_errors.values())
+            agg.update(self.engine.safety_stats())
         counters, depth = self._kernel()
         kq = queue_table()
         ours = [kq[n] for n in self.queue_numbers(cfg) if n in kq]
@@ -804,6 +834,10 @@ class Service:
             "intel_version": store.version if store is not None else "",
             "intel_indicators": len(store) if store is not None else 0,
         }
+        # Block guard: every refusal to block, by reason, and the blocks it allowed.
+        out.update({k: v for k, v in agg.items() if k.startswith(("block_refused_", "blocks_"))})
+        out["block_protected"] = agg["block_protected"]
+        out["dns_untrusted"] = agg["dns_untrusted"]
         for key, value in extra.items():
             out.setdefault(key, value)  # components add keys, never replace the core ones
         return out

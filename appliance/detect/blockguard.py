@@ -23,6 +23,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 
+from appliance.alerts.model import Signature
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -46,6 +48,14 @@ NON_PUBLIC: tuple[Network, ...] = tuple(
         "fe80::/10",
         "ff00::/8",
     )
+)
+
+# Said once when the cap first refuses a block (by the detector whose block it was).
+BLOCK_LIMIT = Signature(
+    8100011,
+    "Threat intel: block limit reached, further automatic blocks refused",
+    "Threat intel",
+    2,
 )
 
 DEFAULT_CAP = 1024  # automatic blocks alive at once

@@ -18,7 +18,7 @@ from appliance.alerts.model import Alert, Signature
 from appliance.config import Config
 from appliance.detect import dnstrust, registry
 from appliance.detect.base import Detector, Options, hook
-from appliance.detect.blockguard import BlockGuard
+from appliance.detect.blockguard import BLOCK_LIMIT, BlockGuard
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
@@ -158,6 +158,16 @@ class Context:
         engine = self._engine
         blocked = engine.block(block, flow, evidence) if block else drop and engine.drop_flow(flow)
         action = "blocked" if blocked else "allowed"
+        if engine.guard.cap_reached:
+            engine.guard.cap_reached = False
+            self.alert(
+                detector,
+                BLOCK_LIMIT,
+                src=src,
+                dst=block,
+                proto=proto,
+                details={"cap": engine.guard.cap, "active": len(engine.guard.active)},
+            )
         alert = Alert(
             detector=detector,
             signature=signature,
@@ -395,6 +405,10 @@ class Engine:
             return False
         flow.verdict = VERDICT_BLOCK
         return True
+
+    def safety_stats(self) -> dict[str, int]:
+        """Block guard refusals and blocks, untrusted DNS answers: for status and telemetry."""
+        return {**self.guard.stats(), "dns_untrusted": self.stats.dns_untrusted}
 
     def protect(self, addr: str, why: str) -> None:
         """Never block `addr` automatically (the office gateway, the hub)."""

@@ -453,6 +453,7 @@ def worker_stats(worker: QueueWorker, engine: Any) -> dict[str, int]:
     out["flows"] = len(engine.flows)
     out["engine_packets"] = engine.stats.packets
     out["hook_errors"] = sum(engine.stats.hook_errors.values())
+    out.update(engine.safety_stats())
     return out
 
 

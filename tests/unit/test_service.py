@@ -12,7 +12,7 @@ import pytest
 import tomli_w
 
 from appliance.alerts.pipeline import AlertPipeline
-from appliance.config import ConfigError, load
+from appliance.config import ConfigError, from_dict, load
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore
 from appliance.inline.firewall import Counters, FirewallError
@@ -321,3 +321,18 @@ def _restore_logging():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def test_default_gateways_and_the_hub_are_protected_from_blocks(tmp_path: Path) -> None:
+    from appliance.service import default_gateways, protected_addresses
+
+    route = tmp_path / "route"
+    route.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "br0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\n"  # default via 198.18.0.1
+        "br0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\n"
+    )
+    assert default_gateways(str(route)) == ["198.18.0.1"]
+    assert default_gateways(str(tmp_path / "missing")) == []
+    cfg = from_dict({"hub": {"host": "127.0.0.1"}})
+    assert ("127.0.0.1", "hub") in protected_addresses(cfg)

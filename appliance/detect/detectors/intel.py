@@ -14,7 +14,7 @@ URL) drops only its flow, since a CDN address serves many sites; a believed DNS 
 listed domain blocks the addresses on its name chain. The engine's block guard
 (detect/blockguard.py) has the last word: never the office, non-public addresses, the gateway,
 the resolvers or the hub, and capped.
-Signature ids are stable (8100001..8100010); the alert's category and severity come from the
+Signature ids are stable (8100001..8100011); the alert's category and severity come from the
 indicator, the details say what was listed and by whom.
 """
 
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
+from appliance.detect.blockguard import BLOCK_LIMIT
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -68,6 +69,7 @@ class IntelDetector(Detector):
         HTTP_HOST,
         HTTP_URL,
         DNS_BLOCKED,
+        BLOCK_LIMIT,
     )
 
     def __init__(self) -> None:

@@ -358,7 +358,7 @@ def test_options_are_declared_and_checked() -> None:
         make_config(detect={"intel": {"block": "yes"}})
     with pytest.raises(ConfigError, match="detect.intel.colour"):
         make_config(detect={"intel": {"colour": 1}})
-    assert {s.sid for s in det.IntelDetector.signatures} == set(range(8100001, 8100011))
+    assert {s.sid for s in det.IntelDetector.signatures} == set(range(8100001, 8100012))
     assert all(s.name.startswith("Threat intel: ") for s in det.IntelDetector.signatures)
 
 
@@ -472,3 +472,18 @@ def test_a_real_answer_for_a_listed_name_still_blocks_its_address(feeds: list[Pa
     )
     assert set(h.blocker.blocked) == {"198.51.100.99"}
     assert RESOLVER in {str(ip) for ip in h.engine.guard.protected}
+
+
+def test_reaching_the_block_cap_is_said_once(tmp_path: Path) -> None:
+    feed = tmp_path / "three.txt"
+    feed.write_text("203.0.113.66\n203.0.113.67\n203.0.113.68\n")
+    h = Harness(make_config(inline={"mode": "block"}), intel_paths=[feed])
+    h.engine.blocker = FakeBlocker()
+    h.engine.guard.cap = 1
+    pkts = tcp_flow(PC1, "203.0.113.66", 443) + tcp_flow(PC1, "203.0.113.67", 443, ts=T0 + 1)
+    pkts += tcp_flow(PC2, "203.0.113.68", 443, ts=T0 + 2, sport=40002)
+    h.feed(pkts)
+    h.finish()
+    limits = [a for a in h.by_detector("intel") if a["alert"]["signature_id"] == 8100011]
+    assert len(limits) == 1 and limits[0]["watchpost"]["details"]["cap"] == 1
+    assert h.engine.guard.refused["cap"] == 2
