@@ -10,19 +10,19 @@ against the options each detector declares itself (see `appliance.detect.base`).
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import socket
 import tomllib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 
+from appliance.packet.addrset import is_entry
 from protocol.files import atomic_write
 
 DEFAULT_PATH = Path("/etc/watchpost/watchpost.toml")
@@ -242,10 +242,8 @@ def _check_value(key: str, value: Any) -> None:
             raise ConfigError(key, f"must be between {lo:g} and {hi:g}, got {value!r}")
     if key in _CIDR_KEYS:
         for i, net in enumerate(value):
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ConfigError(f"{key}[{i}]", f"not an IP address or CIDR: {net!r}") from None
+            if not is_entry(net):
+                raise ConfigError(f"{key}[{i}]", f"not an IP address or CIDR: {net!r}")
     if key == "device.id" and not _is_topic_safe(value):
         raise ConfigError(key, f"must be 1-64 letters, digits, '-', '_' or '.', got {value!r}")
     if key == "device.site" and not _is_topic_safe(value):
@@ -361,7 +359,3 @@ def save(config: Config, path: str | os.PathLike[str] | None = None) -> None:
     if not target:
         raise ConfigError("", "no path to save the config to")
     atomic_write(target, tomli_w.dumps(config.to_dict()).encode(), mode=0o640)
-
-
-def networks(cidrs: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)

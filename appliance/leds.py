@@ -24,6 +24,7 @@ from typing import Any
 from gpiozero import LED, Button
 from gpiozero.pins.mock import MockFactory
 
+from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, LedsConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,9 @@ def pin_factory(real: bool | None = None) -> Any:
 
 
 class Leds:
-    """LED state machine driven by the service's stats once a second (a daemon component)."""
+    """LED state machine driven by the daemon's stats snapshot once a second (a component)."""
+
+    name = "LEDs"
 
     def __init__(self, config: LedsConfig, factory: Any = None) -> None:
         self.config = config
@@ -91,7 +94,7 @@ class Leds:
         self._identify_until = time.monotonic() + max(0.0, min(seconds, 600.0))
         self._render()
 
-    def update(self, stats: dict[str, Any]) -> None:
+    def update(self, stats: Snapshot) -> None:
         """Derive the LED states from the service's stats."""
         alerts = int(stats.get("alerts_high", 0) or 0)
         with self._lock:
@@ -139,17 +142,13 @@ class Leds:
                 led.blink(on_time=on_t, off_time=off_t, background=True)
         self._shown = want
 
-    # -- component hooks ------------------------------------------------------------------------
+    # -- component hooks (appliance.component.Component) -----------------------------------------
 
-    def start(self, service: Any) -> None:
-        self._service = service
+    def start(self, view: DaemonView) -> None:
+        pass  # driven by the snapshot each tick hands it
 
-    def tick(self, now: float) -> None:
-        service = getattr(self, "_service", None)
-        if service is not None:
-            self.update(service.stats())
-        else:
-            self._render()
+    def tick(self, now: float, snapshot: Snapshot) -> None:
+        self.update(snapshot)
 
     def configure(self, config: Config) -> None:
         if config.leds != self.config:
@@ -181,8 +180,8 @@ class Leds:
         }
 
 
-def build(config: Config) -> Leds | None:
-    """Service component factory: None when LEDs are disabled."""
+def component(config: Config) -> Leds | None:
+    """The daemon's factory (appliance.service.wiring): None when LEDs are disabled."""
     return Leds(config.leds) if config.leds.enabled else None
 
 

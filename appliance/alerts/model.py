@@ -8,7 +8,6 @@ and counts, never payload bytes.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -53,7 +52,6 @@ class Alert:
     last_seen: float = 0.0
     # Set by the pipeline.
     id: str = ""
-    seq: int = 0
     device: str = ""
     site: str = ""
     intel_version: str = ""
@@ -103,7 +101,7 @@ class Alert:
             "count": self.count,
             "first_seen": eve_time(self.first_seen),
             "last_seen": eve_time(self.last_seen),
-            "seq": self.seq,
+            "seq": 0,  # numbered by the pipeline's journal (the outbox)
             "direction": self.direction,
         }
         if self.intel_version:
@@ -112,9 +110,6 @@ class Alert:
             wp["details"] = self.details
         eve["watchpost"] = wp
         return eve
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_eve(), separators=(",", ":"), sort_keys=False)
 
 
 def eve_time(ts: float) -> str:

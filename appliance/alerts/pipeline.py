@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import sys
 import uuid
 from collections import Counter
@@ -112,10 +111,6 @@ class EveFile:
             self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
         self._f.write(json.dumps(eve, separators=(",", ":")) + "\n")
         self._f.flush()
-
-    def sync(self) -> None:
-        if self._f is not None:
-            os.fsync(self._f.fileno())
 
     def reopen(self) -> None:
         self.close()

@@ -13,13 +13,13 @@ import hmac
 import ipaddress
 from typing import Any
 
-from appliance.packet.flows import HomeNets
+from appliance.packet.addrset import AddrSet, packed_address
 
 
 class Pseudonymizer:
     def __init__(self, key: str, home_nets: tuple[str, ...]) -> None:
         self._key = key.encode()
-        self._home = HomeNets(home_nets)
+        self._home = AddrSet(home_nets)
         self._cache: dict[str, str] = {}
 
     def token(self, addr: str) -> str:
@@ -34,13 +34,10 @@ class Pseudonymizer:
 
     def _office(self, text: str) -> str:
         """The canonical form of `text` if it is an office address, else ""."""
-        if not (text and (text[0].isdigit() or ":" in text)):
+        packed = packed_address(text)
+        if packed is None or not self._home.contains(packed):
             return ""
-        try:
-            ip = ipaddress.ip_address(text)
-        except ValueError:
-            return ""
-        return ip.compressed if ip.packed in self._home else ""
+        return ipaddress.ip_address(packed).compressed
 
     def apply(self, value: Any) -> Any:
         """`value` with every office address string replaced by its token (recursively)."""

@@ -18,19 +18,15 @@ Every refusal is counted by reason (`refused`), for status and telemetry.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from appliance.alerts.model import Signature
+from appliance.packet.addrset import AddrSet, packed_address
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-NON_PUBLIC: tuple[Network, ...] = tuple(
-    ipaddress.ip_network(n)
-    for n in (
+NON_PUBLIC = AddrSet(
+    (
         "0.0.0.0/8",
         "10.0.0.0/8",
         "100.64.0.0/10",  # carrier-grade NAT
@@ -67,52 +63,46 @@ class BlockGuard:
 
     def __init__(
         self,
-        home_nets: Iterable[str] = (),
-        never_block: Iterable[str] = (),
+        home_nets: AddrSet | None = None,
+        never_block: AddrSet | None = None,
         *,
         cap: int = DEFAULT_CAP,
         rate: int = DEFAULT_RATE,
-        clock: object = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.home: tuple[Network, ...] = ()
-        self.never: tuple[Network, ...] = ()
-        self.configure(home_nets, never_block)
+        self.home = home_nets or AddrSet()
+        self.never = never_block or AddrSet()
         self.cap = cap
         self.rate = rate
         self._clock = clock
-        self.protected: dict[Address, str] = {}  # learned gateway/resolvers/hub -> why
+        self.protected: dict[bytes, str] = {}  # packed learned gateway/resolvers/hub -> why
         self.active: dict[str, float] = {}  # blocked address -> when it expires (clock time)
         self._recent: dict[str, deque[float]] = {}
         self.refused: Counter[str] = Counter()
         self.allowed = 0
         self.cap_reached = False  # set on the first refusal for the cap; cleared when read
 
-    def configure(self, home_nets: Iterable[str], never_block: Iterable[str]) -> None:
-        self.home = tuple(ipaddress.ip_network(n, strict=False) for n in home_nets)
-        self.never = tuple(ipaddress.ip_network(n, strict=False) for n in never_block)
+    def configure(self, home_nets: AddrSet, never_block: AddrSet) -> None:
+        self.home, self.never = home_nets, never_block
 
     # -- what is protected ----------------------------------------------------------------------
 
     def protect(self, addr: str, why: str) -> None:
         """Never block `addr` (a learned resolver or gateway, the hub). Bounded: 256 entries."""
-        try:
-            ip = _plain(ipaddress.ip_address(addr))
-        except ValueError:
-            return
-        if ip not in self.protected and len(self.protected) < 256:
+        ip = _plain(packed_address(addr))
+        if ip is not None and ip not in self.protected and len(self.protected) < 256:
             self.protected[ip] = why
 
     def reason_not_to_block(self, addr: str) -> str | None:
         """Why `addr` must never be blocked, or None when it may be (cap and rate aside)."""
-        try:
-            ip = _plain(ipaddress.ip_address(addr))
-        except ValueError:
+        ip = _plain(packed_address(addr))
+        if ip is None:
             return "not-an-address"
-        if any(ip in n for n in self.home):
+        if self.home.contains(ip):
             return "office"
-        if any(ip in n for n in self.never):
+        if self.never.contains(ip):
             return "never-block"
-        if any(ip in n for n in NON_PUBLIC if n.version == ip.version):
+        if NON_PUBLIC.contains(ip):
             return "non-public"
         why = self.protected.get(ip)
         if why is not None:
@@ -127,7 +117,7 @@ class BlockGuard:
         if why is not None:
             self.refused[why] += 1
             return False
-        now = float(self._clock())  # type: ignore[operator]
+        now = self._clock()
         if addr in self.active and self.active[addr] > now:
             self.active[addr] = max(self.active[addr], now + ttl)
             return True  # a refresh of a live block costs nothing
@@ -161,8 +151,8 @@ class BlockGuard:
         return out
 
 
-def _plain(ip: Address) -> Address:
-    """An IPv4-mapped IPv6 address as the IPv4 address it carries."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+def _plain(packed: bytes | None) -> bytes | None:
+    """An IPv4-mapped IPv6 address as the IPv4 address it carries (one key per address)."""
+    if packed is not None and len(packed) == 16 and packed[:12] == b"\x00" * 10 + b"\xff\xff":
+        return packed[12:]
+    return packed

@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.alerts.model import Alert, Signature
-from appliance.config import Config
+from appliance.config import Config, ConfigError
 from appliance.detect import dnstrust, registry
-from appliance.detect.base import Detector, Options, hook
+from appliance.detect.base import HOOKS, Detector, Options, hook
 from appliance.detect.blockguard import BLOCK_LIMIT, BlockGuard
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
+from appliance.packet.addrset import AddrSet, packed_address
 from appliance.packet.decode import TCP, UDP, Packet, ip_to_str
 from appliance.packet.flows import (
     DIRECTION_NAMES,
@@ -30,7 +31,6 @@ from appliance.packet.flows import (
     VERDICT_PASS,
     Flow,
     FlowTable,
-    HomeNets,
 )
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,14 @@ class Engine:
         self.sink = sink
         self.blocker = blocker
         self.stats = EngineStats()
-        self.flows = FlowTable(config.inline.max_flows, HomeNets(config.inline.home_nets))
+        self._home = _addresses("inline.home_nets", config.inline.home_nets)
+        self._never_block = _addresses("inline.never_block", config.inline.never_block)
+        # The engine's own: read it, but only the engine replaces it (`reset_flows`).
+        self.flows = FlowTable(config.inline.max_flows, self._home)
         self.dissect = Dissectors()
         self.ctx = Context(self)
         self.detectors = detectors if detectors is not None else registry.create_detectors()
-        self.guard = BlockGuard(config.inline.home_nets, config.inline.never_block)
+        self.guard = BlockGuard(self._home, self._never_block)
         self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
@@ -224,6 +227,8 @@ class Engine:
 
     def configure(self, config: Config, first: bool = False) -> None:
         """Apply a (validated) config to every detector; on any error nothing changes."""
+        home = _addresses("inline.home_nets", config.inline.home_nets)
+        never_block = _addresses("inline.never_block", config.inline.never_block)
         staged: list[tuple[Detector, Options, set[str]]] = []
         for det in self.detectors:
             new = dict(config.detect.get(det.name, {}))
@@ -236,18 +241,35 @@ class Engine:
             if updated:
                 det.configure(opts, updated)  # raises ConfigError naming the option
         self.config = config
+        self._home, self._never_block = home, never_block
         self.flows.max_flows = config.inline.max_flows
-        self.flows.home = HomeNets(config.inline.home_nets)
-        self.guard.configure(config.inline.home_nets, config.inline.never_block)
+        self.flows.home = self._home
+        self.guard.configure(home, never_block)
         enabled = [d for d, opts, _ in staged if opts.enabled]
         self._deep = self.deep_ports()
         self._hooks = {
             name: [(d.name, fn) for d in enabled if (fn := hook(d, name)) is not None]
-            for name in ("packet", "dns", "tls", "http", "tick")
+            for name in HOOKS
         }
 
     def set_intel(self, intel: IntelStore) -> None:
         self.intel = intel
+
+    def reset_flows(self) -> None:
+        """Forget every flow, so each is judged again (after a reload: a new mode, new intel or
+        new detector options apply to flows already under way, too)."""
+        self.flows = FlowTable(self.config.inline.max_flows, self._home)
+
+    def counters(self) -> dict[str, int]:
+        """The figures a queue worker reports for its engine."""
+        return {
+            "flows": len(self.flows),
+            "engine_packets": self.stats.packets,
+            "hook_errors": sum(self.stats.hook_errors.values()),
+            # block guard refusals and blocks, untrusted DNS answers
+            **self.guard.stats(),
+            "dns_untrusted": self.stats.dns_untrusted,
+        }
 
     def deep_ports(self) -> dict[int, int]:
         """Ports whose flows detectors want to see further into: port → head packets."""
@@ -406,10 +428,39 @@ class Engine:
         flow.verdict = VERDICT_BLOCK
         return True
 
-    def safety_stats(self) -> dict[str, int]:
-        """Block guard refusals and blocks, untrusted DNS answers: for status and telemetry."""
-        return {**self.guard.stats(), "dns_untrusted": self.stats.dns_untrusted}
+    def is_never_block(self, addr: str) -> bool:
+        """Whether `addr` must never be blocked (in ``inline.never_block``, or not an address)."""
+        packed = packed_address(addr)
+        return packed is None or self._never_block.contains(packed)
 
     def protect(self, addr: str, why: str) -> None:
         """Never block `addr` automatically (the office gateway, the hub)."""
         self.guard.protect(addr, why)
+
+
+def _addresses(key: str, entries: tuple[str, ...]) -> AddrSet:
+    try:
+        return AddrSet(entries)
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
+
+
+class WorkerEngine(Engine):
+    """The engine of a queue worker process (``inline.workers`` > 1): it loads its own copy of
+    the intel files the main process names. Passed to the queue worker as its engine factory
+    (``appliance.inline.contract.EngineFactory``)."""
+
+    def __init__(
+        self, config: Config, intel_paths: list[str], sink: AlertSink, blocker: Blocker
+    ) -> None:
+        super().__init__(config, _load_intel(config, intel_paths), sink, blocker)
+
+    def load_intel(self, paths: list[str]) -> None:
+        self.set_intel(_load_intel(self.config, paths))
+
+
+def _load_intel(config: Config, paths: list[str]) -> IntelStore:
+    from appliance.detect.intel import intel_cache_dir, load_files
+
+    cache_dir = intel_cache_dir(config.device.state_dir)
+    return load_files(paths, cache=config.intel.cache, cache_dir=cache_dir)

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from appliance import config as config_mod
 from appliance.config import Config, ConfigError
+from appliance.packet.addrset import AddrSet
 from protocol import bundle
 from protocol import envelope as env_mod
 from protocol.envelope import EnvelopeError
@@ -441,9 +442,9 @@ class CommandHandler:
         except Exception:  # a bug must not kill the worker or the MQTT thread
             log.exception("command handler failed on a %s message", kind)
 
-    # --- component hooks ------------------------------------------------------------------------
+    # --- life cycle (driven by remote management, appliance.hublink.device) --------------------
 
-    def start(self, service: object = None) -> None:
+    def start(self) -> None:
         if self._worker is not None and self._worker.is_alive():
             return
         self._worker = threading.Thread(target=self._work, name="hub-commands", daemon=True)
@@ -657,9 +658,9 @@ class CommandHandler:
             },
         )
         addr = self._address("block", args["address"])
-        for net in config_mod.networks(cfg.inline.never_block):
-            if addr.version == net.version and addr in net:
-                raise CommandFailed(REFUSED, f"block: {addr} is in never_block ({net})")
+        net = AddrSet(cfg.inline.never_block).covering(addr)
+        if net is not None:
+            raise CommandFailed(REFUSED, f"block: {addr} is in never_block ({net})")
         if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local:
             raise CommandFailed(REFUSED, f"block: {addr} is not an address that can be blocked")
         try:

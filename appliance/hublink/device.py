@@ -1,18 +1,16 @@
-"""`commands.Device` over the running daemon (`appliance.service.Service`).
+"""`commands.Device` over the daemon's view (`appliance.component.DaemonView`).
 
-The command handler runs in its own worker thread; the service's config and components belong to
-its main loop. So a config change is handed to the main loop (this object is also a service
-component: its `tick` runs queued calls) and the worker waits for the outcome. Everything else is
-safe from the worker: the firewall runs `nft` in a subprocess, `IntelManager.load` swaps its store
-atomically (that is how its own reload thread works), LEDs take a lock.
+The command handler runs in its own worker thread; applying a config belongs to the daemon's
+main loop. So a config change is handed to the main loop (remote management's `tick` runs queued
+calls) and the worker waits for the outcome. Everything else is safe from the worker: the
+firewall runs `nft` in a subprocess, `IntelManager.load` swaps its store atomically (that is how
+its own reload thread works), LEDs take a lock; `status` is the latest tick's snapshot.
 
-Wiring in the daemon: list ``"appliance.hublink.device:component"`` in `service.COMPONENTS` before
-``"appliance.hublink.link:component"``; at start it builds ``ServiceDevice`` +
-``CommandHandler`` and hands the handler to the link (before the link connects, so the retained
-desired config of the
-first connection is not missed). The daemon must load intel from `intel_paths(config)` (its
-`intel.paths` plus the bundles the hub installed) at start and on every reload, and offer
-``Service.apply_config(new)`` (apply live or raise ConfigError with nothing changed).
+Wiring (appliance.service.wiring): remote management is built with the hub link and started
+before it; at start it builds ``ServiceDevice`` + ``CommandHandler`` and hands the handler to
+the link (before the link connects, so the retained desired config of the first connection is
+not missed). The daemon loads intel from `intel_paths(config)` (its `intel.paths` plus the
+bundles the hub installed) at start and on every reload.
 """
 
 from __future__ import annotations
@@ -23,9 +21,10 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
-from typing import Any
+from typing import Any, Protocol
 
-from appliance.config import Config, ConfigError
+from appliance.component import DaemonView, Snapshot
+from appliance.config import Config
 from appliance.hublink.commands import CommandHandler, CommandStateError, intel_dir_for
 from protocol import bundle
 from protocol.envelope import KeyFileError
@@ -39,18 +38,18 @@ def intel_paths(config: Config) -> list[str]:
 
 
 class ServiceDevice:
-    """The real actions behind remote commands, on a `Service`."""
+    """The real actions behind remote commands, on the daemon's view (`DaemonView`)."""
 
     def __init__(
         self,
-        service: Any,
+        view: DaemonView,
         *,
         call_timeout: float = 120.0,
         action_delay: float = 2.0,
         reboot_command: Sequence[str] = ("systemctl", "reboot"),
         timer: Callable[[float, Callable[[], Any]], Any] | None = None,
     ) -> None:
-        self.service = service
+        self.view = view
         self.call_timeout = call_timeout
         self.action_delay = action_delay
         self.reboot_command = tuple(reboot_command)
@@ -60,7 +59,7 @@ class ServiceDevice:
     # -- main-loop hand-over ---------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Run the calls the handler queued (component hook: the daemon's main loop)."""
+        """Run the calls the handler queued (from the component's tick: the daemon's main loop)."""
         while True:
             try:
                 fn, fut = self._calls.get_nowait()
@@ -74,10 +73,7 @@ class ServiceDevice:
                 fut.set_exception(e)
 
     def _in_loop(self, fn: Callable[[], Any]) -> Any:
-        if (
-            not getattr(self.service, "running", False)
-            or threading.current_thread() is threading.main_thread()
-        ):
+        if not self.view.running or threading.current_thread() is threading.main_thread():
             return fn()
         fut: Future[Any] = Future()
         self._calls.put((fn, fut))
@@ -106,62 +102,32 @@ class ServiceDevice:
 
     @property
     def config(self) -> Config:
-        return self.service.config
+        return self.view.config
 
     def apply_config(self, config: Config) -> None:
-        apply = getattr(self.service, "apply_config", None)
-        if apply is None:
-            raise ConfigError(
-                "", "this daemon cannot apply a config live (no Service.apply_config)"
-            )
-        self._in_loop(lambda: apply(config))
+        view = self.view
+        self._in_loop(lambda: view.apply_config(config))
 
     def block(self, address: str, ttl: int) -> None:
-        try:
-            ok = self.service.firewall.block(address, ttl)
-        except RuntimeError as e:  # FirewallError
-            raise OSError(str(e)) from None
-        if not ok:
+        if not self.view.block(address, ttl):  # OSError when the firewall fails
             raise ValueError(f"{address} is covered by inline.never_block")
 
     def unblock(self, address: str) -> bool:
-        try:
-            return bool(self.service.firewall.unblock(address))
-        except RuntimeError as e:
-            raise OSError(str(e)) from None
+        return self.view.unblock(address)
 
     def reload_intel(self) -> str:
-        manager = self.service.intel
-        if manager is None:
-            raise ValueError("the intel store is not running")
-        manager.paths = tuple(intel_paths(self.service.config))
-        result = manager.load()
-        if not result.ok:
-            raise ValueError(result.message)
-        return str(result.version)
-
-    def _components(self, method: str) -> list[Any]:
-        return [c for c in self.service.components or () if callable(getattr(c, method, None))]
+        return self.view.reload_intel()
 
     def ack_alerts(self, ids: Sequence[str] | None) -> int:
-        total = 0
-        for comp in self._components("ack_alerts"):
-            total += int(comp.ack_alerts(ids) or 0)
-        for comp in self._components("ack"):  # the LEDs: all outstanding alerts at once
-            total = max(total, int(comp.ack() or 0))
-        return total
+        return self.view.ack_alerts(ids)
 
     def identify(self, seconds: int) -> None:
-        leds = self._components("identify")
-        if not leds:
-            raise NotImplementedError("this unit has no LEDs to blink")
-        for comp in leds:
-            comp.identify(seconds)
+        self.view.identify(seconds)
 
     def restart(self) -> None:
         """A clean stop; systemd (Restart=always) starts the daemon again."""
         log.warning("restart requested by the hub")
-        self._timer(self.action_delay, self.service.request_stop)
+        self._timer(self.action_delay, self.view.request_stop)
 
     def reboot(self) -> None:
         log.warning("reboot requested by the hub")
@@ -175,7 +141,7 @@ class ServiceDevice:
         self._timer(self.action_delay, go)
 
     def status(self) -> dict[str, Any]:
-        return dict(self.service.stats())
+        return dict(self.view.snapshot())
 
 
 def _start_timer(delay: float, fn: Callable[[], Any]) -> threading.Timer:
@@ -187,26 +153,25 @@ def _start_timer(delay: float, fn: Callable[[], Any]) -> threading.Timer:
 
 
 class RemoteManagement:
-    """Service component: signed remote commands for the daemon, through the HubLink among the
-    service's components. Without a usable command key (or with unreadable replay state) the
-    link runs on and answers every command with an error; the reason is in `stats()`."""
+    """Daemon component: signed remote commands for the daemon, through the hub link it is
+    wired to. Without a usable command key (or with unreadable replay state) the link runs on
+    and answers every command with an error; the reason is in `stats()`."""
 
-    def __init__(self, config: Config) -> None:
+    name = "remote management"
+
+    def __init__(self, config: Config, link: CommandLink | None) -> None:
         self.config = config
+        self.link = link
         self.device: ServiceDevice | None = None
         self.handler: CommandHandler | None = None
         self.problem = ""
 
-    def start(self, service: Any) -> None:
-        link = next(
-            (c for c in service.components or () if callable(getattr(c, "set_handler", None))),
-            None,
-        )
-        if link is None:
+    def start(self, view: DaemonView) -> None:
+        if self.link is None:
             self.problem = "no hub link to take commands from"
             log.warning("remote management off: %s", self.problem)
             return
-        device = ServiceDevice(service)
+        device = ServiceDevice(view)
         try:
             handler = CommandHandler.from_config(device)
         except (KeyFileError, CommandStateError) as e:
@@ -215,13 +180,16 @@ class RemoteManagement:
             return
         self.device, self.handler = device, handler
         handler.start()
-        link.set_handler(handler)
+        self.link.set_handler(handler)
 
-    def tick(self, now: float) -> None:
+    def tick(self, now: float, snapshot: Snapshot) -> None:
         if self.device is not None:
             self.device.tick(now)
         if self.handler is not None:
             self.handler.tick(now)
+
+    def configure(self, config: Config) -> None:
+        self.config = config
 
     def stop(self) -> None:
         if self.device is not None:
@@ -236,7 +204,13 @@ class RemoteManagement:
         return {"remote_management": out}
 
 
-def component(config: Config) -> RemoteManagement | None:
-    """The daemon's factory (``"appliance.hublink.device:component"`` in service.COMPONENTS, listed
-    before the link's): remote management when the config has a hub, else None."""
-    return RemoteManagement(config) if config.hub.enabled else None
+class CommandLink(Protocol):
+    """What remote management needs of the hub link (appliance.hublink.link.HubLink)."""
+
+    def set_handler(self, handler: CommandHandler) -> None: ...
+
+
+def component(config: Config, link: CommandLink | None) -> RemoteManagement | None:
+    """The daemon's factory (appliance.service.wiring, started before the link): remote
+    management over `link` when the config has a hub, else None."""
+    return RemoteManagement(config, link) if config.hub.enabled else None

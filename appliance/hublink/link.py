@@ -55,6 +55,7 @@ from paho.mqtt.properties import Properties
 
 from appliance import __version__
 from appliance.alerts.outbox import Outbox
+from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
 from appliance.hublink.report import DailyReport, SystemMetrics, traffic_counters
 from protocol import topics
@@ -187,11 +188,13 @@ def preflight(config: Config, now: float | None = None) -> Preflight:
 
 
 class HubLink:
-    """Service component (start/tick/configure/stop/stats) that owns the MQTT connection.
+    """Daemon component (start/tick/configure/stop/stats) that owns the MQTT connection.
 
     ``link = HubLink(config)`` opens the outbox (``hub.outbox``) when the hub is enabled; pass
     ``link.journal`` to the AlertPipeline so alerts are numbered and stored there.
     """
+
+    name = "hub link"
 
     def __init__(
         self,
@@ -221,7 +224,7 @@ class HubLink:
         self.report = DailyReport(state_dir / "hub-report.json", clock=clock)
         self.metrics = SystemMetrics()
         self.handler: Handler | None = None
-        self.service: Any = None
+        self.view: DaemonView | None = None
         self._lock = threading.RLock()
         self._mid_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -293,8 +296,8 @@ class HubLink:
 
     # -- component hooks -----------------------------------------------------------------------
 
-    def start(self, service: Any = None) -> None:
-        self.service = service
+    def start(self, view: DaemonView | None = None) -> None:
+        self.view = view
         if not self.config.hub.enabled:
             self._set(DISABLED, "hub disabled in config")
             return
@@ -356,18 +359,14 @@ class HubLink:
         if self.outbox is not None:
             self.outbox.requeue()  # the new client knows nothing of the old one's in-flight
         if was_running:
-            self.start(self.service)
+            self.start(self.view)
 
-    def tick(self, now: float) -> None:
-        """~1/s from the daemon's main loop: telemetry, status refresh, daily summary."""
+    def tick(self, now: float, snapshot: Snapshot) -> None:
+        """~1/s from the daemon's main loop with its stats snapshot: telemetry, status
+        refresh, daily summary."""
         if not self.config.hub.enabled:
             return
-        service = self.service
-        if service is not None and hasattr(service, "stats"):
-            try:
-                self._service_stats = dict(service.stats())
-            except Exception:
-                log.exception("service stats failed")
+        self._service_stats = dict(snapshot)
         self.report.observe(self._service_stats)
         self.report.roll(now)
         mono = time.monotonic()
@@ -891,6 +890,6 @@ def _failed(rc: Any) -> bool:
 
 
 def component(config: Config) -> HubLink | None:
-    """The daemon's factory (``"appliance.hublink.link:component"`` in service.COMPONENTS): a link
-    when the config has a hub, else None."""
+    """The daemon's factory (appliance.service.wiring): a link when the config has a hub, else
+    None."""
     return HubLink(config) if config.hub.enabled else None

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import Config
+from appliance.packet.addrset import AddrSet
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +439,7 @@ class Firewall:
                 net = _parse_net(addr)
             except FirewallError:
                 continue
-            if not any(net.overlaps(nb) for nb in nets if nb.version == net.version):
+            if nets.overlapping(net) is None:
                 parsed.append((net, left))
         out = []
         for net, left in parsed:
@@ -482,14 +483,14 @@ class Firewall:
 
     # -- drop sets ------------------------------------------------------------------------------
 
-    def never_block(self) -> list[Network]:
-        return [ipaddress.ip_network(c, strict=False) for c in self.config.inline.never_block]
+    def never_block(self) -> AddrSet:
+        return AddrSet(self.config.inline.never_block)
 
     def block(self, addr: str, ttl: int) -> bool:
         """Drop traffic to and from `addr` (an address or network) for `ttl` seconds (0: until
         unblocked). Refused (False) for anything overlapping ``inline.never_block``."""
         net = _parse_net(addr)
-        if any(net.overlaps(nb) for nb in self.never_block() if nb.version == net.version):
+        if self.never_block().overlapping(net) is not None:
             log.info("not blocking %s: inline.never_block covers it", addr)
             return False
         setname = "block4" if net.version == 4 else "block6"

@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config import Config
+from appliance.inline.contract import EngineFactory, PacketEngine, WorkerEngine
 from appliance.inline.firewall import MARK_BLOCK, MARK_MASK, MARK_PASS
 from appliance.packet.decode import SIDE_INTERNET, SIDE_OFFICE, SIDE_UNKNOWN, DecodeStats, decode_ip
-from appliance.packet.flows import VERDICT_BLOCK, VERDICT_PASS, FlowTable
+from appliance.packet.flows import VERDICT_BLOCK, VERDICT_PASS
 
 log = logging.getLogger(__name__)
 
 # -- netlink: NFQNL_MSG_CONFIG with NFQA_CFG_F_FAIL_OPEN -----------------------------------------
 
-NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
 NFQNL_MSG_CONFIG = 2
 NLM_F_REQUEST = 0x1
@@ -148,13 +148,6 @@ def send_config(sock: socket.socket, message: bytes, seq: int, timeout: float = 
 # -- one queue ----------------------------------------------------------------------------------
 
 
-class Blocker:
-    """Where block requests go (the service applies them to the firewall outside the callback)."""
-
-    def block(self, addr: str, ttl: int) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-
 @dataclass
 class QueueStats:
     received: int = 0
@@ -210,7 +203,7 @@ class _BudgetReader:
 class QueueWorker:
     """One bound NFQUEUE: decode → engine → verdict (with the verdict in the packet mark)."""
 
-    def __init__(self, config: Config, engine: Any, queue_num: int) -> None:
+    def __init__(self, config: Config, engine: PacketEngine, queue_num: int) -> None:
         self.config = config
         self.engine = engine
         self.queue_num = queue_num
@@ -389,11 +382,9 @@ def worker_main(
     queue_num: int,
     conn: multiprocessing.connection.Connection,
     intel_paths: list[str],
+    engine_factory: EngineFactory,
 ) -> None:
     """Entry point of a worker process: one queue, its own engine; talks to the main process."""
-    from appliance.detect import intel as intel_mod
-    from appliance.detect.engine import Engine
-
     _die_with_parent()
     parent = os.getppid()
     stop = False
@@ -406,10 +397,8 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        cache_dir = intel_mod.intel_cache_dir(config.device.state_dir)
-        store = intel_mod.load_files(intel_paths, cache=config.intel.cache, cache_dir=cache_dir)
-        engine = Engine(
-            config, store, lambda alert: conn.send(("alert", alert)), _PipeBlocker(conn)
+        engine = engine_factory(
+            config, intel_paths, lambda alert: conn.send(("alert", alert)), _PipeBlocker(conn)
         )
         worker = QueueWorker(config, engine, queue_num)
         worker.open()
@@ -431,12 +420,10 @@ def worker_main(
                     config = msg[1]
                     engine.configure(config)
                     worker.configure(config)
-                    engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
+                    engine.reset_flows()
                 elif msg[0] == "intel":
-                    engine.set_intel(
-                        intel_mod.load_files(msg[1], cache=config.intel.cache, cache_dir=cache_dir)
-                    )
-                    engine.flows = FlowTable(config.inline.max_flows, engine.flows.home)
+                    engine.load_intel(msg[1])
+                    engine.reset_flows()
             now = time.time()
             if now >= next_stats:
                 next_stats = now + 1.0
@@ -448,22 +435,26 @@ def worker_main(
         worker.close()
 
 
-def worker_stats(worker: QueueWorker, engine: Any) -> dict[str, int]:
+def worker_stats(worker: QueueWorker, engine: WorkerEngine) -> dict[str, int]:
     out = worker.stats.as_dict()
-    out["flows"] = len(engine.flows)
-    out["engine_packets"] = engine.stats.packets
-    out["hook_errors"] = sum(engine.stats.hook_errors.values())
-    out.update(engine.safety_stats())
+    out.update(engine.counters())
     return out
 
 
 class WorkerProcess:
     """The main process's handle on one worker process."""
 
-    def __init__(self, config: Config, queue_num: int, intel_paths: list[str]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        queue_num: int,
+        intel_paths: list[str],
+        engine_factory: EngineFactory,
+    ) -> None:
         self.queue_num = queue_num
         self.config = config
         self.intel_paths = list(intel_paths)
+        self.engine_factory = engine_factory
         self.stats: dict[str, int] = {}
         self.started_at = 0.0  # time.monotonic() of the last start
         self.last_heard = 0.0  # ... and of the last message from the worker
@@ -475,7 +466,7 @@ class WorkerProcess:
         parent, child = self._ctx.Pipe()
         self.proc = self._ctx.Process(
             target=worker_main,
-            args=(self.config, self.queue_num, child, self.intel_paths),
+            args=(self.config, self.queue_num, child, self.intel_paths, self.engine_factory),
             name=f"watchpost-q{self.queue_num}",
             daemon=True,
         )

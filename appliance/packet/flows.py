@@ -8,10 +8,10 @@ worker) or, for pcaps, from ``inline.home_nets``.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
+from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import (
     ACK,
     ICMP,
@@ -46,8 +46,6 @@ class Flow:
 
     __slots__ = (
         "app",
-        "bytes_c",
-        "bytes_s",
         "client",
         "client_port",
         "direction",
@@ -78,7 +76,6 @@ class Flow:
             self.server, self.server_port = pkt.src, pkt.sport
         self.first = self.last = pkt.ts
         self.pkts_c = self.pkts_s = 0
-        self.bytes_c = self.bytes_s = 0
         self.tcp_flags_c = self.tcp_flags_s = 0
         self.direction = DIR_UNKNOWN
         self.verdict = VERDICT_NONE
@@ -101,35 +98,14 @@ class Flow:
         return d
 
 
-class HomeNets:
-    """Membership test for the office's own address ranges (used when no bridge port is known)."""
-
-    __slots__ = ("_v4", "_v6")
-
-    def __init__(self, cidrs: Iterable[str]) -> None:
-        v4: list[tuple[int, int]] = []
-        v6: list[tuple[int, int]] = []
-        for c in cidrs:
-            net = ipaddress.ip_network(c, strict=False)
-            (v4 if net.version == 4 else v6).append((int(net.network_address), int(net.netmask)))
-        self._v4 = tuple(v4)
-        self._v6 = tuple(v6)
-
-    def __contains__(self, addr: bytes) -> bool:
-        a = int.from_bytes(addr, "big")
-        nets = self._v4 if len(addr) == 4 else self._v6
-        return any(a & mask == net for net, mask in nets)
-
-
 class FlowTable:
     """Flows by canonical 5-tuple, bounded in count and aged by idleness."""
 
-    def __init__(self, max_flows: int, home_nets: HomeNets) -> None:
+    def __init__(self, max_flows: int, home_nets: AddrSet) -> None:
         self.max_flows = max_flows
         self.home = home_nets
         self._flows: dict[tuple, Flow] = {}
         self.evicted = 0
-        self.created = 0
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -150,11 +126,9 @@ class FlowTable:
         from_client = src == flow.client and sport == flow.client_port
         if from_client:
             flow.pkts_c += 1
-            flow.bytes_c += pkt.length
             flow.tcp_flags_c |= pkt.flags
         else:
             flow.pkts_s += 1
-            flow.bytes_s += pkt.length
             flow.tcp_flags_s |= pkt.flags
         flow.last = pkt.ts
         return flow, from_client
@@ -174,7 +148,6 @@ class FlowTable:
         flow = Flow(key, pkt, client_is_src)
         flow.direction = self._direction(pkt, client_is_src)
         self._flows[key] = flow
-        self.created += 1
         return flow
 
     def _direction(self, pkt: Packet, client_is_src: bool) -> int:
@@ -183,8 +156,9 @@ class FlowTable:
             client_side = side if client_is_src else (SIDE_OFFICE + SIDE_INTERNET - side)
             return DIR_OUTBOUND if client_side == SIDE_OFFICE else DIR_INBOUND
         client, server = (pkt.src, pkt.dst) if client_is_src else (pkt.dst, pkt.src)
-        c_home = client in self.home
-        s_home = server in self.home
+        home = self.home
+        c_home = home.contains(client)
+        s_home = home.contains(server)
         if c_home and s_home:
             return DIR_INTERNAL
         if c_home:

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from appliance.alerts.model import parse_eve_time
+from appliance.packet.addrset import AddrSet, is_entry, packed_address
 
 MAX_TAIL_BYTES = 1 << 20  # read at most this much from the end of the file
 BLOCK = 64 * 1024
@@ -113,22 +114,16 @@ def describe(
     }
 
 
-def _nets(cidrs: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    out = []
-    for c in cidrs:
-        try:
-            out.append(ipaddress.ip_network(c, strict=False))
-        except ValueError:
-            continue
-    return tuple(out)
+def _nets(cidrs: Iterable[str]) -> AddrSet:
+    """The office ranges (the config was checked; an entry it would refuse is left out)."""
+    return AddrSet(c for c in cidrs if is_entry(c))
 
 
-def _is_office(addr: str, nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
+def _is_office(addr: str, nets: AddrSet) -> bool:
+    packed = packed_address(addr)
+    if packed is None:
         return bool(addr)  # a pseudonym (privacy.pseudonymize) stands for an office address
-    return any(ip in n for n in nets)
+    return nets.contains(packed)
 
 
 def _sides(
@@ -136,7 +131,7 @@ def _sides(
     src: str,
     dest: str,
     direction: str,
-    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+    nets: AddrSet,
 ) -> tuple[str, str, int | None]:
     """(office host, other party, other party's port)."""
     src_port, dest_port = eve.get("src_port"), eve.get("dest_port")

@@ -7,11 +7,11 @@ except /metrics asked from the device itself (loopback), which a local Prometheu
 SSH tunnel can scrape without a browser session.
 
 Threads: werkzeug's server runs in its own thread and a bounded number of request threads; they
-never reach into the packet loop. The numbers come from `Service.stats()` taken in the
-component's `tick` (the daemon's main loop) when someone is looking, and a request waits at
-most `wait` seconds for a fresh one; if the loop is stuck the page says so instead of hanging.
-The LEDs' `ack`/`identify` are called directly (they are made for calls from other threads:
-the button calls them from gpiozero's).
+never reach into the packet loop. The numbers are the daemon's per-tick stats snapshot, kept
+by the component's `tick` (the daemon's main loop) when someone is looking, and a request waits
+at most `wait` seconds for a fresh one; if the loop is stuck the page says so instead of hanging.
+The LEDs' `ack`/`identify` are reached through the daemon view (they are made for calls from
+other threads: the button calls them from gpiozero's).
 
 Routes: ``/`` (status), ``/login``, ``/logout``, ``/ack``, ``/identify`` (POST, CSRF token),
 ``/api/status``, ``/api/alerts?limit=N``, ``/metrics``.
@@ -49,6 +49,7 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
 from appliance.status import present
 from appliance.status.alerts import MAX_LIMIT, recent_alerts
@@ -95,7 +96,7 @@ SECURITY_HEADERS = {
 
 
 class StatusPage:
-    """Daemon component: ``start(service)`` serves the page, ``tick`` feeds it numbers,
+    """Daemon component: ``start(view)`` serves the page, ``tick`` feeds it numbers,
     ``configure`` takes a new password or address, ``stop`` shuts it down."""
 
     name = "status page"
@@ -104,7 +105,7 @@ class StatusPage:
         self.config = config
         self.wait = wait
         self.refresh_s = refresh_s  # the page reloads itself this often
-        self.service: Any = None
+        self.view: DaemonView | None = None
         problem = hash_problem(config.status.password_hash)
         if problem:
             log.error("status.password_hash: %s; the page asks for setup", problem)
@@ -119,7 +120,7 @@ class StatusPage:
         self.server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._cond = threading.Condition()
-        self._snap: dict[str, Any] | None = None
+        self._snap: Snapshot | None = None
         self._snap_at = -math.inf  # monotonic time of the snapshot
         self._min_at = -math.inf  # snapshots from before this are out of date (an action)
         self._want = False
@@ -144,16 +145,16 @@ class StatusPage:
         with self._count_lock:
             self.counts[what] += 1
 
-    def snapshot(self) -> tuple[dict[str, Any] | None, float | None]:
+    def snapshot(self) -> tuple[Snapshot | None, float | None]:
         """(stats, age in seconds): fresh from the main loop if it answers within `wait`."""
-        service = self.service
-        if service is None:
+        view = self.view
+        if view is None:
             return None, None
-        if not getattr(service, "running", False):  # no main loop (yet): ask directly
+        if not view.running:  # no main loop (yet): the daemon's latest snapshot
             try:
-                return service.stats(), 0.0
+                return view.snapshot() or None, 0.0
             except Exception:
-                log.exception("status page: service stats failed")
+                log.exception("status page: the daemon's snapshot failed")
                 return None, None
         with self._cond:
             asked = time.monotonic()
@@ -170,30 +171,22 @@ class StatusPage:
         with self._cond:
             self._min_at = time.monotonic()
 
-    def leds(self) -> Any:
-        for comp in getattr(self.service, "components", None) or ():
-            if comp is self:
-                continue
-            if all(callable(getattr(comp, m, None)) for m in ("ack", "identify", "shown")):
-                return comp
-        return None
+    @property
+    def has_leds(self) -> bool:
+        return self.view is not None and self.view.has_leds
 
     # -- component hooks ----------------------------------------------------------------------
 
-    def start(self, service: Any) -> None:
-        self.service = service
+    def start(self, view: DaemonView) -> None:
+        self.view = view
         self._run(self._bind(self.config.status.listen))
 
-    def tick(self, now: float) -> None:
-        if self.service is None:
-            return
+    def tick(self, now: float, snapshot: Snapshot) -> None:
         with self._cond:
             wanted = self._want or time.monotonic() < self._interest_until
-        if not wanted:
-            return
-        stats = self.service.stats()
-        with self._cond:
-            self._snap, self._snap_at, self._want = stats, time.monotonic(), False
+            if not wanted:
+                return
+            self._snap, self._snap_at, self._want = snapshot, time.monotonic(), False
             self._cond.notify_all()
 
     def configure(self, config: Config) -> None:
@@ -204,7 +197,7 @@ class StatusPage:
         if problem:
             raise ConfigError("status.password_hash", problem)
         listen = config.status.listen
-        if self.service is not None and listen != self.config.status.listen:
+        if self.view is not None and listen != self.config.status.listen:
             old = self.server
             if listen:
                 self._run(self._bind(listen))
@@ -276,9 +269,9 @@ class StatusPage:
         server.server_close()
 
 
-def build(config: Config) -> StatusPage | None:
-    """The daemon's factory (``"appliance.status.app:build"`` in service.COMPONENTS): the page,
-    or None when ``status.listen`` is empty."""
+def component(config: Config) -> StatusPage | None:
+    """The daemon's factory (appliance.service.wiring): the page, or None when
+    ``status.listen`` is empty."""
     if not config.status.listen:
         return None
     return StatusPage(config)
@@ -501,7 +494,7 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
             counters=present.COUNTERS,
             alerts=alerts,
             alerts_problem=alerts_problem,
-            has_leds=page.leds() is not None,
+            has_leds=page.has_leds,
             csrf=csrf_token(session),
             messages=get_flashed_messages(),
             max_identify=MAX_IDENTIFY_S,
@@ -560,11 +553,10 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
     @app.post("/ack")
     @action
     def ack() -> Any:
-        leds = page.leds()
-        if leds is None:
+        if page.view is None or not page.has_leds:
             flash("This unit has no LEDs running; nothing to acknowledge.")
         else:
-            n = int(leds.ack() or 0)
+            n = page.view.ack_alerts(None)
             page.invalidate()
             flash(
                 f"Acknowledged {n} alert{'s' if n != 1 else ''}: the red light stops blinking."
@@ -577,11 +569,10 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
     @action
     def identify() -> Any:
         seconds = _int_param("seconds", DEFAULT_IDENTIFY_S, 1, MAX_IDENTIFY_S, request.form)
-        leds = page.leds()
-        if leds is None:
+        if page.view is None or not page.has_leds:
             flash("This unit has no LEDs running to blink.")
         else:
-            leds.identify(seconds)
+            page.view.identify(seconds)
             page.invalidate()
             flash(f"All three lights blink fast for {seconds} s.")
         return redirect(url_for("index"), code=303)

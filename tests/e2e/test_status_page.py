@@ -3,8 +3,8 @@
 One browser for the module; the appliance is the real page, the real LEDs (gpiozero's mock
 pins) and, for the hub test, the real hub link with certificates from the project's own
 provisioning, all ticked by a thread standing in for the daemon's main loop (in the order of
-service.COMPONENTS), over a fake packet path. Skipped, with the reason, when Chromium, its
-driver or selenium is missing.
+appliance.service.wiring), over the fake daemon view (tests.fakes.FakeView). Skipped, with the
+reason, when Chromium, its driver or selenium is missing.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from appliance.hublink.link import HubLink
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
 from hub import provisioning as prov
-from tests.unit.status.fakes import PASSWORD, FakeService, base_numbers, make_config
+from tests.fakes import FakeView
+from tests.unit.status.fakes import PASSWORD, base_numbers, make_config
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -51,15 +52,15 @@ HASH = generate_password_hash(PASSWORD, method="scrypt:1024:8:1")
 
 
 class Appliance:
-    """The page served for real, over a fake service whose main loop is a thread."""
+    """The page served for real, over the fake daemon view whose main loop is a thread."""
 
     def __init__(self, tmp: Path, config: Config | None = None, link: Any = None) -> None:
         cfg = config or make_config(tmp, HASH)
-        self.service = FakeService(base_numbers())
+        self.leds = Leds(cfg.leds, factory=MockFactory())
+        self.service = FakeView(cfg, base_numbers(), leds=self.leds)
         self.service.numbers["alerts_high"] = 0
         if link is not None:
             del self.service.numbers["hub"]  # the link's own stats say it
-        self.leds = Leds(cfg.leds, factory=MockFactory())
         self.page = StatusPage(cfg)
         self.link = link
         self.service.components = [self.leds, self.page, *([link] if link else [])]
@@ -73,9 +74,7 @@ class Appliance:
 
     def _main_loop(self) -> None:
         while not self._stop.wait(0.1):
-            now = time.monotonic()
-            for comp in self.service.components:
-                comp.tick(now)
+            self.service.tick(time.monotonic())
 
     def raise_alerts(self, n: int) -> None:
         self.service.numbers["alerts_high"] += n

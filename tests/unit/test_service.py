@@ -12,11 +12,13 @@ import pytest
 import tomli_w
 
 from appliance.alerts.pipeline import AlertPipeline
+from appliance.component import Component
 from appliance.config import ConfigError, from_dict, load
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore
 from appliance.inline.firewall import Counters, FirewallError
-from appliance.service import BlockRequests, Notifier, Service, build_components
+from appliance.service import BlockRequests, Notifier, Service, Wiring, wiring
+from protocol import envelope
 
 # -- sd_notify -----------------------------------------------------------------------------------
 
@@ -153,50 +155,73 @@ def test_block_request_failures_are_counted_not_raised(caplog) -> None:
 
 
 class Comp:
+    """A component with every hook (appliance.component.Component); records what it got."""
+
     name = "comp"
 
-    def __init__(self, config: Any = None, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False) -> None:
         self.configs: list[Any] = []
         self.refuse = refuse
+        self.ticks: list[Any] = []
+        self.view: Any = None
+
+    def start(self, view: Any) -> None:
+        self.view = view
+
+    def tick(self, now: float, snapshot: Any) -> None:
+        self.ticks.append(snapshot)
 
     def configure(self, config: Any) -> None:
         if self.refuse and config.inline.mode == "block":
             raise ConfigError("hub.host", "cannot reach it")
         self.configs.append(config)
 
+    def stop(self) -> None:
+        pass
 
-def make_comp(config: Any) -> Comp:
-    return Comp(config)
-
-
-def no_comp(config: Any) -> None:
-    return None
+    def stats(self) -> dict[str, Any]:
+        return {}
 
 
-def broken_factory(config: Any) -> Comp:
-    raise RuntimeError("a bug in a component")
+def test_wiring_connects_the_components_explicitly(tmp_path: Path) -> None:
+    pub = tmp_path / "command.pub"
+    pub.write_bytes(envelope.generate_keypair()[1])
+    cfg = from_dict(
+        {
+            "device": {"id": "t", "state_dir": str(tmp_path / "state")},
+            "hub": {"host": "192.0.2.10", "command_pubkey": str(pub),
+                    "outbox": str(tmp_path / "outbox.sqlite")},
+            "status": {"listen": ""},
+        }
+    )  # fmt: skip
+    wired = wiring.build(cfg)
+    names = [c.name for c in wired.components]
+    assert names == ["LEDs", "remote management", "hub link"]  # start order; no page
+    leds, remote, link = wired.components
+    assert wired.leds is leds
+    assert wired.journal is link.outbox is not None  # the pipeline's journal: the link's outbox
+    assert remote.link is link  # the command handler goes to this link
+    for comp in wired.components:
+        assert isinstance(comp, Component)
+    link.outbox.close()
+    leds.close()
+    bare = wiring.build(from_dict({"device": {"id": "t"}, "leds": {"enabled": False}}))
+    assert [c.name for c in bare.components] == ["status page"] and bare.journal is None
+    assert bare.leds is None
 
 
-def test_a_broken_component_factory_is_skipped_not_fatal(caplog) -> None:
+def test_a_broken_component_factory_is_skipped_not_fatal(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(config: Any) -> Any:
+        raise RuntimeError("a bug in a component")
+
+    monkeypatch.setattr(wiring.page_mod, "component", broken)
     with caplog.at_level(logging.ERROR):
-        comps = build_components(
-            None,  # type: ignore[arg-type]
-            ("tests.unit.test_service:broken_factory", "tests.unit.test_service:make_comp"),
-        )
-    assert [type(c).__name__ for c in comps] == ["Comp"]
-    assert "broken_factory failed to build" in caplog.text
-
-
-def test_build_components_skips_missing_modules_and_none() -> None:
-    comps = build_components(
-        None,  # type: ignore[arg-type]
-        (
-            "tests.unit.test_service:make_comp",
-            "tests.unit.test_service:no_comp",
-            "appliance.not_in_this_build:thing",
-        ),
-    )
-    assert [type(c).__name__ for c in comps] == ["Comp"]
+        wired = wiring.build(from_dict({"device": {"id": "t"}}))
+    assert [c.name for c in wired.components] == ["LEDs"]
+    assert "status page failed to build" in caplog.text
+    wired.components[0].close()
 
 
 # -- reload ------------------------------------------------------------------------------------
@@ -215,7 +240,7 @@ def write_config(path: Path, **inline: Any) -> Path:
 def built_service(path: Path, components: list[Any]) -> Service:
     """A Service wired like `start()` does, minus queues and kernel (unit tests)."""
     cfg = load(path)
-    svc = Service(cfg, components, firewall=FakeFirewall(cfg), notifier=Notifier({}))  # type: ignore[arg-type]
+    svc = Service(cfg, Wiring(components), firewall=FakeFirewall(cfg), notifier=Notifier({}))  # type: ignore[arg-type]
     svc.intel = IntelManager([])
     svc.pipeline = AlertPipeline(cfg, [])
     svc.engine = Engine(cfg, IntelStore(), svc.pipeline)
@@ -289,11 +314,11 @@ def test_good_reload_reaches_engine_firewall_and_components(tmp_path: Path) -> N
 
 
 def test_stats_merge_component_stats_without_overriding_core_keys(tmp_path: Path) -> None:
-    class Stats:
+    class Stats(Comp):
         def stats(self) -> dict[str, Any]:
             return {"hub_connected": True, "packets": -1}
 
-    class Broken:
+    class Broken(Comp):
         def stats(self) -> dict[str, Any]:
             raise RuntimeError("bug")
 
@@ -324,7 +349,7 @@ def _restore_logging():
 
 
 def test_default_gateways_and_the_hub_are_protected_from_blocks(tmp_path: Path) -> None:
-    from appliance.service import default_gateways, protected_addresses
+    from appliance.service.protect import default_gateways, protected_addresses
 
     route = tmp_path / "route"
     route.write_text(
@@ -336,3 +361,55 @@ def test_default_gateways_and_the_hub_are_protected_from_blocks(tmp_path: Path) 
     assert default_gateways(str(tmp_path / "missing")) == []
     cfg = from_dict({"hub": {"host": "127.0.0.1"}})
     assert ("127.0.0.1", "hub") in protected_addresses(cfg)
+
+
+def test_one_snapshot_per_tick_reaches_every_component(tmp_path: Path) -> None:
+    class Counting(Comp):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked = 0
+
+        def stats(self) -> dict[str, Any]:
+            self.asked += 1
+            return {"counting": self.asked}
+
+    first, second = Counting(), Counting()
+    svc = built_service(write_config(tmp_path / "wp.toml"), [first, second])
+    svc.tick(1_800_000_000.0)
+    assert first.asked == second.asked == 1  # each component's stats once per tick
+    assert first.ticks[0] is second.ticks[0]  # the same snapshot for everyone
+    snap = first.ticks[0]
+    assert snap["counting"] == 1 and "packets" in snap and "fail_open_events" in snap
+    assert svc.view.snapshot() == snap  # what the view shows between ticks
+    with pytest.raises(TypeError):
+        svc.view.snapshot()["packets"] = 5  # type: ignore[index]  # read-only
+
+
+def test_the_view_reaches_the_leds_and_the_firewall(tmp_path: Path) -> None:
+    class StubLeds:
+        identified: list[float] = []
+
+        def ack(self) -> int:
+            return 4
+
+        def identify(self, seconds: float) -> None:
+            self.identified.append(seconds)
+
+    svc = built_service(write_config(tmp_path / "wp.toml"), [])
+    view = svc.view
+    assert not view.has_leds and view.ack_alerts(None) == 0
+    with pytest.raises(NotImplementedError, match="no LEDs"):
+        view.identify(5)
+    leds = StubLeds()
+    svc.wiring.leds = leds  # type: ignore[union-attr,assignment]
+    assert view.has_leds and view.ack_alerts(["a"]) == 4
+    view.identify(7)
+    assert leds.identified == [7]
+    assert view.block("203.0.113.9", 60) and not view.block("198.18.0.1", 60)
+    svc.firewall.fail = True  # type: ignore[attr-defined]
+    with pytest.raises(OSError, match="nft: Error"):
+        view.block("203.0.113.9", 60)
+    assert view.intel_status().version == svc.intel.store.version  # type: ignore[union-attr]
+    assert view.config is svc.config and view.running is False
+    view.request_stop()
+    assert svc._stop_requested

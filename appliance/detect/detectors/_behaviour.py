@@ -9,10 +9,9 @@ time (`report_at`), which keeps replay and inline alerts the same.
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from appliance.packet.addrset import AddrSet, parse_entry
 from appliance.packet.flows import DIR_INBOUND, DIR_INTERNAL, DIR_OUTBOUND, DIRECTION_NAMES
 
 if TYPE_CHECKING:
@@ -61,31 +60,24 @@ SERVICE_NAMES: dict[int, str] = {
 
 # Address blocks that only exist inside a site: when the direction is unknown (a pcap whose hosts
 # are not in home_nets), a connection between two of these is taken to be internal.
-_LAN_V4 = tuple(
-    (int(n.network_address), int(n.netmask))
-    for n in map(
-        ipaddress.IPv4Network,
-        (
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "100.64.0.0/10",
-            "169.254.0.0/16",
-            "127.0.0.0/8",
-        ),
+_LAN = AddrSet(
+    (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "127.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
     )
-)
-_LAN_V6 = tuple(
-    (int(n.network_address), int(n.netmask))
-    for n in map(ipaddress.IPv6Network, ("fc00::/7", "fe80::/10", "::1/128"))
 )
 
 
 def lan_private(addr: bytes) -> bool:
     """True for RFC 1918, CGNAT, link-local, loopback and unique-local addresses."""
-    a = int.from_bytes(addr, "big")
-    nets = _LAN_V4 if len(addr) == 4 else _LAN_V6
-    return any(a & mask == net for net, mask in nets)
+    return _LAN.contains(addr)
 
 
 def not_unicast(addr: bytes) -> bool:
@@ -135,68 +127,13 @@ def check_ports(opts: Options, name: str) -> frozenset[int]:
     return frozenset(ports)
 
 
-class AddressMatcher:
-    """Addresses, networks and optionally ports from a config list, matched on packed addresses.
-
-    Entries: ``198.18.0.12``, ``198.18.0.0/24``, ``198.18.0.12:3389``, ``[2001:db8::1]:22``,
-    ``2001:db8::/32``. An entry without a port matches every port.
-    """
-
-    __slots__ = ("_v4", "_v6")
-
-    def __init__(self, entries: Iterable[tuple[str, int]]) -> None:
-        v4: list[tuple[int, int, int]] = []
-        v6: list[tuple[int, int, int]] = []
-        for cidr, port in entries:
-            net = ipaddress.ip_network(cidr, strict=False)
-            target = v4 if net.version == 4 else v6
-            target.append((int(net.network_address), int(net.netmask), port))
-        self._v4 = tuple(v4)
-        self._v6 = tuple(v6)
-
-    def __bool__(self) -> bool:
-        return bool(self._v4 or self._v6)
-
-    def match(self, addr: bytes, port: int = 0) -> bool:
-        nets = self._v4 if len(addr) == 4 else self._v6
-        if not nets:
-            return False
-        a = int.from_bytes(addr, "big")
-        return any(a & mask == net and (not p or p == port) for net, mask, p in nets)
-
-    @classmethod
-    def from_option(cls, opts: Options, name: str, ports: bool = False) -> AddressMatcher:
-        """Parse a list option; `ports` allows ``ADDR:PORT`` entries. Errors name the entry."""
-        parsed: list[tuple[str, int]] = []
-        for i, text in enumerate(getattr(opts, name)):
-            key = f"{name}[{i}]"
-            try:
-                parsed.append(_parse_entry(text, ports))
-            except ValueError as e:
-                raise opts.error(key, str(e)) from None
-        return cls(parsed)
-
-
-def _parse_entry(text: str, ports: bool) -> tuple[str, int]:
-    what = "an address or network" + (", optionally with :PORT" if ports else "")
-    addr, port = text.strip(), 0
-    if ports and addr.startswith("["):
-        host, sep, rest = addr[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"expected {what}, got {text!r}")
-        addr, port_text = host, rest[1:]
-        port = _port(port_text, text) if rest else 0
-    elif ports and addr.count(":") == 1:
-        addr, _, port_text = addr.partition(":")
-        port = _port(port_text, text)
-    try:
-        ipaddress.ip_network(addr, strict=False)
-    except ValueError:
-        raise ValueError(f"expected {what}, got {text!r}") from None
-    return addr, port
-
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"bad port in {whole!r} (expected 1-65535)")
-    return int(text)
+def address_option(opts: Options, name: str, ports: bool = False) -> AddrSet:
+    """A list option of addresses and networks (with ``ADDR:PORT`` entries if `ports`) as an
+    `AddrSet`; the error names the entry (``detect.<name>.<option>[i]``)."""
+    entries = getattr(opts, name)
+    for i, text in enumerate(entries):
+        try:
+            parse_entry(text, ports=ports)
+        except ValueError as e:
+            raise opts.error(f"{name}[{i}]", str(e)) from None
+    return AddrSet(entries, ports=ports)

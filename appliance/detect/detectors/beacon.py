@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
-    AddressMatcher,
+    address_option,
     check_ports,
     check_range,
     direction_name,
     lan_private,
     not_unicast,
 )
+from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import ACK, SYN, TCP, UDP, ip_to_str
 from appliance.packet.flows import DIR_OUTBOUND, DIR_UNKNOWN
 
@@ -125,7 +126,7 @@ class BeaconDetector(Detector):
         self.max_tracked = 20000
         self.ignore_ports = frozenset(DEFAULT_IGNORE_PORTS)
         self.ignore_names = DEFAULT_IGNORE_NAMES
-        self.ignore = AddressMatcher(())
+        self.ignore = AddrSet()
         # A destination called once holds just the time of that call (most are never called
         # again); the second call makes it a `_Calls`.
         self._calls: OrderedDict[tuple[Any, ...], _Calls | float] = OrderedDict()
@@ -184,14 +185,14 @@ class BeaconDetector(Detector):
             if not name or any(c.isspace() for c in name) or ".." in name:
                 raise opts.error(f"ignore_names[{i}]", f"not a DNS name: {raw!r}")
             names.append(name)
-        ignore = AddressMatcher.from_option(opts, "ignore")
+        ignore = address_option(opts, "ignore")
         self.min_calls, self.min_period, self.max_period = min_calls, min_period, max_period
         self.jitter, self.min_span, self.burst, self.realert = jitter, min_span, burst, realert
         self.max_tracked, self.ignore_ports, self.ignore = max_tracked, ignore_ports, ignore
         self.ignore_names = tuple(names)
 
     def _ignored(self, name: str, server: bytes) -> bool:
-        if self.ignore and self.ignore.match(server):
+        if self.ignore and self.ignore.contains(server):
             return True
         return bool(name) and any(name == n or name.endswith("." + n) for n in self.ignore_names)
 

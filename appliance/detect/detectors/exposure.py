@@ -22,13 +22,14 @@ from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
     SERVICE_NAMES,
-    AddressMatcher,
+    address_option,
     check_ports,
     check_range,
     direction_name,
     lan_private,
     report_at,
 )
+from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import ACK, RST, SYN, TCP, ip_to_str
 from appliance.packet.flows import DIR_INBOUND, DIR_UNKNOWN
 
@@ -110,7 +111,7 @@ class ExposureDetector(Detector):
     def __init__(self) -> None:
         self.ports = frozenset(DEFAULT_PORTS)
         self.repeat = 3600.0
-        self.allow = AddressMatcher(())
+        self.allow = AddrSet()
         self.max_services = 1024
         self._sig = {p: sig for ports, sig in CLASSES for p in ports}
         self._services: OrderedDict[tuple[bytes, int], _Service] = OrderedDict()
@@ -146,7 +147,7 @@ class ExposureDetector(Detector):
         ports = check_ports(opts, "ports")
         repeat = check_range(opts, "repeat", 1, 30 * 86400)
         max_services = check_range(opts, "max_services", 16, 1_000_000)
-        allow = AddressMatcher.from_option(opts, "allow", ports=True)
+        allow = address_option(opts, "allow", ports=True)
         self.ports, self.repeat, self.allow, self.max_services = ports, repeat, allow, max_services
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
@@ -170,7 +171,7 @@ class ExposureDetector(Detector):
             return  # this connection was counted already
         notes["seen"] = True
         port = flow.server_port
-        if self.allow and self.allow.match(flow.server, port):
+        if self.allow and self.allow.contains(flow.server, port):
             return
         key = (flow.server, port)
         services = self._services

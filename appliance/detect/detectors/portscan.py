@@ -33,13 +33,14 @@ from typing import TYPE_CHECKING, Any
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.detectors._behaviour import (
-    AddressMatcher,
+    address_option,
     check_range,
     direction_class,
     direction_name,
     not_unicast,
     report_at,
 )
+from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import ACK, FIN, ICMP, ICMPV6, PSH, RST, SYN, TCP, UDP, URG, ip_to_str
 
 if TYPE_CHECKING:
@@ -251,7 +252,7 @@ class PortScanDetector(Detector):
         self.window = 60.0
         self.probe_timeout = 5.0
         self.max_sources = 4096
-        self.ignore = AddressMatcher(())
+        self.ignore = AddrSet()
         self._pending: deque[Flow] = deque()  # connection attempts, oldest first
         self._expired: set[tuple] = set()  # attempts that died in transit (ICMP time exceeded)
         self._sources: OrderedDict[bytes, _Source] = OrderedDict()
@@ -300,7 +301,7 @@ class PortScanDetector(Detector):
         if timeout >= window:
             raise opts.error("probe_timeout", f"must be shorter than window ({window:g} s)")
         max_sources = check_range(opts, "max_sources", 16, 10_000_000)
-        ignore = AddressMatcher.from_option(opts, "ignore")
+        ignore = address_option(opts, "ignore")
         self.ports, self.hosts, self.window = ports, hosts, window
         self.probe_timeout, self.max_sources, self.ignore = timeout, max_sources, ignore
 
@@ -410,7 +411,7 @@ class PortScanDetector(Detector):
     def _failed(self, ctx: Context, flow: Flow, bits: int, ts: float) -> None:
         """One failed probe from flow.client to flow.server:server_port at time `ts`."""
         src, dst = flow.client, flow.server
-        if self.ignore and self.ignore.match(src):
+        if self.ignore and self.ignore.contains(src):
             return
         if not_unicast(dst):
             return

@@ -43,7 +43,7 @@ def main() -> None:
     counter = itertools.count()
     while True:
         ready, _, _ = select.select([sys.stdin], [], [], 0.2)
-        link.tick(time.time())
+        link.tick(time.time(), {})  # no daemon: an empty snapshot
         if not ready:
             continue
         line = sys.stdin.readline()

@@ -14,6 +14,7 @@ from paho.mqtt.properties import Properties
 
 from appliance.alerts.model import parse_eve_time
 from appliance.config import Config
+from tests.fakes import FakeView
 
 ROOT = "watchpost/v1/siteA/dev1"
 
@@ -219,15 +220,12 @@ def test_telemetry_and_the_daily_summary_reach_the_hub(
     link = HubLink(config)
     pipeline = AlertPipeline(config, [], journal=link.journal)
 
-    class Service:
-        def stats(self) -> dict[str, Any]:
-            return {"packets": 1234, "verdicts_block": 7, "verdicts_pass": 99, **link.stats()}
-
-    link.start(Service())
+    view = FakeView(config, {"packets": 1234, "verdicts_block": 7, "verdicts_pass": 99}, [link])
+    link.start(view)
     try:
         wait_for(lambda: link.stats()["hub_state"] == "up", what="link up")
         now = time.time()
-        link.tick(now)
+        view.tick(now)
         tel = wait_for(lambda: hub.json_on(f"{ROOT}/telemetry"))[0]
         assert tel["counters"]["packets"] == 1234 and tel["counters"]["hub_state"] == "up"
         assert {"cpu_percent", "mem_used_percent", "temperature_c"} <= set(tel["system"])
@@ -247,7 +245,7 @@ def test_telemetry_and_the_daily_summary_reach_the_hub(
                 )
             )
         wait_for(lambda: len(hub.on(f"{ROOT}/alerts")) == 3, what="alerts")
-        link.tick(now + 86400)  # the next day: yesterday's report goes out
+        view.tick(now + 86400)  # the next day: yesterday's report goes out
         rep = wait_for(lambda: hub.json_on(f"{ROOT}/summary"))[0]
         assert rep["device"] == "dev1" and rep["alerts"] == 3 and rep["blocked"] == 3
         assert rep["top_sources"] == [{"ip": "198.51.100.23", "alerts": 3}]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 
 from appliance.detect.blockguard import BlockGuard
+from appliance.packet.addrset import AddrSet
 
 HOME = ("198.18.0.0/15",)
 
 
 def guard(**kw: object) -> tuple[BlockGuard, list[float]]:
     clock = [1000.0]
-    g = BlockGuard(HOME, ("203.0.113.99/32",), clock=lambda: clock[0], **kw)  # type: ignore[arg-type]
+    g = BlockGuard(AddrSet(HOME), AddrSet(["203.0.113.99/32"]), clock=lambda: clock[0], **kw)  # type: ignore[arg-type]
     return g, clock
 
 

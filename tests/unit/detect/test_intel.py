@@ -471,7 +471,7 @@ def test_old_store_serves_until_new_one_is_complete(
         assert release.wait(10)
         return real(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(intel, "load_files", slow_load)
+    monkeypatch.setattr(intel.manager, "load_files", slow_load)
     write(f, "203.0.113.67\n")
     thread = mgr.reload()
     assert started.wait(10)

@@ -1,9 +1,8 @@
-"""ServiceDevice: remote commands mapped onto a (stub) running Service."""
+"""ServiceDevice: remote commands mapped onto the daemon's view (the fake one)."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,7 @@ from appliance.config import Config, ConfigError, from_dict
 from appliance.detect.intel import IntelManager
 from appliance.hublink import device as dev_mod
 from appliance.hublink.device import ServiceDevice, intel_paths
-
-
-class StubFirewall:
-    def __init__(self) -> None:
-        self.blocked: dict[str, int] = {}
-
-    def block(self, addr: str, ttl: int) -> bool:
-        if addr.startswith("198.18.0.1"):
-            return False
-        if addr == "boom":
-            raise RuntimeError("nft: Error: Could not process rule")
-        self.blocked[addr] = ttl
-        return True
-
-    def unblock(self, addr: str) -> bool:
-        return self.blocked.pop(addr, None) is not None
+from tests.fakes import FakeView
 
 
 class StubLeds:
@@ -42,28 +26,10 @@ class StubLeds:
         self.identified.append(int(seconds))
 
 
-@dataclass
-class StubService:
-    config: Config
-    intel: Any = None
-    running: bool = False
-    components: list[Any] = field(default_factory=list)
-    firewall: StubFirewall = field(default_factory=StubFirewall)
-    applied: list[Config] = field(default_factory=list)
-    stops: int = 0
-
-    def apply_config(self, new: Config) -> None:
-        if new.inline.workers == 7:
-            raise ConfigError("inline.workers", "refused by a component")
-        self.applied.append(new)
-        self.applied_in = threading.current_thread()
-        self.config = new
-
-    def request_stop(self) -> None:
-        self.stops += 1
-
-    def stats(self) -> dict[str, Any]:
-        return {"state": "running", "mode": self.config.inline.mode}
+def view(config: Config, **kw: Any) -> FakeView:
+    """The daemon's view; its firewall refuses 198.18.0.1* (never_block)."""
+    kw.setdefault("numbers", {"state": "running", "mode": config.inline.mode})
+    return FakeView(config, never_block=("198.18.0.1",), **kw)
 
 
 def cfg(tmp_path: Path, paths: list[str] | None = None) -> Config:
@@ -86,7 +52,7 @@ def test_intel_paths_include_installed_bundles(tmp_path: Path) -> None:
 
 
 def test_apply_config_runs_in_the_main_loop_when_running(tmp_path: Path) -> None:
-    svc = StubService(cfg(tmp_path), running=True)
+    svc = view(cfg(tmp_path), running=True)
     dev = ServiceDevice(svc)
     new = from_dict({"device": {"id": "d"}, "inline": {"workers": 2}})
     done = threading.Event()
@@ -105,10 +71,11 @@ def test_apply_config_runs_in_the_main_loop_when_running(tmp_path: Path) -> None
 
 
 def test_apply_config_refusal_and_timeout(tmp_path: Path) -> None:
-    svc = StubService(cfg(tmp_path))
+    svc = view(cfg(tmp_path), refuse_config="refused by a component")
     dev = ServiceDevice(svc, call_timeout=0.05)
-    with pytest.raises(ConfigError, match="refused by a component"):
+    with pytest.raises(ConfigError, match="inline.workers: refused by a component"):
         dev.apply_config(from_dict({"device": {"id": "d"}, "inline": {"workers": 7}}))
+    svc.refuse_config = ""
     svc.running = True
     errors: list[BaseException] = []
 
@@ -126,24 +93,19 @@ def test_apply_config_refusal_and_timeout(tmp_path: Path) -> None:
     assert svc.applied == []
 
 
-def test_apply_config_without_service_support(tmp_path: Path) -> None:
-    class Old:
-        config = cfg(tmp_path)
-
-    with pytest.raises(ConfigError, match="cannot apply a config live"):
-        ServiceDevice(Old()).apply_config(Old.config)
-
-
 def test_block_unblock(tmp_path: Path) -> None:
-    svc = StubService(cfg(tmp_path))
+    svc = view(cfg(tmp_path))
     dev = ServiceDevice(svc)
     dev.block("203.0.113.9", 60)
-    assert svc.firewall.blocked == {"203.0.113.9": 60}
+    assert svc.blocked == {"203.0.113.9": 60}
     with pytest.raises(ValueError, match="never_block"):
         dev.block("198.18.0.1", 60)
-    with pytest.raises(OSError, match="Could not process"):
-        dev.block("boom", 60)
     assert dev.unblock("203.0.113.9") and not dev.unblock("203.0.113.9")
+    svc.firewall_error = "nft: Error: Could not process rule"
+    with pytest.raises(OSError, match="Could not process"):
+        dev.block("203.0.113.9", 60)
+    with pytest.raises(OSError, match="Could not process"):
+        dev.unblock("203.0.113.9")
 
 
 def test_reload_intel_swaps_or_keeps_old(tmp_path: Path) -> None:
@@ -152,7 +114,7 @@ def test_reload_intel_swaps_or_keeps_old(tmp_path: Path) -> None:
     c = cfg(tmp_path, [str(local)])
     manager = IntelManager(c.intel.paths, cache=False)
     manager.load()
-    svc = StubService(c, intel=manager)
+    svc = view(c, intel=manager)
     dev = ServiceDevice(svc)
     bundles = tmp_path / "state" / "intel"
     bundles.mkdir(parents=True)
@@ -168,7 +130,7 @@ def test_reload_intel_swaps_or_keeps_old(tmp_path: Path) -> None:
 
 def test_leds_ack_identify_restart_reboot_status(tmp_path: Path) -> None:
     leds = StubLeds()
-    svc = StubService(cfg(tmp_path), components=[leds])
+    svc = view(cfg(tmp_path), leds=leds)
     later: list[tuple[float, Any]] = []
     dev = ServiceDevice(svc, timer=lambda d, fn: later.append((d, fn)), reboot_command=("true",))
     assert dev.ack_alerts(None) == 3
@@ -181,7 +143,7 @@ def test_leds_ack_identify_restart_reboot_status(tmp_path: Path) -> None:
     later[1][1]()  # runs `true`
     assert svc.stops == 1
     assert dev.status() == {"state": "running", "mode": "monitor"}
-    svc.components = []
+    svc.leds = None
     with pytest.raises(NotImplementedError, match="no LEDs"):
         dev.identify(5)
     assert dev.ack_alerts(["x"]) == 0
@@ -219,11 +181,11 @@ def test_remote_management_component_attaches_a_handler_to_the_link(tmp_path: Pa
     key = Ed25519PrivateKey.generate()
     (tmp_path / "command.pub").write_bytes(E.public_pem(key))
     c = hub_cfg(tmp_path, tmp_path / "command.pub")
-    assert dev_mod.component(cfg(tmp_path)) is None  # no hub, no remote management
-    rm = dev_mod.component(c)
-    assert rm is not None
     link = FakeLink()
-    svc = StubService(c, components=[rm, link])
+    assert dev_mod.component(cfg(tmp_path), link) is None  # no hub, no remote management
+    rm = dev_mod.component(c, link)
+    assert rm is not None
+    svc = view(c, components=[rm])
     rm.start(svc)
     try:
         assert link.handler is rm.handler and rm.handler is not None
@@ -238,30 +200,30 @@ def test_remote_management_component_attaches_a_handler_to_the_link(tmp_path: Pa
         assert done.wait(5)
         assert answers[0]["ok"] is True and answers[0]["result"]["state"] == "running"
         assert rm.stats()["remote_management"]["commands_accepted"] == 1
-        rm.tick(0.0)
+        svc.tick(0.0)
     finally:
         rm.stop()
 
 
 def test_remote_management_without_key_or_link(tmp_path: Path) -> None:
     c = hub_cfg(tmp_path, tmp_path / "missing.pub")
-    rm = dev_mod.RemoteManagement(c)
-    rm.start(StubService(c, components=[rm, FakeLink()]))
+    rm = dev_mod.RemoteManagement(c, FakeLink())
+    rm.start(view(c, components=[rm]))
     assert rm.stats() == {
         "remote_management": {
             "enabled": False,
             "problem": f"command public key {tmp_path / 'missing.pub'}: no such file",
         }
     }
-    rm.tick(0.0)
+    rm.tick(0.0, {})
     rm.stop()
-    alone = dev_mod.RemoteManagement(c)
-    alone.start(StubService(c, components=[alone]))
+    alone = dev_mod.RemoteManagement(c, None)
+    alone.start(view(c, components=[alone]))
     assert "no hub link" in alone.stats()["remote_management"]["problem"]
 
 
 def test_close_cancels_calls_waiting_for_the_main_loop(tmp_path: Path) -> None:
-    svc = StubService(cfg(tmp_path), running=True)
+    svc = view(cfg(tmp_path), running=True)
     dev = ServiceDevice(svc)
     errors: list[BaseException] = []
 

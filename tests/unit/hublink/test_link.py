@@ -20,6 +20,7 @@ from appliance.config import Config, from_dict
 from appliance.hublink import link as link_mod
 from appliance.hublink.link import HubLink, describe_failure, preflight
 from hub import provisioning as prov
+from tests.fakes import FakeView
 
 
 def config(tmp_path: Path, device: str = "dev1", **hub: Any) -> Config:
@@ -205,18 +206,9 @@ def test_a_stop_during_the_backoff_wait_ends_it_at_once(pki: Path, tmp_path: Pat
 def test_status_and_telemetry_payloads(pki: Path, tmp_path: Path) -> None:
     link = HubLink(config(tmp_path))
 
-    class Service:
-        def stats(self) -> dict[str, Any]:
-            return {
-                "mode": "block",
-                "intel_version": "2026-11-26.1",
-                "leds": {"green": "on"},
-                "packets": 10,
-                **link.stats(),
-            }
-
-    link.service = Service()
-    link.tick(1_800_000_000.0)  # not started: nothing is published, stats are taken
+    numbers = {"mode": "block", "intel_version": "2026-11-26.1", "leds": {"green": "on"}}
+    view = FakeView(config(tmp_path), {**numbers, "packets": 10}, [link])
+    view.tick(1_800_000_000.0)  # not started: nothing is published, the snapshot is kept
     st = link._status("ready")
     assert st["state"] == "ready" and st["mode"] == "block"
     assert st["intel_version"] == "2026-11-26.1" and st["leds"] == {"green": "on"}
@@ -236,7 +228,7 @@ def test_without_a_hub_there_is_no_outbox_and_the_link_is_disabled(tmp_path: Pat
     cfg = from_dict({"device": {"id": "d", "state_dir": str(tmp_path)}})
     link = HubLink(cfg)
     link.start()
-    link.tick(0.0)
+    link.tick(0.0, {})
     assert link.journal is None and link.stats()["hub_state"] == "disabled"
     assert link.stats()["hub"]["enabled"] is False and not link.stats()["hub"]["connected"]
     link.stop()

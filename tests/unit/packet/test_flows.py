@@ -1,5 +1,6 @@
 from scapy.layers.inet import IP, TCP, UDP
 
+from appliance.packet.addrset import AddrSet
 from appliance.packet.decode import SIDE_INTERNET, SIDE_OFFICE, DecodeStats, decode_ip
 from appliance.packet.flows import (
     DIR_INBOUND,
@@ -7,7 +8,6 @@ from appliance.packet.flows import (
     DIR_OUTBOUND,
     DIR_UNKNOWN,
     FlowTable,
-    HomeNets,
 )
 
 
@@ -17,7 +17,7 @@ def pkt(scapy_pkt, ts=0.0, side=0):
     return p
 
 
-HOME = HomeNets(["198.18.0.0/24", "2001:db8:1::/48"])
+HOME = AddrSet(["198.18.0.0/24", "2001:db8:1::/48"])
 
 
 def test_both_directions_share_one_flow_and_client_is_initiator() -> None:

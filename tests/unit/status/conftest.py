@@ -1,4 +1,5 @@
-"""A status page over a fake service: real Leds on gpiozero's MockFactory, a real EVE file."""
+"""A status page over the fake daemon view: real Leds on gpiozero's MockFactory, a real EVE
+file."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from werkzeug.security import generate_password_hash
 from appliance.config import Config
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
-from tests.unit.status.fakes import PASSWORD, FakeService, base_numbers, make_config
+from tests.fakes import FakeView
+from tests.unit.status.fakes import PASSWORD, base_numbers, make_config
 
-__all__ = ["PASSWORD", "FakeService", "base_numbers", "make_config"]
+__all__ = ["PASSWORD", "FakeView", "base_numbers", "make_config"]
 
 LAN = "198.18.0.11"  # an office computer
 
@@ -33,7 +35,7 @@ def password_hash() -> str:
 @dataclass
 class Rig:
     page: StatusPage
-    service: FakeService
+    view: FakeView
     leds: Leds
     client: FlaskClient
     config: Config
@@ -48,13 +50,13 @@ class Rig:
 def rig(tmp_path: Path, password_hash: str) -> Iterator[Rig]:
     cfg = make_config(tmp_path, password_hash)
     leds = Leds(cfg.leds, factory=MockFactory())
-    service = FakeService(base_numbers(), [leds])
+    view = FakeView(cfg, base_numbers(), [leds], leds=leds)
     page = StatusPage(cfg, wait=0.2)
-    service.components.append(page)
-    page.service = service  # what start(service) sets, without serving on a socket
+    view.components.append(page)
+    page.view = view  # what start(view) sets, without serving on a socket
     client = page.app.test_client()
     client.environ_base["REMOTE_ADDR"] = LAN
-    r = Rig(page, service, leds, client, cfg)
+    r = Rig(page, view, leds, client, cfg)
     yield r
     page.stop()
     leds.close()

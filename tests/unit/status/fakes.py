@@ -1,36 +1,15 @@
-"""Fakes shared by the status page's unit and e2e tests: what the page reads of the service."""
+"""Numbers and config shared by the status page's unit and e2e tests (the daemon itself is
+`tests.fakes.FakeView`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from appliance.config import Config, DeviceConfig, InlineConfig, LogConfig, StatusConfig
 
 PASSWORD = "correct horse battery"
-
-
-@dataclass
-class FakeService:
-    """What the page reads of `appliance.service.Service`: `running`, `components`, `stats()`
-    (the service's own numbers plus each component's, as Service.stats merges them)."""
-
-    numbers: dict[str, Any] = field(default_factory=dict)
-    components: list[Any] = field(default_factory=list)
-    running: bool = False
-    calls: int = 0
-
-    def stats(self) -> dict[str, Any]:
-        self.calls += 1
-        out = dict(self.numbers)
-        for comp in self.components:
-            fn = getattr(comp, "stats", None)
-            if fn is not None:
-                for k, v in fn().items():
-                    out.setdefault(k, v)
-        return out
 
 
 def base_numbers() -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The status page through Flask's test client, over a fake service with real (mock-pin) LEDs."""
+"""The status page through Flask's test client, over the fake daemon view with real (mock-pin)
+LEDs."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from werkzeug.security import generate_password_hash
 
 from appliance.alerts.model import eve_time
 from appliance.config import ConfigError
-from appliance.status.app import NOT_SET_UP, StatusPage, build
+from appliance.status.app import NOT_SET_UP, StatusPage, component
 from appliance.status.auth import SECRET_FILE
 from tests.unit.status.conftest import (
     LAN,
     PASSWORD,
-    FakeService,
+    FakeView,
     Rig,
     base_numbers,
     csrf_of,
@@ -72,7 +73,7 @@ def test_every_data_route_needs_a_login(rig: Rig, path: str) -> None:
     else:
         assert resp.status_code == 303 and resp.headers["Location"] == "/login"
     assert b"123456" not in resp.data and b"certificate" not in resp.data
-    assert rig.service.calls == 0  # nothing was even read
+    assert rig.view.calls == 0  # nothing was even read
 
 
 @pytest.mark.parametrize("path", ACTIONS)
@@ -171,7 +172,7 @@ def test_a_forged_cookie_is_refused(rig: Rig) -> None:
             rig.config, device=dataclasses.replace(rig.config.device, state_dir="/nonexistent/x")
         )
     )
-    other.service = rig.service
+    other.view = rig.view
     c = other.app.test_client()
     c.environ_base["REMOTE_ADDR"] = LAN
     logged_in(c)
@@ -255,7 +256,8 @@ def test_identify_seconds_is_checked(rig: Rig) -> None:
 
 
 def test_no_leds_running(rig: Rig) -> None:
-    rig.service.components.remove(rig.leds)
+    rig.view.components.remove(rig.leds)
+    rig.view.leds = None
     token = logged_in(rig.client)
     page = rig.client.get("/").data.decode()
     assert 'id="ack"' not in page
@@ -299,7 +301,7 @@ def test_without_a_password_hash_the_page_shows_only_how_to_set_up(
 ) -> None:
     cfg = make_config(tmp_path, password_hash)
     page = StatusPage(cfg, wait=0.1)
-    page.service = FakeService(base_numbers())
+    page.view = FakeView(cfg, base_numbers())
     c = page.app.test_client()
     c.environ_base["REMOTE_ADDR"] = LAN
     for path in ["/", "/login"]:
@@ -317,7 +319,7 @@ def test_without_a_password_hash_the_page_shows_only_how_to_set_up(
     assert resp.status_code == 503 and b"123456" not in resp.data
     resp = c.post("/login", data={"password": password_hash})
     assert resp.status_code == 503
-    assert page.service.calls == 0
+    assert page.view.calls == 0
 
 
 def test_configure_refuses_a_plain_password(rig: Rig) -> None:
@@ -364,7 +366,7 @@ def test_status_api_takes_no_parameters(rig: Rig) -> None:
 
 def test_status_api(rig: Rig) -> None:
     logged_in(rig.client)
-    rig.leds.update(rig.service.stats())
+    rig.leds.update(rig.view.snapshot())
     body = rig.client.get("/api/status").json
     assert body["state"] == "running" and body["mode"] == "monitor"
     assert body["counters"]["packets"] == 123456 and body["counters"]["queue_depth"] == 3
@@ -392,7 +394,7 @@ def test_hub_down_reason_is_shown(rig: Rig) -> None:
     assert "Not connected to the hub (hub.example.net:8883) since" in text
     assert "hub certificate rejected: certificate has expired" in text
     assert "10 min ago" in text
-    rig.service.numbers["hub"] = {
+    rig.view.numbers["hub"] = {
         "enabled": True,
         "connected": False,
         "state": "connecting",
@@ -407,14 +409,14 @@ def test_hub_down_reason_is_shown(rig: Rig) -> None:
 
 def test_hub_up_and_no_hub(rig: Rig) -> None:
     logged_in(rig.client)
-    rig.service.numbers["hub"] = dict(rig.service.numbers["hub"], connected=True, problem="")
-    rig.leds.update(rig.service.stats())
+    rig.view.numbers["hub"] = dict(rig.view.numbers["hub"], connected=True, problem="")
+    rig.leds.update(rig.view.snapshot())
     text = rig.client.get("/").data.decode()
     assert "All quiet: watching your network." in text
     assert "Connected to the hub (hub.example.net:8883)" in text
     assert 'id="led-amber" data-state="on"' in text
-    rig.service.numbers["hub"] = {"enabled": False, "problem": "hub disabled in config"}
-    rig.leds.update(rig.service.stats())
+    rig.view.numbers["hub"] = {"enabled": False, "problem": "hub disabled in config"}
+    rig.leds.update(rig.view.snapshot())
     text = rig.client.get("/").data.decode()
     assert "No hub configured" in text and 'id="led-amber" data-state="off"' in text
 
@@ -497,12 +499,12 @@ def test_unreadable_eve_path_is_said_not_crashed(rig: Rig, tmp_path: Path) -> No
 
 
 def test_numbers_are_taken_in_the_main_loop(rig: Rig) -> None:
-    rig.service.running = True
+    rig.view.running = True
     stop = threading.Event()
 
-    def loop() -> None:
+    def loop() -> None:  # the daemon's main loop: one snapshot per tick, to every component
         while not stop.wait(0.02):
-            rig.page.tick(time.monotonic())
+            rig.view.tick(time.monotonic())
 
     t = threading.Thread(target=loop)
     t.start()
@@ -510,7 +512,7 @@ def test_numbers_are_taken_in_the_main_loop(rig: Rig) -> None:
         logged_in(rig.client)
         body = rig.client.get("/api/status").json
         assert body["counters"]["packets"] == 123456 and body["data_age_s"] < 1.5
-        idle_calls = rig.service.calls
+        idle_calls = rig.view.calls
         assert idle_calls >= 1
     finally:
         stop.set()
@@ -518,11 +520,11 @@ def test_numbers_are_taken_in_the_main_loop(rig: Rig) -> None:
 
 
 def test_a_stuck_main_loop_is_reported_not_waited_for(rig: Rig) -> None:
-    rig.service.running = True
+    rig.view.running = True
     logged_in(rig.client)
     body = rig.client.get("/api/status").json  # no tick ever
     assert body["state"] == "unknown" and body["headline"] == "No data from the watch service yet."
-    rig.page.tick(time.monotonic())  # one tick, then the loop hangs
+    rig.view.tick(time.monotonic())  # one tick, then the loop hangs
     rig.page._snap_at -= 60  # as if that was a minute ago
     body = rig.client.get("/api/status").json
     assert body["health"] == "bad" and "has not reported for 6" in body["headline"]
@@ -530,10 +532,11 @@ def test_a_stuck_main_loop_is_reported_not_waited_for(rig: Rig) -> None:
 
 
 def test_ticks_take_no_numbers_when_nobody_looks(rig: Rig) -> None:
-    rig.service.running = True
+    rig.view.running = True
     for _ in range(5):
-        rig.page.tick(time.monotonic())
-    assert rig.service.calls == 0
+        rig.page.tick(time.monotonic(), {"packets": 1})
+    assert rig.page._snap is None  # the page keeps no numbers when nobody looks
+    assert rig.view.calls == 0
 
 
 # -- headers --------------------------------------------------------------------------------------
@@ -598,17 +601,17 @@ def test_secret_key_is_kept_0600_and_survives_a_restart(rig: Rig) -> None:
     cookie = rig.client.get_cookie("watchpost_session")
     assert cookie is not None
     again = StatusPage(rig.config)  # the daemon restarted
-    again.service = rig.service
+    again.view = rig.view
     c = again.app.test_client()
     c.environ_base["REMOTE_ADDR"] = LAN
     c.set_cookie("watchpost_session", cookie.value)
     assert c.get("/").status_code == 200
 
 
-def test_build_and_listen_off(tmp_path: Path, password_hash: str) -> None:
+def test_factory_and_listen_off(tmp_path: Path, password_hash: str) -> None:
     cfg = make_config(tmp_path, password_hash, listen="")
-    assert build(cfg) is None
-    page = build(make_config(tmp_path, password_hash))
+    assert component(cfg) is None
+    page = component(make_config(tmp_path, password_hash))
     assert isinstance(page, StatusPage)
 
 
@@ -628,7 +631,7 @@ def _get(url: str) -> tuple[int, dict[str, str]]:
 def test_serves_moves_and_stops(tmp_path: Path, password_hash: str) -> None:
     cfg = make_config(tmp_path, password_hash)
     page = StatusPage(cfg)
-    page.start(FakeService(base_numbers()))
+    page.start(FakeView(cfg, base_numbers()))
     try:
         host, port = page.address
         assert host == "127.0.0.1" and port > 0
@@ -656,14 +659,14 @@ def test_serves_moves_and_stops(tmp_path: Path, password_hash: str) -> None:
 def test_a_busy_address_is_refused_with_its_key(tmp_path: Path, password_hash: str) -> None:
     cfg = make_config(tmp_path, password_hash)
     first = StatusPage(cfg)
-    first.start(FakeService())
+    first.start(FakeView(cfg))
     try:
         busy = f"127.0.0.1:{first.address[1]}"
         second = StatusPage(
             dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen=busy))
         )
         with pytest.raises(ConfigError) as e:
-            second.start(FakeService())
+            second.start(FakeView(cfg))
         assert e.value.key == "status.listen" and "cannot listen on" in str(e.value)
         # A reload asking for a busy address is refused; the page stays where it was.
         own = dataclasses.replace(cfg, status=dataclasses.replace(cfg.status, listen="[::1]:0"))
@@ -688,7 +691,7 @@ def test_state_dir_not_writable_still_serves(tmp_path: Path, password_hash: str)
     cfg = make_config(tmp_path, password_hash)
     cfg = dataclasses.replace(cfg, device=dataclasses.replace(cfg.device, state_dir=state))
     page = StatusPage(cfg)
-    page.service = FakeService(base_numbers())
+    page.view = FakeView(cfg, base_numbers())
     c = page.app.test_client()
     c.environ_base["REMOTE_ADDR"] = LAN
     logged_in(c)
