@@ -55,6 +55,7 @@ from paho.mqtt.properties import Properties
 
 from appliance import __version__
 from appliance.alerts.outbox import Outbox
+from appliance.alerts.privacy import Pseudonymizer, key_for
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
 from appliance.hublink.report import DailyReport, SystemMetrics, traffic_counters
@@ -187,6 +188,14 @@ def preflight(config: Config, now: float | None = None) -> Preflight:
 # -- the link ------------------------------------------------------------------------------------
 
 
+
+def privacy_filter(config: Config) -> Pseudonymizer | None:
+    """The pseudonymiser every outgoing message passes through (privacy.pseudonymize)."""
+    p = config.privacy
+    if not p.pseudonymize:
+        return None
+    return Pseudonymizer(key_for(p.key, config.device.state_dir), config.inline.home_nets)
+
 class HubLink:
     """Daemon component (start/tick/configure/stop/stats) that owns the MQTT connection.
 
@@ -209,6 +218,7 @@ class HubLink:
         version: str = __version__,
     ) -> None:
         self.config = config
+        self.privacy = privacy_filter(config)
         self.clock = clock
         self.backoff = backoff
         self.window = window
@@ -331,6 +341,7 @@ class HubLink:
         """Live reconfiguration. Refuses (ConfigError, nothing changed) an outbox move or TLS
         files that cannot work; reconnects when the connection settings or identity changed."""
         old = self.config
+        self.privacy = privacy_filter(config)
         if config.hub == old.hub and config.device == old.device:
             self.config = config
             return
@@ -722,6 +733,8 @@ class HubLink:
         client = self._client
         if client is None:
             return None
+        if self.privacy is not None:  # nothing leaves with an office address in it
+            payload = self.privacy.scrub_payload(payload)
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except (ValueError, TypeError) as e:

@@ -471,7 +471,7 @@ def test_a_real_answer_for_a_listed_name_still_blocks_its_address(feeds: list[Pa
         feeds, dns_exchange(PC1, "evil.example", [("A", "198.51.100.99")]), inline={"mode": "block"}
     )
     assert set(h.blocker.blocked) == {"198.51.100.99"}
-    assert RESOLVER in {str(ip) for ip in h.engine.guard.protected}
+    assert h.engine.guard.reason_not_to_block(RESOLVER) == "resolver"
 
 
 def test_reaching_the_block_cap_is_said_once(tmp_path: Path) -> None:
