@@ -100,7 +100,6 @@ class Pseudonymizer:
             return [self.apply(v) for v in value]
         return value
 
-
     def scrub_payload(self, payload: bytes) -> bytes:
         """A message body (JSON, else text) with every office address replaced."""
         try:

@@ -41,6 +41,12 @@ log = logging.getLogger(__name__)
 # there. A split hello is held for at most this many segments / bytes.
 HELLO_SEGMENTS = 4
 HELLO_BYTES = 16384
+# Bounds under hostile traffic: a dissector reads at most HEAD_BYTES of one segment or datagram
+# (an oversized one is judged on its head), and at most HOLDING_FLOWS flows hold a partial
+# hello at once (the oldest gives up and is judged on what it sent), so held data never passes
+# HOLDING_FLOWS * HELLO_BYTES (32 MiB) whatever the number of flows.
+HEAD_BYTES = 4096
+HOLDING_FLOWS = 2048
 
 
 class Blocker(Protocol):
@@ -81,6 +87,7 @@ class EngineStats:
     packets: int = 0
     alerts: int = 0
     blocked_packets: int = 0
+    holds_given_up: int = 0  # partial hellos dropped to keep the holding bound
     dns_untrusted: int = 0  # DNS answers that answered no office question (never believed)
     hook_errors: Counter[str] = field(default_factory=Counter)
 
@@ -217,6 +224,7 @@ class Engine:
         self.detectors = detectors if detectors is not None else registry.create_detectors()
         self.guard = BlockGuard(self._home, self._never_block)
         self._hooks: dict[str, list[tuple[str, Callable[..., None]]]] = {}
+        self._holding: OrderedDict[int, Flow] = OrderedDict()  # flows holding a partial hello
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
         # Called on every tick after the detectors (the alert pipeline's aggregation windows).
@@ -259,6 +267,7 @@ class Engine:
         """Forget every flow, so each is judged again (after a reload: a new mode, new intel or
         new detector options apply to flows already under way, too)."""
         self.flows = FlowTable(self.config.inline.max_flows, self._home)
+        self._holding.clear()
 
     def counters(self) -> dict[str, int]:
         """The figures a queue worker reports for its engine."""
@@ -324,6 +333,8 @@ class Engine:
             payload = pkt.payload
             eng = flow.notes.get("engine") if flow.notes else None
             held = eng.get("hello") if eng else None
+            if len(payload) > HEAD_BYTES:
+                payload = payload[:HEAD_BYTES]
             if held is not None:
                 self._more_hello(pkt, flow, held, payload)
             elif payload[0] == 0x16:
@@ -332,6 +343,7 @@ class Engine:
                     # A ClientHello over several segments (post-quantum key shares): hold the
                     # start, judge the flow once the rest arrives.
                     flow.note("engine")["hello"] = [payload]
+                    self._hold(flow)
                     return
                 if hello is not None:
                     flow.app = "tls"
@@ -353,12 +365,14 @@ class Engine:
     def _more_hello(self, pkt: Packet, flow: Flow, held: list[bytes], payload: bytes) -> None:
         """Another segment of a held ClientHello: parse the joined bytes, or keep holding."""
         held.append(payload)
-        joined = b"".join(held)
+        joined = b"".join(held)[:HELLO_BYTES]
         hello = self.dissect.tls(joined)
         holding = hello is not None and hello.partial
-        if holding and len(held) < HELLO_SEGMENTS and len(joined) <= HELLO_BYTES:
+        if holding and len(held) < HELLO_SEGMENTS and len(joined) < HELLO_BYTES:
+            self._hold(flow)
             return
         del flow.note("engine")["hello"]
+        self._holding.pop(id(flow), None)
         if hello is None:
             return
         flow.app = "tls"
@@ -369,16 +383,40 @@ class Engine:
         notes = flow.note("engine")
         if notes.get("quic_done"):
             return
-        held: list[bytes] = notes.setdefault("quic", [])
-        held.append(pkt.payload)
-        hello = self.dissect.quic(held[0]) if len(held) == 1 else self.dissect.quic_many(held)
-        if hello is not None and hello.partial and len(held) < HELLO_SEGMENTS:
+        payload = pkt.payload
+        # Each datagram is decrypted once; what a flow keeps is its CRYPTO chunks, bounded.
+        chunks = self.dissect.quic_crypto(payload) if len(payload) <= HEAD_BYTES else []
+        held: list[tuple[int, bytes]] = notes.setdefault("quic", [])
+        held += chunks
+        count = notes["quic_n"] = notes.get("quic_n", 0) + 1
+        size = sum(len(c) for _, c in held)
+        hello = self.dissect.quic_hello(held) if held else None
+        if hello is not None and hello.partial and count < HELLO_SEGMENTS and size <= HELLO_BYTES:
+            self._hold(flow)
             return
         notes["quic_done"] = True
         del notes["quic"]
+        self._holding.pop(id(flow), None)
         if hello is not None:
             flow.app = "quic"
             self._run("tls", pkt, flow, hello)
+
+    def _hold(self, flow: Flow) -> None:
+        """`flow` holds a partial hello: keep it among the HOLDING_FLOWS most recent holders."""
+        holding = self._holding
+        key = id(flow)
+        if key in holding:
+            holding.move_to_end(key)
+            return
+        while len(holding) >= HOLDING_FLOWS:
+            _, oldest = holding.popitem(last=False)
+            notes = oldest.notes.get("engine") if oldest.notes else None
+            if notes is not None:
+                notes.pop("hello", None)
+                if notes.pop("quic", None) is not None:
+                    notes["quic_done"] = True
+            self.stats.holds_given_up += 1
+        holding[key] = flow  # (the reference keeps the id unique while it is held)
 
     def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
         for name, fn in self._hooks[hook_name]:

@@ -188,13 +188,13 @@ def preflight(config: Config, now: float | None = None) -> Preflight:
 # -- the link ------------------------------------------------------------------------------------
 
 
-
 def privacy_filter(config: Config) -> Pseudonymizer | None:
     """The pseudonymiser every outgoing message passes through (privacy.pseudonymize)."""
     p = config.privacy
     if not p.pseudonymize:
         return None
     return Pseudonymizer(key_for(p.key, config.device.state_dir), config.inline.home_nets)
+
 
 class HubLink:
     """Daemon component (start/tick/configure/stop/stats) that owns the MQTT connection.
