@@ -121,6 +121,33 @@ def passwd(config_path: Path | None) -> None:
     )
 
 
+@main.command("fault-leds")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_PATH,
+    show_default=True,
+    help="Config file (for the LED pins).",
+)
+def fault_leds(config_path: Path) -> None:
+    """Blink the fault pattern until stopped (run by watchpost-fault.service while the daemon
+    is down)."""
+    import signal
+    import threading
+
+    from appliance.leds import show_fault
+
+    try:
+        config = load_config(config_path)
+    except ConfigError:
+        config = Config()  # a broken config must not hide the fault: the default pins
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    show_fault(config, stop)
+
+
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(path: Path) -> None:

@@ -680,7 +680,8 @@ def from_dict(
     if hub is not None and hub.enabled and not hub.host:
         raise ConfigError("hub.host", "required when the hub is enabled")
     privacy = sections.get("privacy")
-    if privacy is not None and privacy.pseudonymize and len(privacy.key) < 16:
+    if privacy is not None and privacy.pseudonymize and 0 < len(privacy.key) < 16:
+        # (no key at all is fine: a random one is made and kept in the state directory)
         raise ConfigError("privacy.key", "needs at least 16 characters when pseudonymize is on")
     specs = registered_detectors() if detectors is None else detectors
     detect = _build_detect(data.get("detect", {}), specs)

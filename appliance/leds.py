@@ -183,3 +183,21 @@ class Leds:
 def component(config: Config) -> Leds | None:
     """The daemon's factory (appliance.service.wiring): None when LEDs are disabled."""
     return Leds(config.leds) if config.leds.enabled else None
+
+
+def show_fault(config: Config, stop: threading.Event, factory: Any = None) -> dict[str, Any]:
+    """The fault pattern while the daemon is down (watchpost-fault.service): red blinking fast,
+    green and amber off, until `stop` is set. Returns the LEDs' last state (for tests)."""
+    pins = pin_factory() if factory is None else factory
+    c = config.leds
+    red = LED(c.red, pin_factory=pins)
+    others = [LED(c.green, pin_factory=pins), LED(c.amber, pin_factory=pins)]
+    try:
+        for led in others:
+            led.off()
+        red.blink(on_time=0.15, off_time=0.15)
+        stop.wait()
+        return {"red": "blinking", "green": "off", "amber": "off"}
+    finally:
+        for led in (red, *others):
+            led.close()

@@ -23,6 +23,7 @@ MODULES: tuple[str, ...] = (
     "bench.dissect",
     "bench.hub",
     "bench.detectors",
+    "bench.hostile",
 )
 
 

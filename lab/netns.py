@@ -517,9 +517,13 @@ class LabDaemon:
     bound queue in the appliance namespace. Its output goes to ``daemon.log`` next to the config.
     """
 
-    def __init__(self, lab: Lab, config: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, lab: Lab, config: str | os.PathLike[str], wrapper: Sequence[str] = ()
+    ) -> None:
         self.lab = lab
         self.config = Path(config)
+        # A command the daemon runs under (e.g. the unit's syscall filter, in tests).
+        self.wrapper = list(wrapper)
         self.log = self.config.parent / "daemon.log"
         self.proc: subprocess.Popen | None = None
         self.notices: list[str] = []
@@ -553,6 +557,7 @@ class LabDaemon:
         with open(self.log, "ab") as out:
             self.proc = self.lab.popen(
                 "app",
+                *self.wrapper,
                 sys.executable,
                 "-m",
                 "appliance",

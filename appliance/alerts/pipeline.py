@@ -21,7 +21,7 @@ from typing import IO, Any, Protocol
 
 from appliance.alerts.aggregate import Aggregator, RateLimiter
 from appliance.alerts.model import Alert
-from appliance.alerts.privacy import Pseudonymizer
+from appliance.alerts.privacy import Pseudonymizer, key_for
 from appliance.config import Config
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ class AlertPipeline:
         self.aggregator.window = config.alerts.window  # open windows carry on across a reload
         self.limiter = RateLimiter(config.alerts.rate_per_minute, config.alerts.burst)
         p = config.privacy
-        self.pseudo = Pseudonymizer(p.key, config.inline.home_nets) if p.pseudonymize else None
+        key = key_for(p.key, config.device.state_dir) if p.pseudonymize else ""
+        self.pseudo = Pseudonymizer(key, config.inline.home_nets) if p.pseudonymize else None
 
     def __call__(self, alert: Alert) -> None:
         """The engine's alert sink."""

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from appliance.alerts.model import Alert, Signature
 from appliance.config import Config, ConfigError
-from appliance.detect import registry
+from appliance.detect import dnstrust, registry
 from appliance.detect.base import HOOKS, Detector, Options, check_hooks, hook, validate_options
+from appliance.detect.blockguard import BLOCK_LIMIT, BlockGuard
 from appliance.detect.dissect import Dissectors
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
@@ -40,6 +41,12 @@ log = logging.getLogger(__name__)
 # there. A split hello is held for at most this many segments / bytes.
 HELLO_SEGMENTS = 4
 HELLO_BYTES = 16384
+# Bounds under hostile traffic: a dissector reads at most HEAD_BYTES of one segment or datagram
+# (an oversized one is judged on its head), and at most HOLDING_FLOWS flows hold a partial
+# hello at once (the oldest gives up and is judged on what it sent), so held data never passes
+# HOLDING_FLOWS * HELLO_BYTES (32 MiB) whatever the number of flows.
+HEAD_BYTES = 4096
+HOLDING_FLOWS = 2048
 
 
 class Blocker(Protocol):
@@ -52,9 +59,6 @@ class AlertSink(Protocol):
     def __call__(self, alert: Alert) -> None: ...
 
 
-_AF_OF_RR = {1: socket.AF_INET, 28: socket.AF_INET6}
-
-
 class NameCache:
     """Address → the DNS name it was last answered for, so alerts can say which domain it was."""
 
@@ -63,14 +67,14 @@ class NameCache:
         self._names: OrderedDict[bytes, str] = OrderedDict()
 
     def learn(self, msg: DnsMessage) -> None:
-        for ans in msg.answers:
-            if ans.rrtype in (1, 28) and ans.data:
-                try:
-                    addr = socket.inet_pton(_AF_OF_RR[ans.rrtype], ans.data)
-                except (OSError, ValueError):
-                    continue
-                self._names[addr] = msg.qname or ans.name
-                self._names.move_to_end(addr)
+        """Learn the addresses of a believed answer's name chain (`msg.chain_addresses`)."""
+        for text in msg.chain_addresses:
+            try:
+                addr = socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+            except (OSError, ValueError):
+                continue
+            self._names[addr] = msg.qname
+            self._names.move_to_end(addr)
         while len(self._names) > self.size:
             self._names.popitem(last=False)
 
@@ -83,6 +87,8 @@ class EngineStats:
     packets: int = 0
     alerts: int = 0
     blocked_packets: int = 0
+    holds_given_up: int = 0  # partial hellos dropped to keep the holding bound
+    dns_untrusted: int = 0  # DNS answers that answered no office question (never believed)
     hook_errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -122,11 +128,11 @@ class Context:
     def block_mode(self) -> bool:
         return self._engine.config.inline.mode == "block"
 
-    def block(self, addr: str) -> bool:
+    def block(self, addr: str, evidence: str = "dns-answer") -> bool:
         """Put `addr` into the kernel drop set without judging the current flow (block mode and
-        `inline.never_block` apply); True if blocked. For addresses learnt from other traffic,
-        such as the answers to a lookup of a listed domain."""
-        return self._engine.block(addr, None)
+        the block guard's rules apply); True if blocked. For addresses learnt from other
+        traffic, such as the believed answers to a lookup of a listed domain."""
+        return self._engine.block(addr, None, evidence)
 
     def alert(
         self,
@@ -145,13 +151,15 @@ class Context:
         count: int = 1,
         first_seen: float = 0.0,
         block: str | None = None,
+        drop: bool = False,
     ) -> Alert:
         """Report a finding as this detector, at the current time (or `at`: an episode's own
         last event). Addresses default to the packet's (or the flow's client → server).
 
         With `block` set to an address and the engine in block mode, that address goes into the
-        kernel drop set (unless allow-listed) and the flow is dropped; the alert then says
-        ``blocked``.
+        kernel drop set (if the block guard allows it) and the flow is dropped; with `drop`,
+        only this flow is dropped (a listed name on a possibly shared server address). The
+        alert then says ``blocked``.
         """
         if pkt is not None:
             src = src or pkt.src_ip
@@ -170,10 +178,21 @@ class Context:
                 dest_port = flow.server_port
         if proto is None:
             proto = {6: "TCP", 17: "UDP"}.get(flow.proto, str(flow.proto)) if flow else "IP"
-        action = "allowed"
-        if block and self._engine.block(block, flow):
-            action = "blocked"
         now = self._engine.now if at is None else at
+        evidence = f"{self.detector}:{signature.sid}"
+        engine = self._engine
+        blocked = engine.block(block, flow, evidence) if block else drop and engine.drop_flow(flow)
+        action = "blocked" if blocked else "allowed"
+        if engine.guard.cap_reached:
+            engine.guard.cap_reached = False
+            self.alert(
+                BLOCK_LIMIT,
+                at=now,
+                src=src,
+                dst=block,
+                proto=proto,
+                details={"cap": engine.guard.cap, "active": len(engine.guard.active)},
+            )
         alert = Alert(
             detector=self.detector,
             signature=signature,
@@ -227,6 +246,8 @@ class Engine:
         self.contexts: dict[str, Context] = {}  # one per detector
         self._options: dict[str, Options] = {}
         self._hooks: dict[str, list[tuple[str, Callable[..., None], Context]]] = {}
+        self.guard = BlockGuard(self._home, self._never_block)
+        self._holding: OrderedDict[int, Flow] = OrderedDict()  # flows holding a partial hello
         self._deep: dict[int, int] = {}
         self._next_tick = 0.0
         # Called on every tick after the detectors (the alert pipeline's aggregation windows).
@@ -270,6 +291,7 @@ class Engine:
         self._home, self._never_block = home, never_block
         self.flows.max_flows = config.inline.max_flows
         self.flows.home = self._home
+        self.guard.configure(home, never_block)
         enabled = [d for d, opts, _ in staged if opts.enabled]
         self._deep = self.deep_ports()
         self._hooks = {
@@ -288,6 +310,7 @@ class Engine:
         """Forget every flow, so each is judged again (after a reload: a new mode, new intel or
         new detector options apply to flows already under way, too)."""
         self.flows = FlowTable(self.config.inline.max_flows, self._home)
+        self._holding.clear()
 
     def counters(self) -> dict[str, int]:
         """The figures a queue worker reports for its engine."""
@@ -295,6 +318,9 @@ class Engine:
             "flows": len(self.flows),
             "engine_packets": self.stats.packets,
             "hook_errors": sum(self.stats.hook_errors.values()),
+            # block guard refusals and blocks, untrusted DNS answers
+            **self.guard.stats(),
+            "dns_untrusted": self.stats.dns_untrusted,
         }
 
     def deep_ports(self) -> dict[int, int]:
@@ -331,8 +357,15 @@ class Engine:
             msg = d.dns(pkt.payload, pkt.proto == TCP)
             if msg is not None:
                 flow.app = "dns"
-                if msg.response:
+                if not msg.response:
+                    if dnstrust.note_query(flow, msg):
+                        self.guard.protect(ip_to_str(flow.server), "resolver")
+                elif dnstrust.believe_answer(flow, msg, from_client, pkt.side):
+                    msg.trusted = True
+                    msg.chain_names, msg.chain_addresses = dnstrust.chain(msg)
                     self.names.learn(msg)
+                else:
+                    self.stats.dns_untrusted += 1
                 self._run("dns", pkt, flow, msg)
             return
         if not from_client or flow.verdict != VERDICT_NONE:
@@ -341,6 +374,8 @@ class Engine:
             payload = pkt.payload
             eng = flow.notes.get("engine") if flow.notes else None
             held = eng.get("hello") if eng else None
+            if len(payload) > HEAD_BYTES:
+                payload = payload[:HEAD_BYTES]
             if held is not None:
                 self._more_hello(pkt, flow, held, payload)
             elif payload[0] == 0x16:
@@ -349,6 +384,7 @@ class Engine:
                     # A ClientHello over several segments (post-quantum key shares): hold the
                     # start, judge the flow once the rest arrives.
                     flow.note("engine")["hello"] = [payload]
+                    self._hold(flow)
                     return
                 if hello is not None:
                     flow.app = "tls"
@@ -370,12 +406,14 @@ class Engine:
     def _more_hello(self, pkt: Packet, flow: Flow, held: list[bytes], payload: bytes) -> None:
         """Another segment of a held ClientHello: parse the joined bytes, or keep holding."""
         held.append(payload)
-        joined = b"".join(held)
+        joined = b"".join(held)[:HELLO_BYTES]
         hello = self.dissect.tls(joined)
         holding = hello is not None and hello.partial
-        if holding and len(held) < HELLO_SEGMENTS and len(joined) <= HELLO_BYTES:
+        if holding and len(held) < HELLO_SEGMENTS and len(joined) < HELLO_BYTES:
+            self._hold(flow)
             return
         del flow.note("engine")["hello"]
+        self._holding.pop(id(flow), None)
         if hello is None:
             return
         flow.app = "tls"
@@ -386,16 +424,40 @@ class Engine:
         notes = flow.note("engine")
         if notes.get("quic_done"):
             return
-        held: list[bytes] = notes.setdefault("quic", [])
-        held.append(pkt.payload)
-        hello = self.dissect.quic(held[0]) if len(held) == 1 else self.dissect.quic_many(held)
-        if hello is not None and hello.partial and len(held) < HELLO_SEGMENTS:
+        payload = pkt.payload
+        # Each datagram is decrypted once; what a flow keeps is its CRYPTO chunks, bounded.
+        chunks = self.dissect.quic_crypto(payload) if len(payload) <= HEAD_BYTES else []
+        held: list[tuple[int, bytes]] = notes.setdefault("quic", [])
+        held += chunks
+        count = notes["quic_n"] = notes.get("quic_n", 0) + 1
+        size = sum(len(c) for _, c in held)
+        hello = self.dissect.quic_hello(held) if held else None
+        if hello is not None and hello.partial and count < HELLO_SEGMENTS and size <= HELLO_BYTES:
+            self._hold(flow)
             return
         notes["quic_done"] = True
         del notes["quic"]
+        self._holding.pop(id(flow), None)
         if hello is not None:
             flow.app = "quic"
             self._run("tls", pkt, flow, hello)
+
+    def _hold(self, flow: Flow) -> None:
+        """`flow` holds a partial hello: keep it among the HOLDING_FLOWS most recent holders."""
+        holding = self._holding
+        key = id(flow)
+        if key in holding:
+            holding.move_to_end(key)
+            return
+        while len(holding) >= HOLDING_FLOWS:
+            _, oldest = holding.popitem(last=False)
+            notes = oldest.notes.get("engine") if oldest.notes else None
+            if notes is not None:
+                notes.pop("hello", None)
+                if notes.pop("quic", None) is not None:
+                    notes["quic_done"] = True
+            self.stats.holds_given_up += 1
+        holding[key] = flow  # (the reference keeps the id unique while it is held)
 
     def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
         for name, fn, ctx in self._hooks[hook_name]:
@@ -425,20 +487,34 @@ class Engine:
 
     # -- acting --------------------------------------------------------------------------------
 
-    def block(self, addr: str, flow: Flow | None) -> bool:
-        """Block `addr` if in block mode and not allow-listed; True if it was blocked."""
-        if self.config.inline.mode != "block" or self.is_never_block(addr):
+    def block(self, addr: str, flow: Flow | None, evidence: str = "") -> bool:
+        """Block `addr` (and drop `flow`) in block mode if the guard allows; True if blocked."""
+        if self.config.inline.mode != "block":
+            return False
+        ttl = self.config.inline.block_ttl
+        if not self.guard.allow(addr, evidence or "unknown", ttl):
             return False
         if flow is not None:
             flow.verdict = VERDICT_BLOCK
         if self.blocker is not None:
-            self.blocker.block(addr, self.config.inline.block_ttl)
+            self.blocker.block(addr, ttl)
+        return True
+
+    def drop_flow(self, flow: Flow | None) -> bool:
+        """Drop just `flow` (its conntrack entry is marked) in block mode; True if dropped."""
+        if self.config.inline.mode != "block" or flow is None:
+            return False
+        flow.verdict = VERDICT_BLOCK
         return True
 
     def is_never_block(self, addr: str) -> bool:
         """Whether `addr` must never be blocked (in ``inline.never_block``, or not an address)."""
         packed = packed_address(addr)
         return packed is None or self._never_block.contains(packed)
+
+    def protect(self, addr: str, why: str) -> None:
+        """Never block `addr` automatically (the office gateway, the hub)."""
+        self.guard.protect(addr, why)
 
 
 def _addresses(key: str, entries: tuple[str, ...]) -> AddrSet:

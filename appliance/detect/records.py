@@ -66,6 +66,12 @@ class DnsMessage:
     answers: list[DnsAnswer] = field(default_factory=list)
     truncated: bool = False
     transport: str = "udp"
+    # Set by the engine on a response that answers an office host's own question (see
+    # detect/dnstrust.py), with the question's name chain and the addresses on it. Only such
+    # answers teach names or lead to blocks.
+    trusted: bool = False
+    chain_names: set[str] = field(default_factory=set)
+    chain_addresses: list[str] = field(default_factory=list)
 
     @property
     def rcode_name(self) -> str:

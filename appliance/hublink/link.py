@@ -52,6 +52,7 @@ from paho.mqtt.properties import Properties
 
 from appliance import __version__
 from appliance.alerts.outbox import Outbox
+from appliance.alerts.privacy import Pseudonymizer, key_for
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
 from appliance.hublink.preflight import Preflight, _ssl_text, describe_failure, preflight
@@ -88,6 +89,14 @@ def topic_root(config: Config) -> str:
 # -- the link ------------------------------------------------------------------------------------
 
 
+def privacy_filter(config: Config) -> Pseudonymizer | None:
+    """The pseudonymiser every outgoing message passes through (privacy.pseudonymize)."""
+    p = config.privacy
+    if not p.pseudonymize:
+        return None
+    return Pseudonymizer(key_for(p.key, config.device.state_dir), config.inline.home_nets)
+
+
 class HubLink(SenderWindow, Telemetry):
     """Daemon component (start/tick/configure/stop/stats) that owns the MQTT connection.
 
@@ -110,6 +119,7 @@ class HubLink(SenderWindow, Telemetry):
         version: str = __version__,
     ) -> None:
         self.config = config
+        self.privacy = privacy_filter(config)
         self.clock = clock
         self.backoff = backoff
         self.window = window
@@ -232,6 +242,7 @@ class HubLink(SenderWindow, Telemetry):
         """Live reconfiguration. Refuses (ConfigError, nothing changed) an outbox move or TLS
         files that cannot work; reconnects when the connection settings or identity changed."""
         old = self.config
+        self.privacy = privacy_filter(config)
         if config.hub == old.hub and config.device == old.device:
             self.config = config
             return

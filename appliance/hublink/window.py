@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 
 from appliance.alerts.outbox import Outbox
+from appliance.alerts.privacy import Pseudonymizer
 from appliance.hublink.report import DailyReport
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class SenderWindow:
     _acked: list[int]
     _refused_alerts: list[int]
     _pause_until: float
+    privacy: Pseudonymizer | None
 
     if TYPE_CHECKING:  # provided by HubLink
 
@@ -71,6 +73,8 @@ class SenderWindow:
         client = self._client
         if client is None:
             return None
+        if self.privacy is not None:  # nothing leaves with an office address in it
+            payload = self.privacy.scrub_payload(payload)
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         except (ValueError, TypeError) as e:

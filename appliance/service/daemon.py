@@ -50,6 +50,7 @@ from appliance.service import reconfigure, wiring
 from appliance.service.blocks import BlockRequests
 from appliance.service.metrics import KernelCounters, component_stats, merged
 from appliance.service.notify import Notifier
+from appliance.service.protect import protected_addresses
 from appliance.service.queues import QueueSet, queue_numbers, queue_set
 from appliance.service.view import ServiceView
 from appliance.service.wiring import Wiring
@@ -157,6 +158,8 @@ class Service:
                 self.wiring = wiring.build(cfg)
             self.pipeline = AlertPipeline(cfg, [self.eve], journal=self.wiring.journal)
             self.engine = Engine(cfg, self.intel.store, self.pipeline, self.blocks)
+            for addr, why in protected_addresses(cfg):
+                self.engine.protect(addr, why)
             self.engine.tickers.append(self.pipeline.tick)
             self.open_queues(cfg)
         except (OSError, FirewallError, ConfigError) as e:
@@ -505,6 +508,10 @@ class Service:
             "component_errors": self.counts["component_errors"],
             "intel_version": store.version if store is not None else "",
             "intel_indicators": len(store) if store is not None else 0,
+            # Block guard: every refusal to block, by reason, and the blocks it allowed.
+            **{k: v for k, v in agg.items() if k.startswith(("block_refused_", "blocks_"))},
+            "block_protected": agg["block_protected"],
+            "dns_untrusted": agg["dns_untrusted"],
         }
         return merged(core, extra)
 

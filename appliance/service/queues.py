@@ -131,8 +131,7 @@ class InProcessQueues:
         out: Counter[str] = Counter()
         if self.worker is not None:
             out.update(self.worker.stats.as_dict())
-            out["flows"] += len(self.engine.flows)
-            out["hook_errors"] += sum(self.engine.stats.hook_errors.values())
+            out.update(self.engine.counters())
         return out
 
 

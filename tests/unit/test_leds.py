@@ -61,3 +61,33 @@ def test_fail_open_is_a_fault_and_identify_blinks_all() -> None:
     assert leds.stats()["leds_mock"] is True
     leds.stop()
     assert leds.shown() == {"green": OFF, "amber": OFF, "red": OFF}
+
+
+def test_the_fault_pattern_blinks_red_and_turns_the_others_off() -> None:
+    import threading
+
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import Config
+    from appliance.leds import show_fault
+
+    pins = MockFactory()
+    stop = threading.Event()
+    seen: dict[str, object] = {}
+
+    def watch() -> None:
+        import time
+
+        states = set()
+        for _ in range(40):
+            states.add(pins.pin(Config().leds.red).state)
+            time.sleep(0.02)
+        seen["red"] = states
+        seen["green"] = pins.pin(Config().leds.green).state
+        stop.set()
+
+    t = threading.Thread(target=watch)
+    t.start()
+    assert show_fault(Config(), stop, factory=pins)["red"] == "blinking"
+    t.join()
+    assert seen["red"] == {0, 1} and seen["green"] == 0

@@ -348,6 +348,21 @@ def _restore_logging():
     root.setLevel(level)
 
 
+def test_default_gateways_and_the_hub_are_protected_from_blocks(tmp_path: Path) -> None:
+    from appliance.service.protect import default_gateways, protected_addresses
+
+    route = tmp_path / "route"
+    route.write_text(
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\n"
+        "br0\t00000000\t010012C6\t0003\t0\t0\t0\t00000000\n"  # default via 198.18.0.1
+        "br0\t000012C6\t00000000\t0001\t0\t0\t0\t0000FFFF\n"
+    )
+    assert default_gateways(str(route)) == ["198.18.0.1"]
+    assert default_gateways(str(tmp_path / "missing")) == []
+    cfg = from_dict({"hub": {"host": "127.0.0.1"}})
+    assert ("127.0.0.1", "hub") in protected_addresses(cfg)
+
+
 def test_one_snapshot_per_tick_reaches_every_component(tmp_path: Path) -> None:
     class Counting(Comp):
         def __init__(self) -> None:

@@ -9,9 +9,12 @@ ClientHello, per HTTP request head):
 - TLS and QUIC ClientHellos: SNI, JA3 and JA4;
 - HTTP/1 request heads: Host and the URL.
 
-In block mode a hit puts the listed address into the kernel drop set (the engine checks the mode
-and `inline.never_block`); a DNS answer for a listed domain blocks the addresses it returned.
-Signature ids are stable (8100001..8100010); the alert's category and severity come from the
+In block mode a listed address goes into the kernel drop set; a listed name (SNI, HTTP host or
+URL) drops only its flow, since a CDN address serves many sites; a believed DNS answer for a
+listed domain blocks the addresses on its name chain. The engine's block guard
+(detect/blockguard.py) has the last word: never the office, non-public addresses, the gateway,
+the resolvers or the hub, and capped.
+Signature ids are stable (8100001..8100011); the alert's category and severity come from the
 indicator, the details say what was listed and by whom.
 """
 
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
 from appliance.detect.base import Detector, Loader, Options
+from appliance.detect.blockguard import BLOCK_LIMIT
 
 if TYPE_CHECKING:
     from appliance.detect.engine import Context
@@ -65,6 +69,7 @@ class IntelDetector(Detector):
         HTTP_HOST,
         HTTP_URL,
         DNS_BLOCKED,
+        BLOCK_LIMIT,
     )
 
     def __init__(self) -> None:
@@ -203,10 +208,12 @@ class IntelDetector(Detector):
                     if hit is not None:
                         break
         addresses = [a.data for a in msg.answers if a.rrtype in (A, AAAA) and a.data]
-        if hit is not None and self.block and addresses and ctx.block_mode:
-            # The DNS flow itself is left alone (the resolver is usually allow-listed); the
-            # addresses go into the drop set, the alert reads "client → address, blocked".
-            blocked = [a for a in addresses if ctx.block(a)]
+        if hit is not None and self.block and msg.trusted and ctx.block_mode:
+            # Only a believed answer (to an office host's own question, from beyond the bridge)
+            # and only the addresses on the question's own name chain: a forged or unsolicited
+            # answer never blocks anything. The DNS flow itself is left alone; the addresses go
+            # into the drop set, the alert reads "client → address, blocked".
+            blocked = [a for a in msg.chain_addresses if ctx.block(a)]
             if blocked:  # (blocking the first again below only refreshes its timeout)
                 ctx.alert(
                     self._sig(DNS_BLOCKED, hit),
@@ -241,7 +248,7 @@ class IntelDetector(Detector):
                     flow=flow,
                     app=hello.eve(),
                     details=self._details(ind, sni=hello.sni, transport=proto),
-                    block=pkt.dst_ip if self.block else None,
+                    drop=self.block,
                 )
                 return
         for sig, ind in (
@@ -286,5 +293,5 @@ class IntelDetector(Detector):
             flow=flow,
             app=req.eve(),
             details=self._details(ind, host=host),
-            block=pkt.dst_ip if self.block else None,
+            drop=self.block,
         )

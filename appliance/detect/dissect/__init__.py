@@ -13,7 +13,12 @@ from typing import TypeVar
 
 from appliance.detect.dissect.dns import parse_dns
 from appliance.detect.dissect.http import parse_request
-from appliance.detect.dissect.quic import parse_initial, parse_initials
+from appliance.detect.dissect.quic import (
+    hello_from_crypto,
+    initial_crypto,
+    parse_initial,
+    parse_initials,
+)
 from appliance.detect.dissect.tls import parse_client_hello
 from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
 
@@ -53,3 +58,15 @@ class Dissectors:
     def quic_many(self, datagrams: list[bytes]) -> TlsHello | None:
         """The ClientHello from a connection's first Initial datagrams (a hello over several)."""
         return self._run("quic", lambda _: parse_initials(datagrams), b"")
+
+    def quic_crypto(self, payload: bytes) -> list[tuple[int, bytes]]:
+        """The CRYPTO chunks of one Initial datagram (decrypted once; [] if it does not)."""
+        try:
+            return initial_crypto(payload)
+        except Exception:  # a parser bug must not cost a packet
+            self.malformed["quic"] += 1
+            return []
+
+    def quic_hello(self, chunks: list[tuple[int, bytes]]) -> TlsHello | None:
+        """The ClientHello in a connection's CRYPTO chunks so far."""
+        return self._run("quic", lambda _: hello_from_crypto(chunks), b"")

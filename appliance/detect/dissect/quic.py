@@ -252,15 +252,30 @@ def parse_initial(data: bytes) -> TlsHello | None:
 def parse_initials(datagrams: Sequence[bytes]) -> TlsHello | None:
     """The ClientHello carried by the CRYPTO frames of one or more client Initial datagrams of
     a connection (at most MAX_DATAGRAMS; ones that do not decrypt are skipped)."""
-    buf = CryptoBuffer()
+    chunks: list[tuple[int, bytes]] = []
+    for data in datagrams[:MAX_DATAGRAMS]:
+        chunks += initial_crypto(data)
+    return hello_from_crypto(chunks)
+
+
+def initial_crypto(data: bytes) -> list[tuple[int, bytes]]:
+    """The (offset, bytes) CRYPTO chunks of one client Initial datagram: it is decrypted once,
+    and a caller keeping a flow's hello across datagrams keeps these, not the datagram."""
     try:
-        for data in datagrams[:MAX_DATAGRAMS]:
-            got = decrypt_initial(data)
-            if got is None:
-                continue
-            frames = crypto_frames(got[1])
-            if frames is not None:
-                buf.chunks.extend(frames.chunks)
+        got = decrypt_initial(data)
+        if got is None:
+            return []
+        frames = crypto_frames(got[1])
+    except (ValueError, IndexError, struct.error):
+        return []
+    return frames.chunks if frames is not None else []
+
+
+def hello_from_crypto(chunks: Sequence[tuple[int, bytes]]) -> TlsHello | None:
+    """The ClientHello in the CRYPTO stream made of `chunks` (partial if the stream stops)."""
+    buf = CryptoBuffer()
+    buf.chunks.extend(chunks)
+    try:
         stream = buf.contiguous()
         return parse_handshake(stream, quic=True) if stream else None
     except (ValueError, IndexError, struct.error):

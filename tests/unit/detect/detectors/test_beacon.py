@@ -90,7 +90,12 @@ def test_beacon_by_name_across_rotating_addresses() -> None:
             an=[DNSRR(rrname=name, type="A", rdata=a, ttl=300) for a in addrs],
         )
     )
-    pkts = [at(answer, T0 - 1)]
+    query = (
+        IP(src=PC1, dst="203.0.113.53")
+        / UDP(sport=5354, dport=53)
+        / DNS(id=7, qd=DNSQR(qname=name))
+    )
+    pkts = [at(query, T0 - 1.1), at(answer, T0 - 1)]
     for i in range(22):
         pkts += call(T0 + 45 * i, dst=addrs[i % 3], sport=30000 + i)
     alerts = run(pkts)
@@ -168,8 +173,27 @@ def test_ignored_names_and_addresses() -> None:
         / UDP(sport=53, dport=33333)
         / DNS(id=9, qr=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, type="A", rdata=C2))
     )
+    query = (
+        IP(src=PC1, dst="203.0.113.53")
+        / UDP(sport=33333, dport=53)
+        / DNS(id=9, qd=DNSQR(qname=name))
+    )
     regular = [T0 + 60 * i for i in range(25)]
-    assert run([at(answer, T0 - 1), *series(regular)]) == []
+    assert run([at(query, T0 - 1.1), at(answer, T0 - 1), *series(regular)]) == []
+    # The same answer for a name not ignored: the calls are judged a beacon by that name.
+    other = "www.example.org"
+    query2 = (
+        IP(src=PC1, dst="203.0.113.53")
+        / UDP(sport=33334, dport=53)
+        / DNS(id=10, qd=DNSQR(qname=other))
+    )
+    answer2 = (
+        IP(src="203.0.113.53", dst=PC1)
+        / UDP(sport=53, dport=33334)
+        / DNS(id=10, qr=1, qd=DNSQR(qname=other), an=DNSRR(rrname=other, type="A", rdata=C2))
+    )
+    (hit,) = run([at(query2, T0 - 1.1), at(answer2, T0 - 1), *series(regular)])
+    assert hit["watchpost"]["details"]["name"] == other
     cfg = make_config(detect={"beacon": {"ignore": ["203.0.113.0/24"]}})
     assert run(series(regular), cfg) == []
 

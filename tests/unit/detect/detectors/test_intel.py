@@ -358,7 +358,7 @@ def test_options_are_declared_and_checked() -> None:
         make_config(detect={"intel": {"block": "yes"}})
     with pytest.raises(ConfigError, match="detect.intel.colour"):
         make_config(detect={"intel": {"colour": 1}})
-    assert {s.sid for s in det.IntelDetector.signatures} == set(range(8100001, 8100011))
+    assert {s.sid for s in det.IntelDetector.signatures} == set(range(8100001, 8100012))
     assert all(s.name.startswith("Threat intel: ") for s in det.IntelDetector.signatures)
 
 
@@ -400,3 +400,90 @@ def test_swapped_store_takes_effect_at_once(feeds: list[Path], tmp_path: Path) -
     got = [(a["src_ip"], a["watchpost"]["details"]["indicator"]) for a in alerts]
     assert got == [(PC1, "evil.example"), (PC2, "benign-now-listed.example")]
     assert alerts[0]["watchpost"]["intel_version"] != alerts[-1]["watchpost"]["intel_version"]
+
+
+# -- block mode never blocks the office ----------------------------------------------------------
+
+
+def dns_answer(src: str, dst: str, qname: str, rrs: list[Any], ts: float = T0) -> Any:
+    return at(
+        IP(src=src, dst=dst)
+        / UDP(sport=53, dport=53000)
+        / DNS(id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=qname), an=rrs),
+        ts,
+    )
+
+
+def test_unsolicited_and_forged_answers_block_nothing(feeds: list[Path]) -> None:
+    a = [DNSRR(rrname="evil.example", type="A", rdata="198.51.100.99")]
+    unsolicited = [dns_answer(RESOLVER, PC1, "evil.example", a)]  # no question was asked
+    forged = [dns_answer(PC2, PC1, "evil.example", a)]  # an office host "answers"
+    for pkts in (unsolicited, forged):
+        h, _alerts = run(feeds, pkts, inline={"mode": "block"})
+        assert h.blocker.blocked == []
+        assert h.engine.stats.dns_untrusted == 1
+        # and the forged name is not learnt: a connection to that address is not "evil.example"
+        assert h.engine.ctx.names.get(bytes([198, 51, 100, 99])) == ""
+
+
+def test_answers_naming_private_or_office_addresses_block_only_the_public_ones(
+    feeds: list[Path],
+) -> None:
+    pkts = dns_exchange(
+        PC1,
+        "evil.example",
+        [("A", "10.0.0.1"), ("A", "198.18.0.1"), ("A", "192.168.1.1"), ("A", "198.51.100.99")],
+    )
+    h, _alerts = run(feeds, pkts, inline={"mode": "block"})
+    assert set(h.blocker.blocked) == {"198.51.100.99"}
+    refused = h.engine.guard.refused
+    assert refused["non-public"] == 2 and refused["office"] == 1
+
+
+def test_records_off_the_question_chain_are_ignored(feeds: list[Path]) -> None:
+    q, _ = dns_exchange(PC1, "evil.example", [])
+    rrs = [
+        DNSRR(rrname="evil.example", type="A", ttl=60, rdata="198.51.100.99"),
+        DNSRR(rrname="www.bank.example", type="A", ttl=60, rdata="198.51.100.20"),  # poison
+    ]
+    r = dns_answer(RESOLVER, PC1, "evil.example", rrs, ts=T0 + 0.01)
+    h, _ = run(feeds, [q, r], inline={"mode": "block"})
+    assert set(h.blocker.blocked) == {"198.51.100.99"}
+
+
+def test_a_listed_name_drops_its_flow_not_the_shared_address(feeds: list[Path]) -> None:
+    listed = tcp_flow(PC1, WEB, 443, hello("evil.example"))
+    other = tcp_flow(PC2, WEB, 443, hello("www.example.com"), ts=T0 + 1, sport=40001)
+    h, alerts = run(feeds, listed + other, inline={"mode": "block"})
+    assert h.blocker.blocked == []  # the CDN address stays reachable
+    assert h.verdicts[3] == VERDICT_BLOCK  # the listed flow is dropped at its hello
+    assert VERDICT_BLOCK not in h.verdicts[4:]  # the other site on the same address passes
+    (a,) = [x for x in alerts if x["alert"]["signature_id"] == det.TLS_SNI.sid]
+    assert a["alert"]["action"] == "blocked"
+    h, alerts = run(
+        feeds, tcp_flow(PC1, WEB, 80, http_get("evil.example")), inline={"mode": "block"}
+    )
+    assert h.blocker.blocked == [] and h.verdicts[3] == VERDICT_BLOCK
+
+
+def test_a_real_answer_for_a_listed_name_still_blocks_its_address(feeds: list[Path]) -> None:
+    h, _ = run(
+        feeds, dns_exchange(PC1, "evil.example", [("A", "198.51.100.99")]), inline={"mode": "block"}
+    )
+    assert set(h.blocker.blocked) == {"198.51.100.99"}
+    assert h.engine.guard.reason_not_to_block(RESOLVER) == "resolver"
+
+
+def test_reaching_the_block_cap_is_said_once(tmp_path: Path) -> None:
+    feed = tmp_path / "three.txt"
+    feed.write_text("203.0.113.66\n203.0.113.67\n203.0.113.68\n")
+    h = Harness(make_config(inline={"mode": "block"}), intel_paths=[feed])
+    h.engine.blocker = FakeBlocker()
+    h.engine.guard.cap = 1
+    pkts = tcp_flow(PC1, "203.0.113.66", 443) + tcp_flow(PC1, "203.0.113.67", 443, ts=T0 + 1)
+    pkts += tcp_flow(PC2, "203.0.113.68", 443, ts=T0 + 2, sport=40002)
+    h.feed(pkts)
+    h.finish()
+    limits = [a for a in h.by_detector("intel") if a["alert"]["signature_id"] == 8100011]
+    assert len(limits) == 1 and limits[0]["watchpost"]["details"]["cap"] == 1
+    assert h.engine.guard.refused["cap"] == 2
