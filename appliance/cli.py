@@ -139,7 +139,7 @@ def fault_leds(config_path: Path) -> None:
     from appliance.leds import show_fault
 
     try:
-        config = load_config(config_path)
+        config = load(config_path)
     except ConfigError:
         config = Config()  # a broken config must not hide the fault: the default pins
     stop = threading.Event()

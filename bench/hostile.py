@@ -105,7 +105,7 @@ def run_child(flows: int, hostile: bool) -> dict[str, float]:
             heads = [_tcp(sport, 443, 0x02)]
             heads += [_tcp(sport, 443, 0x18, seg, seq=2 + n * 1400) for n, seg in enumerate(tcp)]
             if not hostile:
-                heads = heads[:1] + [_tcp(sport, 443, 0x18, b"GET / HTTP/1.1\r\n\r\n")]
+                heads = [heads[0], _tcp(sport, 443, 0x18, b"GET / HTTP/1.1\r\n\r\n")]
             raws = [_ip4(src, dst, 6, h) for h in heads]
         else:
             dgrams = quic if hostile else [b"\x40" + bytes(40)]

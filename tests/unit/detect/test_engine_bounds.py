@@ -4,12 +4,11 @@ once."""
 
 from __future__ import annotations
 
-from bench.hostile import _ip4, _payloads, _tcp, _udp
-
 from appliance.detect import engine as engine_mod
 from appliance.detect.dissect import quic as quic_mod
 from appliance.detect.intel import IntelStore
 from appliance.packet.decode import DecodeStats, decode_ip
+from bench.hostile import _ip4, _payloads, _tcp, _udp
 from tests.helpers import make_config
 
 CLIENT, SERVER = 0xC6120000, 0xCB00710A  # 198.18.0.0, 203.0.113.10
@@ -42,10 +41,12 @@ def test_partial_hellos_are_held_by_a_bounded_number_of_flows(monkeypatch) -> No
 
 
 def test_a_split_hello_is_still_read_whole() -> None:
-    tcp, quic = _payloads()
+    tcp, _quic = _payloads()
     eng = new_engine()
     seen = []
-    eng._hooks["tls"].append(("probe", lambda ctx, pkt, flow, hello: seen.append(hello)))
+    eng._hooks["tls"].append(
+        ("probe", lambda ctx, pkt, flow, hello: seen.append(hello), eng.ctx)  # type: ignore[arg-type]
+    )
     # The hostile hello never ends within the head: after HELLO_SEGMENTS it is judged partial.
     segs = [_ip4(CLIENT + 1, SERVER, 6, _tcp(3000, 443, 0x18, s)) for s in tcp]
     segs.append(_ip4(CLIENT + 1, SERVER, 6, _tcp(3000, 443, 0x18, tcp[2])))
