@@ -325,5 +325,5 @@ def test_the_unit_keeps_the_office_config_read_only() -> None:
     settings = [line.split("=", 1) for line in unit.splitlines() if "=" in line[:40]]
     writable = " ".join(v for k, v in settings if k == "ReadWritePaths")
     assert "/etc/watchpost" not in writable and "/var/lib/watchpost" in writable
-    assert ("ReadOnlyPaths", "/etc/watchpost") in [tuple(s) for s in settings]
+    assert ("ReadOnlyPaths", "-/etc/watchpost") in [tuple(s) for s in settings]
     assert ("ProtectSystem", "strict") in [tuple(s) for s in settings]
