@@ -440,7 +440,7 @@ class Config:
 
 _NOT_SECTIONS = ("detect", "source", "remote")
 SECTIONS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else globals()[f.type]  # type: ignore[misc]
+    f.name: f.type if isinstance(f.type, type) else globals()[f.type]
     for f in dataclasses.fields(Config)
     if f.name not in _NOT_SECTIONS
 }

@@ -62,7 +62,7 @@ def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dic
             "data_age_s": None,
         }
     hub = _hub(stats, now)
-    leds = stats.get("leds") if isinstance(stats.get("leds"), dict) else {}
+    leds = _section(stats, "leds")
     unacked = _int(stats.get("unacked_alerts"))
     fault = str(stats.get("fault") or "")
     state = str(stats.get("state") or "unknown")
@@ -130,7 +130,7 @@ def led_text(name: str, shown: str) -> str:
 
 
 def _hub(stats: dict[str, Any], now: float) -> dict[str, Any]:
-    raw = stats.get("hub") if isinstance(stats.get("hub"), dict) else {}
+    raw = _section(stats, "hub")
     enabled = bool(raw.get("enabled"))
     connected = bool(raw.get("connected"))
     problem = str(raw.get("problem") or "")
@@ -173,6 +173,12 @@ def duration(seconds: float) -> str:
     if hours:
         return f"{hours} h {minutes} min"
     return f"{minutes} min"
+
+
+def _section(stats: dict[str, Any], name: str) -> dict[str, Any]:
+    """A nested dict of the stats snapshot ({} when missing or not a dict)."""
+    value = stats.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def _num(value: Any) -> float:
@@ -240,7 +246,7 @@ def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
             series(name + "_total", "counter", value)
         else:
             series(name, "gauge", value)
-    hub = stats.get("hub") if isinstance(stats.get("hub"), dict) else {}
+    hub = _section(stats, "hub")
     series("watchpost_hub_enabled", "gauge", float(bool(hub.get("enabled"))))
     series("watchpost_hub_connected", "gauge", float(bool(hub.get("connected"))))
     info = {
@@ -251,7 +257,7 @@ def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
         "hub_state": str(hub.get("state") or ""),
     }
     series("watchpost_info", "gauge", 1.0, info)
-    leds = stats.get("leds") if isinstance(stats.get("leds"), dict) else {}
+    leds = _section(stats, "leds")
     if leds:
         lines.append("# TYPE watchpost_led gauge")
         for led in sorted(leds):
