@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +52,7 @@ MODE_TEXT = {
 }
 
 
-def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dict[str, Any]:
+def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> dict[str, Any]:
     """The JSON API's /api/status body; the page renders the same dict."""
     if stats is None:
         return {
@@ -129,7 +130,7 @@ def led_text(name: str, shown: str) -> str:
     return LED_MEANING.get(name, {}).get(shown, shown)
 
 
-def _hub(stats: dict[str, Any], now: float) -> dict[str, Any]:
+def _hub(stats: Mapping[str, Any], now: float) -> dict[str, Any]:
     raw = _section(stats, "hub")
     enabled = bool(raw.get("enabled"))
     connected = bool(raw.get("connected"))
@@ -175,7 +176,7 @@ def duration(seconds: float) -> str:
     return f"{minutes} min"
 
 
-def _section(stats: dict[str, Any], name: str) -> dict[str, Any]:
+def _section(stats: Mapping[str, Any], name: str) -> dict[str, Any]:
     """A nested dict of the stats snapshot ({} when missing or not a dict)."""
     value = stats.get(name)
     return value if isinstance(value, dict) else {}
@@ -219,7 +220,7 @@ PROM_COUNTERS = frozenset(
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
+def metrics(stats: Mapping[str, Any] | None, age: float | None) -> str:
     """Prometheus text format (0.0.4): every number in the stats, plus info and LED series."""
     lines: list[str] = []
     seen: set[str] = set()
