@@ -11,15 +11,18 @@ setup:
 demo: setup
 	$(VENV)/bin/watchpost demo $(if $(DURATION),--duration $(DURATION),)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
+# ruff, the type checker and the import contracts (pyproject.toml [tool.mypy], [tool.importlinter]).
 lint: setup
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+	$(PY) -c 'import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())'
 
 wheels: setup
 	$(PY) release/build_wheels.py --out dist

@@ -440,7 +440,7 @@ class Config:
 
 _NOT_SECTIONS = ("detect", "source", "remote")
 SECTIONS: dict[str, type] = {
-    f.name: f.type if isinstance(f.type, type) else globals()[f.type]  # type: ignore[misc]
+    f.name: f.type if isinstance(f.type, type) else globals()[f.type]
     for f in dataclasses.fields(Config)
     if f.name not in _NOT_SECTIONS
 }
@@ -451,8 +451,8 @@ def _section_options(cls: type) -> dict[str, Option]:
     out = {}
     for f in dataclasses.fields(cls):
         declared = dict(f.metadata["option"])
-        missing = f.default is dataclasses.MISSING
-        default = f.default_factory() if missing else f.default  # type: ignore[misc]
+        factory = f.default_factory
+        default = factory() if callable(factory) else f.default
         out[f.name] = Option(f.name, hints[f.name], default, declared.pop("help"), **declared)
     return out
 

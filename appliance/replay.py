@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scapy.error import Scapy_Exception
 from scapy.utils import RawPcapNgReader, RawPcapReader
@@ -45,6 +46,7 @@ def read_capture(path: str | Path, stats: DecodeStats) -> Iterator[Packet]:
         raise ReplayError(f"{p}: cannot read: {e}") from None
     with reader:
         if isinstance(reader, RawPcapNgReader):
+            meta: Any  # scapy's pcapng metadata (its stubs lack these fields)
             for data, meta in reader:
                 ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
                 if meta.linktype not in LINKTYPES:

@@ -211,7 +211,7 @@ class Transfer:
     def expected_len(self, index: int) -> int:
         if index < self.count - 1:
             return self.chunk_size
-        return self.manifest["size"] - (self.count - 1) * self.chunk_size
+        return int(self.manifest["size"]) - (self.count - 1) * self.chunk_size
 
     def add(self, index: int, data: bytes, now: float) -> bool:
         """Store chunk `index`; False when it is an identical duplicate. BundleError if bad."""

@@ -1,4 +1,4 @@
-"""Test-wide fixtures. Integration tests need root and the kernel features of DESIGN.md."""
+"""Test-wide fixtures. Integration tests need root and the kernel features of docs/facts.md."""
 
 from __future__ import annotations
 

@@ -55,8 +55,8 @@ class Blocker(Protocol):
     def block(self, addr: str, ttl: int) -> None: ...
 
 
-class AlertSink(Protocol):
-    def __call__(self, alert: Alert) -> None: ...
+# Where finished alerts go (the alert pipeline; a pipe to the main process in a worker).
+AlertSink = Callable[[Alert], None]
 
 
 class NameCache:

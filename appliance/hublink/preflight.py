@@ -77,10 +77,10 @@ def preflight(config: Config, now: float | None = None) -> Preflight:
     except (OSError, ValueError) as e:
         return Preflight((("hub.cert", f"{hub.cert}: not a PEM certificate ({e})"),), (), None)
     try:
-        key = serialization.load_pem_private_key(Path(hub.key).read_bytes(), password=None)
+        private = serialization.load_pem_private_key(Path(hub.key).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
         return Preflight((("hub.key", f"{hub.key}: not an unencrypted PEM key ({e})"),), (), None)
-    if key.public_key() != cert.public_key():
+    if private.public_key() != cert.public_key():
         fatal.append(("hub.key", f"{hub.key} does not belong to the certificate {hub.cert}"))
     cns = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""

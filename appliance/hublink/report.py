@@ -144,9 +144,9 @@ class DailyReport:
             for key, value in counters.items():
                 if key not in self.base:
                     self.base[key] = value if key not in self.last else 0.0
-                prev = self.last.get(key)
-                if prev is not None and value < prev:
-                    self.carry[key] = self.carry.get(key, 0.0) + prev - self.base[key]
+                before = self.last.get(key)
+                if before is not None and value < before:
+                    self.carry[key] = self.carry.get(key, 0.0) + before - self.base[key]
                     self.base[key] = 0.0
                 self.last[key] = value
             self._dirty = True

@@ -409,7 +409,8 @@ def worker_main(
     next_stats = 0.0
     try:
         while not stop and os.getppid() == parent:
-            ready, _, _ = select.select([worker, conn], [], [], 0.5)
+            waitables: list[Any] = [worker, conn]
+            ready, _, _ = select.select(waitables, [], [], 0.5)
             if worker in ready:
                 worker.process()
             while conn.poll():

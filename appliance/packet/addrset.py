@@ -165,8 +165,8 @@ def packed_address(text: str) -> bytes | None:
         ip = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if ip.version == 6 and ip.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return ip.ipv4_mapped.packed  # type: ignore[union-attr]
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.packed
     return ip.packed
 
 
@@ -178,14 +178,14 @@ def _address(addr: str | bytes | Address) -> Address | None:
     if isinstance(addr, str):
         packed = packed_address(addr)
         return None if packed is None else ipaddress.ip_address(packed)
-    if addr.version == 6 and addr.ipv4_mapped is not None:  # type: ignore[union-attr]
-        return addr.ipv4_mapped  # type: ignore[union-attr]
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
     return addr
 
 
 def _v4_if_mapped(net: Network) -> Network:
     """``::ffff:198.18.0.0/120`` is ``198.18.0.0/24``."""
-    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):  # type: ignore[arg-type]
+    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED_NET):
         base = int(net.network_address) & 0xFFFFFFFF
         return ipaddress.IPv4Network((base, net.prefixlen - 96))
     return net

@@ -24,6 +24,9 @@ from appliance.packet.decode import (
     Packet,
 )
 
+# (proto, lower address, its port, higher address, its port): both directions share it.
+FlowKey = tuple[int, bytes, int, bytes, int]
+
 # Who started the connection, relative to the office.
 DIR_UNKNOWN, DIR_OUTBOUND, DIR_INBOUND, DIR_INTERNAL = 0, 1, 2, 3
 DIRECTION_NAMES = {
@@ -64,7 +67,7 @@ class Flow:
         "verdict",
     )
 
-    def __init__(self, key: tuple, pkt: Packet, client_is_src: bool) -> None:
+    def __init__(self, key: FlowKey, pkt: Packet, client_is_src: bool) -> None:
         self.key = key
         self.proto = pkt.proto
         self.family = pkt.family
@@ -104,7 +107,7 @@ class FlowTable:
     def __init__(self, max_flows: int, home_nets: AddrSet) -> None:
         self.max_flows = max_flows
         self.home = home_nets
-        self._flows: dict[tuple, Flow] = {}
+        self._flows: dict[FlowKey, Flow] = {}
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -133,7 +136,7 @@ class FlowTable:
         flow.last = pkt.ts
         return flow, from_client
 
-    def _create(self, key: tuple, pkt: Packet) -> Flow:
+    def _create(self, key: FlowKey, pkt: Packet) -> Flow:
         if len(self._flows) >= self.max_flows:
             # Oldest-created first: dicts keep insertion order, so this is O(1).
             del self._flows[next(iter(self._flows))]

@@ -7,7 +7,6 @@ which office host, direction, the name involved): never whole records, never pay
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
@@ -82,7 +81,7 @@ def recent_alerts(
 
 def describe(
     eve: dict[str, Any],
-    nets: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
+    nets: AddrSet | None = None,
     now: float | None = None,
 ) -> dict[str, Any]:
     """One EVE alert as the page shows it (a fixed set of fields, all plain values)."""
@@ -90,7 +89,7 @@ def describe(
     wp = _dict(eve.get("watchpost"))
     direction = _text(wp.get("direction")) or "unknown"
     src, dest = _text(eve.get("src_ip")), _text(eve.get("dest_ip"))
-    office, remote, remote_port = _sides(eve, src, dest, direction, nets)
+    office, remote, remote_port = _sides(eve, src, dest, direction, nets or AddrSet())
     ts = _when(eve.get("timestamp"))
     severity = alert.get("severity")
     count = wp.get("count")

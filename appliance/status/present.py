@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -51,7 +52,7 @@ MODE_TEXT = {
 }
 
 
-def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dict[str, Any]:
+def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> dict[str, Any]:
     """The JSON API's /api/status body; the page renders the same dict."""
     if stats is None:
         return {
@@ -62,7 +63,7 @@ def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dic
             "data_age_s": None,
         }
     hub = _hub(stats, now)
-    leds = stats.get("leds") if isinstance(stats.get("leds"), dict) else {}
+    leds = _section(stats, "leds")
     unacked = _int(stats.get("unacked_alerts"))
     fault = str(stats.get("fault") or "")
     state = str(stats.get("state") or "unknown")
@@ -129,8 +130,8 @@ def led_text(name: str, shown: str) -> str:
     return LED_MEANING.get(name, {}).get(shown, shown)
 
 
-def _hub(stats: dict[str, Any], now: float) -> dict[str, Any]:
-    raw = stats.get("hub") if isinstance(stats.get("hub"), dict) else {}
+def _hub(stats: Mapping[str, Any], now: float) -> dict[str, Any]:
+    raw = _section(stats, "hub")
     enabled = bool(raw.get("enabled"))
     connected = bool(raw.get("connected"))
     problem = str(raw.get("problem") or "")
@@ -175,6 +176,12 @@ def duration(seconds: float) -> str:
     return f"{minutes} min"
 
 
+def _section(stats: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A nested dict of the stats snapshot ({} when missing or not a dict)."""
+    value = stats.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _num(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 0.0
@@ -213,7 +220,7 @@ PROM_COUNTERS = frozenset(
 _NAME_BAD = re.compile(r"[^a-zA-Z0-9_]")
 
 
-def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
+def metrics(stats: Mapping[str, Any] | None, age: float | None) -> str:
     """Prometheus text format (0.0.4): every number in the stats, plus info and LED series."""
     lines: list[str] = []
     seen: set[str] = set()
@@ -240,7 +247,7 @@ def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
             series(name + "_total", "counter", value)
         else:
             series(name, "gauge", value)
-    hub = stats.get("hub") if isinstance(stats.get("hub"), dict) else {}
+    hub = _section(stats, "hub")
     series("watchpost_hub_enabled", "gauge", float(bool(hub.get("enabled"))))
     series("watchpost_hub_connected", "gauge", float(bool(hub.get("connected"))))
     info = {
@@ -251,7 +258,7 @@ def metrics(stats: dict[str, Any] | None, age: float | None) -> str:
         "hub_state": str(hub.get("state") or ""),
     }
     series("watchpost_info", "gauge", 1.0, info)
-    leds = stats.get("leds") if isinstance(stats.get("leds"), dict) else {}
+    leds = _section(stats, "leds")
     if leds:
         lines.append("# TYPE watchpost_led gauge")
         for led in sorted(leds):

@@ -76,7 +76,7 @@ UNKNOWN = Signature(
 
 # DNS, NTP, DHCP, NetBIOS, SSDP, mDNS, LLMNR, WS-Discovery: periodic by nature.
 DEFAULT_IGNORE_PORTS = (53, 67, 68, 123, 137, 138, 1900, 3702, 5353, 5355)
-DEFAULT_IGNORE_NAMES = (
+DEFAULT_IGNORE_NAMES: tuple[str, ...] = (
     "msftconnecttest.com",
     "msftncsi.com",
     "connectivitycheck.gstatic.com",

@@ -454,9 +454,9 @@ def sniff(head: list[str], path: Path, builder: Builder) -> Format:
             hostlike += 1
     if data and hostlike > len(data) // 2:
         return _Hosts(builder, Meta(path.stem, "blocklist", 2))
-    fmt = _Plain(builder, meta)
-    fmt.name = f"plain:{feed}" if feed else "plain"
-    return fmt
+    plain = _Plain(builder, meta)
+    plain.name = f"plain:{feed}" if feed else "plain"
+    return plain
 
 
 def load_file(path: Path, builder: Builder, problems: list[LoadProblem]) -> FileReport:
