@@ -63,7 +63,7 @@ def _apply(lab: Lab, stage: str, tmp: str) -> LabDaemon | None:
     if stage in ("plain", "br_netfilter"):
         return None
     if stage == "conntrack":
-        lab.exec("app", "nft", "-f", "-", input="table inet wpkp {\n chain fwd {\n"
+        lab.exec("app", "nft", "-f", "-", input="table inet wpkp {\n chain kp {\n"
                  "  type filter hook forward priority 0; policy accept;\n"
                  "  ct state new counter\n }\n}\n")  # fmt: skip
         return None
