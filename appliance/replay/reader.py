@@ -125,6 +125,7 @@ class Reader:
         order = "<"
         ifaces: list[tuple[int, float]] = []  # (linktype, seconds per timestamp unit)
         hdr = struct.Struct("<II")
+        epb = {"<": struct.Struct("<IIIII"), ">": struct.Struct(">IIIII")}
         try:
             while off + 12 <= size:
                 btype, blen = (
@@ -147,7 +148,7 @@ class Reader:
                     break
                 body = off + 8
                 if btype == 6:  # enhanced packet block
-                    iface, high, low, cap, _orig = struct.unpack_from(order + "IIIII", mm, body)
+                    iface, high, low, cap, _orig = epb[order].unpack_from(mm, body)
                     if iface >= len(ifaces):
                         raise self._bad(off, f"packet for undeclared interface {iface}")
                     if body + 20 + cap > end - 4:
