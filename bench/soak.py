@@ -173,7 +173,9 @@ def fuzz_phase(n: int, seconds: float, samples: list[dict[str, Any]], t0: float)
                 escaped += 1
                 first_error = first_error or f"{type(e).__name__}: {e}"
             done += 1
-            if done % 50_000 == 0:
+            if done % 1000 == 0 and time.monotonic() >= end:
+                break
+            if done % 10_000 == 0:
                 t = time.monotonic()
                 samples.append({"t": round(t - t0, 1), "phase": "fuzz",
                                 "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
