@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit lint bench wheels clean
+.PHONY: setup demo test test-unit lint bench soak wheels clean
 
 setup:
 	@./.ci/bootstrap
@@ -29,6 +29,10 @@ wheels: setup
 
 bench: setup
 	@$(PY) -m bench
+
+# Bounded soak run (SOAK_SECONDS, default 600; SOAK_FUZZ packets): soak-out/soak.{json,png}.
+soak: setup
+	@$(PY) -m bench.soak
 
 clean:
 	-$(VENV)/bin/watchpost lab down 2>/dev/null

@@ -165,20 +165,30 @@ def check_config(path: Path) -> None:
     default=None,
     help="Config file (default: built-in defaults).",
 )
-def replay(pcap: Path, config_path: Path | None) -> None:
+@click.option(
+    "--progress", is_flag=True, help="A progress bar with packets/s on stderr (on a terminal)."
+)
+def replay(pcap: Path, config_path: Path | None, progress: bool) -> None:
     """Run the engine over a pcap/pcapng file; EVE-JSON alerts on stdout, one per line."""
     from appliance.alerts.pipeline import stdout_sink
-    from appliance.replay import ReplayError
+    from appliance.replay import ProgressBar, ReplayError
     from appliance.replay import replay as run_replay
 
     config = config_or_exit(config_path, required=False)
+    bar = ProgressBar() if progress else None
     try:
-        result = run_replay(pcap, config, [stdout_sink])
+        result = run_replay(pcap, config, [stdout_sink], progress=bar)
     except ReplayError as e:
+        if bar is not None:
+            bar.finish()
         fail(str(e))
         return
+    if bar is not None:
+        bar.finish()
+    cut = f", last record cut short at byte {result.truncated_at}" if result.truncated_at else ""
     click.echo(
-        f"replay: {result.packets} packets, {result.malformed} undecodable, {result.alerts} alerts",
+        f"replay: {result.packets} packets, {result.malformed} undecodable, "
+        f"{result.alerts} alerts{cut}",
         err=True,
     )
 

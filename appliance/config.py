@@ -264,7 +264,7 @@ class InlineConfig:
     )
     max_flows: int = setting(
         65536,
-        "Flow table cap (oldest evicted).",
+        "Flow table cap (least recently active evicted).",
         range=(256, 10_000_000),
         remote=True,
         remote_range=(4096, 262_144),

@@ -18,8 +18,10 @@ from typing import Any
 # Each module has `run(quick: bool) -> dict[str, float | int | str | ...]`.
 MODULES: tuple[str, ...] = (
     "bench.engine",
+    "bench.latency",
     "bench.intel",
     "bench.inline",
+    "bench.kernelpath",
     "bench.dissect",
     "bench.hub",
     "bench.detectors",

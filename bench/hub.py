@@ -110,8 +110,10 @@ def _eve(i: int) -> dict[str, Any]:
     dst = f"198.18.{(i // 250) % 250}.{i % 200 + 1}"
     a = Alert("bench", SIG, time.time(), f"198.51.100.{i % 250 + 1}", dst, "TCP", dest_port=22)
     a.id = f"plain-{i}-{time.monotonic_ns()}"
-    a.device, a.site, a.seq = "dev1", "bench", i + 1
-    return a.to_eve()
+    a.device, a.site = "dev1", "bench"
+    eve = a.to_eve()
+    eve["watchpost"]["seq"] = i + 1
+    return eve
 
 
 def run(quick: bool) -> dict[str, Any]:

@@ -8,6 +8,8 @@ Time is the packet clock, so a replayed pcap aggregates exactly as the live brid
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,13 +33,18 @@ class Aggregator:
         self.window = window
         self.max_keys = max_keys
         self._open: dict[tuple, _Window] = {}
+        # (ends, n, key, window) in end order: `flush` pops only windows that ended (O(closed));
+        # entries whose window was closed or replaced meanwhile are skipped.
+        self._ends: list[tuple[float, int, tuple, _Window]] = []
+        self._n = itertools.count()
 
     def submit(self, alert: Alert) -> None:
         w = self._open.get(alert.key)
         if w is None:
             if len(self._open) >= self.max_keys:
                 self._close(next(iter(self._open)))
-            self._open[alert.key] = _Window(last=alert, ends=alert.timestamp + self.window)
+            w = self._open[alert.key] = _Window(last=alert, ends=alert.timestamp + self.window)
+            heapq.heappush(self._ends, (w.ends, next(self._n), alert.key, w))
             self.emit(alert)
             return
         if not w.pending:
@@ -47,8 +54,16 @@ class Aggregator:
 
     def flush(self, now: float, everything: bool = False) -> None:
         """Report and close windows that ended by `now` (all of them with `everything`)."""
-        for key in [k for k, w in self._open.items() if everything or w.ends <= now]:
-            self._close(key)
+        if everything:
+            for key in list(self._open):
+                self._close(key)
+            self._ends.clear()
+            return
+        ends, open_ = self._ends, self._open
+        while ends and ends[0][0] <= now:
+            _, _, key, w = heapq.heappop(ends)
+            if open_.get(key) is w:
+                self._close(key)
 
     def _close(self, key: tuple) -> None:
         w = self._open.pop(key)

@@ -3,8 +3,10 @@
     detector → aggregate (window) → rate limit → number (id, seq) → privacy → journal → sinks
 
 The journal (the SQLite outbox when a hub is configured) assigns the sequence number and stores
-the record in one transaction, so the hub can see gaps and a power cut loses nothing that was
-numbered. Sinks (the EVE log file, stdout in replay) get the finished record.
+the record, so the hub can see gaps and a power cut loses nothing that was reported durable. A
+journal with `submit` (the outbox) is handed the record without waiting on the disk: its own
+thread writes batches and publishes only what is durable (see alerts/outbox.py). Sinks (the
+EVE log file, stdout in replay) get the finished record.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class Journal(Protocol):
     def record(self, eve: dict[str, Any]) -> None: ...
 
 
+class QueuedJournal(Journal, Protocol):
+    """A journal that takes records without blocking (False: refused, counted by it)."""
+
+    def submit(self, eve: dict[str, Any]) -> bool: ...
+
+
 class MemoryJournal:
     """Numbers alerts from 1 without storing them (replay, tests)."""
 
@@ -49,6 +57,10 @@ class AlertPipeline:
     def __init__(self, config: Config, sinks: list[Sink], journal: Journal | None = None) -> None:
         self.sinks = list(sinks)
         self.journal = journal or MemoryJournal()
+        # The packet thread's hand-over: never waits on the disk when the journal can queue.
+        self._journal_put: Callable[[dict[str, Any]], Any] = getattr(
+            self.journal, "submit", self.journal.record
+        )
         self.emitted = 0
         self.by_severity: Counter[int] = Counter()  # emitted alerts by severity (1 = high)
         self.aggregator = Aggregator(self._limit, window=config.alerts.window)
@@ -70,8 +82,12 @@ class AlertPipeline:
         self.aggregator.flush(now)
 
     def close(self) -> None:
-        """Report every open aggregation window (end of replay, clean stop)."""
+        """Report every open aggregation window (end of replay, clean stop), and wait (bounded)
+        until a queueing journal has made everything durable."""
         self.aggregator.flush(0.0, everything=True)
+        wait = getattr(self.journal, "wait_durable", None)
+        if wait is not None and not wait(timeout=10.0):
+            log.error("alert journal: not everything was written within 10 s of the stop")
 
     def _limit(self, alert: Alert) -> None:
         if self.limiter.allow(alert.detector, alert.timestamp):
@@ -89,7 +105,7 @@ class AlertPipeline:
             if not wp["details"]:
                 del wp["details"]
             eve["watchpost"] = wp
-        self.journal.record(eve)
+        self._journal_put(eve)
         self.emitted += 1
         self.by_severity[alert.signature.severity] += 1
         for sink in self.sinks:

@@ -2,12 +2,16 @@
 
 Only the first packets of each connection reach Python, so entries are short-lived; the table
 still has hard limits (entry count, idle ageing) because a scan or flood creates a new entry per
-packet. Direction comes from the bridge port a packet entered on (``Packet.side``, set by the queue
-worker) or, for pcaps, from ``inline.home_nets``.
+packet. Ageing costs O(expired), never a scan of the table: flows live in one ordered dict per
+idle timeout (TCP, ICMP, the rest), each kept in last-activity order (moved to the end on every
+packet), so the idle ones are always at the front. Direction comes from the bridge port a
+packet entered on (``Packet.side``, set by the queue worker) or, for pcaps, from
+``inline.home_nets``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,9 +28,6 @@ from appliance.packet.decode import (
     Packet,
 )
 
-# (proto, lower address, its port, higher address, its port): both directions share it.
-FlowKey = tuple[int, bytes, int, bytes, int]
-
 # Who started the connection, relative to the office.
 DIR_UNKNOWN, DIR_OUTBOUND, DIR_INBOUND, DIR_INTERNAL = 0, 1, 2, 3
 DIRECTION_NAMES = {
@@ -42,6 +43,10 @@ VERDICT_NONE, VERDICT_PASS, VERDICT_BLOCK = 0, 1, 2
 # Idle seconds before an entry is forgotten.
 IDLE_TIMEOUT = {TCP: 120.0, ICMP: 30.0, ICMPV6: 30.0}
 DEFAULT_IDLE = 60.0
+
+
+# (proto, client address, client port, server address, server port)
+FlowKey = tuple[int, bytes, int, bytes, int]
 
 
 class Flow:
@@ -67,7 +72,7 @@ class Flow:
         "verdict",
     )
 
-    def __init__(self, key: FlowKey, pkt: Packet, client_is_src: bool) -> None:
+    def __init__(self, key: tuple, pkt: Packet, client_is_src: bool) -> None:
         self.key = key
         self.proto = pkt.proto
         self.family = pkt.family
@@ -102,19 +107,36 @@ class Flow:
 
 
 class FlowTable:
-    """Flows by canonical 5-tuple, bounded in count and aged by idleness."""
+    """Flows by canonical 5-tuple, bounded in count and aged by idleness.
+
+    One OrderedDict per idle timeout, in last-activity order: `expire` pops idle flows off the
+    fronts and stops at the first live one; the count bound evicts the least recently active
+    flow of all (the oldest of the three fronts).
+    """
 
     def __init__(self, max_flows: int, home_nets: AddrSet) -> None:
         self.max_flows = max_flows
         self.home = home_nets
-        self._flows: dict[FlowKey, Flow] = {}
+        tcp: OrderedDict[FlowKey, Flow] = OrderedDict()
+        icmp: OrderedDict[FlowKey, Flow] = OrderedDict()
+        other: OrderedDict[FlowKey, Flow] = OrderedDict()
+        # (flows, idle timeout) per class; `_by_proto` picks a protocol's class.
+        self._classes = (
+            (tcp, IDLE_TIMEOUT[TCP]),
+            (icmp, IDLE_TIMEOUT[ICMP]),
+            (other, DEFAULT_IDLE),
+        )
+        self._by_proto = {TCP: tcp, ICMP: icmp, ICMPV6: icmp}
+        self._other = other
+        self._count = 0
         self.evicted = 0
+        self.expired = 0
 
     def __len__(self) -> int:
-        return len(self._flows)
+        return self._count
 
     def __iter__(self) -> Iterator[Flow]:
-        return iter(list(self._flows.values()))
+        return iter([f for flows, _ in self._classes for f in flows.values()])
 
     def lookup(self, pkt: Packet) -> tuple[Flow, bool]:
         """The packet's flow (created if new) and whether the packet goes client → server."""
@@ -123,9 +145,12 @@ class FlowTable:
             key = (pkt.proto, src, sport, dst, dport)
         else:
             key = (pkt.proto, dst, dport, src, sport)
-        flow = self._flows.get(key)
+        flows = self._by_proto.get(pkt.proto, self._other)
+        flow = flows.get(key)
         if flow is None:
-            flow = self._create(key, pkt)
+            flow = self._create(flows, key, pkt)
+        else:
+            flows.move_to_end(key)
         from_client = src == flow.client and sport == flow.client_port
         if from_client:
             flow.pkts_c += 1
@@ -136,11 +161,23 @@ class FlowTable:
         flow.last = pkt.ts
         return flow, from_client
 
-    def _create(self, key: FlowKey, pkt: Packet) -> Flow:
-        if len(self._flows) >= self.max_flows:
-            # Oldest-created first: dicts keep insertion order, so this is O(1).
-            del self._flows[next(iter(self._flows))]
+    def _evict_one(self) -> None:
+        """Forget the least recently active flow (the oldest front of the three classes)."""
+        oldest: OrderedDict[FlowKey, Flow] | None = None
+        when = 0.0
+        for flows, _ in self._classes:
+            if flows:
+                f = flows[next(iter(flows))]
+                if oldest is None or f.last < when:
+                    oldest, when = flows, f.last
+        if oldest is not None:
+            oldest.popitem(last=False)
+            self._count -= 1
             self.evicted += 1
+
+    def _create(self, flows: OrderedDict[FlowKey, Flow], key: tuple, pkt: Packet) -> Flow:
+        while self._count >= self.max_flows:
+            self._evict_one()
         client_is_src = True
         if pkt.proto == TCP:
             # A SYN-ACK as first sight (mid-handshake capture): the receiver opened it.
@@ -150,7 +187,8 @@ class FlowTable:
             client_is_src = not (pkt.sport < 1024 <= pkt.dport)
         flow = Flow(key, pkt, client_is_src)
         flow.direction = self._direction(pkt, client_is_src)
-        self._flows[key] = flow
+        flows[key] = flow
+        self._count += 1
         return flow
 
     def _direction(self, pkt: Packet, client_is_src: bool) -> int:
@@ -171,12 +209,17 @@ class FlowTable:
         return DIR_UNKNOWN
 
     def expire(self, now: float) -> int:
-        """Forget idle flows; returns how many went."""
-        dead = [
-            k
-            for k, f in self._flows.items()
-            if now - f.last > IDLE_TIMEOUT.get(f.proto, DEFAULT_IDLE)
-        ]
-        for k in dead:
-            del self._flows[k]
-        return len(dead)
+        """Forget idle flows; returns how many went. O(expired): each class is in activity
+        order, so the walk stops at the first flow that is still live."""
+        gone = 0
+        for flows, idle in self._classes:
+            limit = now - idle
+            while flows:
+                key = next(iter(flows))
+                if flows[key].last >= limit:
+                    break
+                del flows[key]
+                gone += 1
+        self._count -= gone
+        self.expired += gone
+        return gone

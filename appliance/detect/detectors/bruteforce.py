@@ -98,6 +98,7 @@ class BruteForceDetector(Detector):
         self.max_pairs = 4096
         self._pairs: OrderedDict[tuple[bytes, bytes, int], _Pair] = OrderedDict()
         self._episodes: dict[tuple[bytes, bytes, int], _Pair] = {}
+        self._next_progress = float("inf")  # earliest progress report due (skips idle ticks)
 
     @classmethod
     def load(cls, loader: Loader) -> None:
@@ -188,6 +189,7 @@ class BruteForceDetector(Detector):
             return
         p.reported = p.total
         p.reported_at = p.last
+        self._next_progress = min(self._next_progress, p.last + PROGRESS_EVERY)
         port = flow.server_port
         duration = p.last - p.first
         details: dict[str, Any] = {
@@ -223,10 +225,15 @@ class BruteForceDetector(Detector):
                 break
             pairs.popitem(last=False)
             self._end(ctx, key, p)
+        if now < self._next_progress:
+            return  # no episode is due: no walk over them on every tick
+        due = float("inf")
         for p in list(self._episodes.values()):
             if now - p.reported_at >= PROGRESS_EVERY:
                 self._report(ctx, p, "ongoing")
                 p.reported_at = max(p.reported_at, now)
+            due = min(due, p.reported_at + PROGRESS_EVERY)
+        self._next_progress = due
 
     def stats(self) -> dict[str, int]:
         """Sizes of the bounded state (for tests and telemetry)."""

@@ -415,16 +415,14 @@ class DgaDetector(Detector):
         )
 
     def _prune(self, now: float) -> None:
+        # Hosts are in activity order: forget the idle ones from the front, stop at the first
+        # live one (O(expired)). A live host's name lists need no sweep: each is bounded by its
+        # threshold and `_count` drops names that fell out of the window before judging.
         horizon = max(self.window, self.burst_window)
-        for addr in [a for a, h in self._hosts.items() if now - h.last > horizon]:
-            del self._hosts[addr]
-        for host in self._hosts.values():
-            for seen, window in (
-                (host.failed, self.window),
-                (host.nx, self.window),
-                (host.strong, self.burst_window),
-            ):
-                for name in list(seen):
-                    if now - seen[name] <= window:
-                        break
-                    del seen[name]
+        hosts = self._hosts
+        limit = now - horizon
+        while hosts:
+            addr = next(iter(hosts))
+            if hosts[addr].last >= limit:
+                break
+            del hosts[addr]

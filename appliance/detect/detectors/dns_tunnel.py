@@ -276,9 +276,16 @@ class DnsTunnelDetector(Detector):
         if now < self._next_prune:
             return
         self._next_prune = now + PRUNE_EVERY
-        stale = [k for k, z in self._zones.items() if now - z.first > self.window]
-        for k in stale:
-            del self._zones[k]
+        # Zones are in activity order and a zone's start precedes its last activity: walk from
+        # the least recently active and stop at the first live one (O(expired), no table scan).
+        # A busy zone past its window is restarted by its next lookup anyway.
+        zones = self._zones
+        limit = now - self.window
+        while zones:
+            key = next(iter(zones))
+            if zones[key].first >= limit:
+                break
+            del zones[key]
 
     def _report(
         self,

@@ -416,9 +416,15 @@ class WebDetector(Detector):
         if now < self._next_prune:
             return
         self._next_prune = now + 30.0
-        window = self.sweep_window
-        for src in [s for s, (first, _) in self._sweeps.items() if now - first > window]:
-            del self._sweeps[src]
+        # Sources are in activity order (re-inserted on use): stop at the first live one, no
+        # scan of the table; a live source past its window is restarted by its next request.
+        sweeps = self._sweeps
+        limit = now - self.sweep_window
+        while sweeps:
+            src = next(iter(sweeps))
+            if sweeps[src][0] >= limit:
+                break
+            del sweeps[src]
 
     # -- helpers -----------------------------------------------------------------------------
 

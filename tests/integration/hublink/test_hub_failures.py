@@ -78,7 +78,8 @@ def down_because(dev: Device, *words: str) -> str:
     # The rest keeps running: alerts are still numbered and stored while the link is down.
     before = dev.stats()["outbox_depth"]
     dev.alerts(3)
-    assert dev.stats()["outbox_depth"] == before + 3
+    # Handed to the outbox's journal thread; stored once it has written them.
+    wait_for(lambda: dev.stats()["outbox_depth"] == before + 3, what="3 alerts stored")
     assert [a["watchpost"]["seq"] for a in dev.seen[-3:]] == [dev.n - 2, dev.n - 1, dev.n]
     return problem
 

@@ -77,3 +77,33 @@ def test_bounded_and_aged() -> None:
         )
     assert len(t) == 256 and t.evicted == 744
     assert t.expire(10_000.0) == 256 and len(t) == 0
+
+
+def test_ageing_walks_only_the_idle_flows_in_activity_order() -> None:
+    t = FlowTable(10_000, HOME)
+    for i in range(100):  # TCP flows created at t = 0..99
+        t.lookup(pkt(IP(src="198.18.0.11", dst="203.0.113.10") / TCP(sport=1000 + i, dport=443),
+                     ts=float(i)))  # fmt: skip
+    # Flow 0 stays active: moved behind the others, so it outlives flows created after it.
+    t.lookup(pkt(IP(src="198.18.0.11", dst="203.0.113.10") / TCP(sport=1000, dport=443), ts=150.0))
+    t.lookup(pkt(IP(src="198.18.0.11", dst="203.0.113.53") / UDP(sport=5353, dport=53),
+                 ts=120.0))  # fmt: skip
+    # At 170: TCP idle > 120 s means last < 50 (flows 1..49); the UDP flow (60 s) is live.
+    assert t.expire(170.0) == 49 and len(t) == 52
+    ports = sorted(f.client_port for f in t if f.proto == 6)
+    assert ports == [1000, *range(1050, 1100)]
+    assert t.expire(170.0) == 0  # nothing more to do: the front is live
+    assert t.expire(161.0 + 60.0) == 50 + 1  # flows 50..99 (TCP) and the UDP flow (idle 101 s)
+    assert [f.client_port for f in t] == [1000] and t.expired == 100
+
+
+def test_count_bound_evicts_the_least_recently_active() -> None:
+    t = FlowTable(256, HOME)
+    keep, _ = t.lookup(pkt(IP(src="198.18.0.11", dst="203.0.113.10") / TCP(sport=999, dport=443)))
+    for i in range(300):
+        t.lookup(pkt(IP(src="198.51.100.23", dst="198.18.0.12") / UDP(sport=1000 + i, dport=53),
+                     ts=float(i)))  # fmt: skip
+        if i % 10 == 0:  # the TCP flow keeps talking
+            t.lookup(pkt(IP(src="198.18.0.11", dst="203.0.113.10") / TCP(sport=999, dport=443),
+                         ts=float(i)))  # fmt: skip
+    assert len(t) == 256 and t.evicted == 45 and keep in list(t)
