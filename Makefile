@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit lint bench wheels clean
+.PHONY: setup demo test test-unit lint bench wheels clean image
 
 setup:
 	@./.ci/bootstrap
@@ -26,6 +26,10 @@ wheels: setup
 
 bench: setup
 	@$(PY) -m bench
+
+# The firmware image: payload + offline checks here (tests/image); pi-gen where it can run.
+image: setup
+	@./image-build/make-image.sh
 
 clean:
 	-$(VENV)/bin/watchpost lab down 2>/dev/null

@@ -1,0 +1,50 @@
+#!/bin/bash
+# Watchpost firmware: assemble the payload that customise.sh installs into an image root:
+#   OUT/customise.sh, manifest.txt, packages*.txt, overlay/ (symlinks into systemd/ resolved),
+#   OUT/wheelhouse/: the firmware wheel built from this tree plus every pinned dependency of
+#   requirements.txt, so the image installs offline.
+#
+# Usage: build-payload.sh OUT
+#   PYTHON        the python whose pip builds the wheels (default: .venv/bin/python, else python3)
+#   WHEEL_PLATFORM  empty: wheels for this machine (the offline test root is amd64 Bookworm, the
+#                 same Python 3.11 as the image); or a pip platform tag such as
+#                 manylinux_2_17_aarch64 for a Pi image built on another machine: dependency
+#                 wheels are then downloaded as binary wheels for that platform and Python 3.11.
+set -euo pipefail
+
+die() { echo "build-payload: $*" >&2; exit 1; }
+[ $# = 1 ] || die "usage: build-payload.sh OUT"
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+out=$1
+py=${PYTHON:-}
+if [ -z "$py" ]; then
+  if [ -x "$repo/.venv/bin/python" ]; then py="$repo/.venv/bin/python"; else py=python3; fi
+fi
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+case "$out/" in "$here"/*) die "OUT must not be inside image-build/ ($out)" ;; esac
+rm -rf "$out/overlay" "$out/wheelhouse.new"
+install -m 0755 "$here/customise.sh" "$out/customise.sh"
+install -m 0644 "$here/manifest.txt" "$here/packages.txt" "$here/packages-rpi.txt" "$out/"
+cp -rL "$here/overlay" "$out/overlay"
+
+mkdir -p "$out/wheelhouse.new"
+pip=("$py" -m pip --disable-pip-version-check -q)
+# The firmware itself (and the shared protocol package, when the tree has one).
+"${pip[@]}" wheel --no-deps -w "$out/wheelhouse.new" "$repo" || die "pip wheel of $repo failed"
+if [ -f "$repo/protocol/pyproject.toml" ]; then
+  "${pip[@]}" wheel --no-deps -w "$out/wheelhouse.new" "$repo/protocol" || die "pip wheel of protocol/ failed"
+fi
+if [ -z "${WHEEL_PLATFORM:-}" ]; then
+  "${pip[@]}" wheel -w "$out/wheelhouse.new" -r "$here/requirements.txt" \
+    || die "pip wheel -r requirements.txt failed"
+else
+  "${pip[@]}" download --only-binary=:all: --platform "$WHEEL_PLATFORM" --python-version 3.11 \
+    --implementation cp -d "$out/wheelhouse.new" -r "$here/requirements.txt" \
+    || die "no binary wheels for $WHEEL_PLATFORM of every pinned dependency (see requirements.txt)"
+fi
+rm -rf "$out/wheelhouse"
+mv "$out/wheelhouse.new" "$out/wheelhouse"
+echo "build-payload: $out ($(find "$out/wheelhouse" -name '*.whl' | wc -l) wheels)"
