@@ -1,8 +1,8 @@
 #!/bin/bash
 # Watchpost firmware: assemble the payload that customise.sh installs into an image root:
 #   OUT/customise.sh, manifest.txt, packages*.txt, overlay/ (symlinks into systemd/ resolved),
-#   OUT/wheelhouse/: the firmware wheel built from this tree plus every pinned dependency of
-#   requirements.txt, so the image installs offline.
+#   OUT/wheelhouse/: the firmware and protocol wheels built from this tree (release/build_wheels.py)
+#   plus every pinned dependency of requirements.txt, so the image installs offline.
 #
 # Usage: build-payload.sh OUT
 #   PYTHON        the python whose pip builds the wheels (default: .venv/bin/python, else python3)
@@ -32,11 +32,9 @@ cp -rL "$here/overlay" "$out/overlay"
 
 mkdir -p "$out/wheelhouse.new"
 pip=("$py" -m pip --disable-pip-version-check -q)
-# The firmware itself (and the shared protocol package, when the tree has one).
-"${pip[@]}" wheel --no-deps -w "$out/wheelhouse.new" "$repo" || die "pip wheel of $repo failed"
-if [ -f "$repo/protocol/pyproject.toml" ]; then
-  "${pip[@]}" wheel --no-deps -w "$out/wheelhouse.new" "$repo/protocol" || die "pip wheel of protocol/ failed"
-fi
+# The firmware and the protocol package it shares with the hub, one wheel each (release/).
+"$py" "$repo/release/build_wheels.py" --out "$out/wheelhouse.new" firmware protocol >/dev/null \
+  || die "release/build_wheels.py firmware protocol failed"
 if [ -z "${WHEEL_PLATFORM:-}" ]; then
   "${pip[@]}" wheel -w "$out/wheelhouse.new" -r "$here/requirements.txt" \
     || die "pip wheel -r requirements.txt failed"

@@ -6,9 +6,10 @@
 # runs. It installs
 #   - the files of overlay/ with the modes and owners of manifest.txt (networkd bridge, units,
 #     sysctl, modules-load, udev rule, the default config; a config already there is kept),
-#   - the firmware release: its own venv in /opt/watchpost/releases/<version>/, from the wheels in
-#     wheelhouse/ only (no index), with /opt/watchpost/current -> releases/<version> (what an
-#     update switches) and /opt/watchpost/bin -> current/bin (what the unit runs),
+#   - the firmware release (watchpost + watchpost-protocol): its own venv in
+#     /opt/watchpost/releases/<version>/, from the wheels in wheelhouse/ only (no index), with
+#     /opt/watchpost/current -> releases/<version> (what an update switches) and
+#     /opt/watchpost/bin -> current/bin (what the unit runs),
 #   - the group `watchpost` (may read config and logs), a locked root password,
 #   - enabled units (watchpost, the bridge MAC, systemd-networkd/resolved/timesyncd), NetworkManager
 #     and dhcpcd masked, SSH off (WATCHPOST_SSH=on keeps it, for development images only).
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
     --root) ROOT=${2:?--root needs a directory}; shift 2 ;;
     --payload) PAYLOAD=${2:?--payload needs a directory}; shift 2 ;;
     --no-python) PYTHON_STEP=0; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "customise: unknown argument $1 (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,10 +99,8 @@ if [ "$PYTHON_STEP" = 1 ]; then
     export PIP_CONFIG_FILE=/dev/null
     # System site packages: gpiozero finds the Pi archive's python3-lgpio there.
     python3 -m venv --system-site-packages "$release"
-    extra=()
-    for w in "$wheelhouse"/watchpost_protocol-*.whl; do [ -e "$w" ] && extra+=("watchpost-protocol"); done
     "$release/bin/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check \
-      --find-links "$wheelhouse" "watchpost==$version" "${extra[@]}" \
+      --find-links "$wheelhouse" "watchpost==$version" \
       || die "pip install of watchpost $version from $wheelhouse failed (a dependency wheel missing or for another platform?)"
     [ "$("$release/bin/watchpost" --version)" = "watchpost, version $version" ] \
       || die "the installed watchpost does not report version $version"

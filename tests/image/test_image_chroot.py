@@ -140,6 +140,12 @@ def test_release_layout_and_version(
         root, "/opt/watchpost/current/bin/python", "-c", "import netfilterqueue, cryptography"
     )
     assert r.returncode == 0, r.stderr
+    # The firmware release holds the firmware and the protocol, never the hub or the lab.
+    r = in_root(root, "/opt/watchpost/current/bin/python", "-c", "import appliance, protocol")
+    assert r.returncode == 0, r.stderr
+    for pkg in ("hub", "lab"):
+        r = in_root(root, "/opt/watchpost/current/bin/python", "-c", f"import {pkg}")
+        assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr, pkg
 
 
 def test_installed_check_config_on_the_shipped_config(
