@@ -36,6 +36,7 @@ LED_MEANING = {
         "on": "connected to the hub",
         "blink": "trying to reach the hub",
         "off": "no hub configured",
+        "wink": "not enrolled with the hub (see below)",
     },
     "red": {
         "on": "fault: see below",
@@ -65,6 +66,7 @@ def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dic
     leds = stats.get("leds") if isinstance(stats.get("leds"), dict) else {}
     unacked = _int(stats.get("unacked_alerts"))
     fault = str(stats.get("fault") or "")
+    enrol = str(stats.get("enrol_problem") or "")
     state = str(stats.get("state") or "unknown")
     mode = str(stats.get("mode") or "")
     notes: list[str] = []
@@ -87,6 +89,8 @@ def overview(stats: dict[str, Any] | None, age: float | None, now: float) -> dic
             if unacked != 1
             else "1 alert needs your attention."
         )
+    elif enrol:
+        health, headline = "warn", f"Watching your network, but {enrol}."
     elif hub["enabled"] and not hub["connected"]:
         health, headline = "warn", "Watching your network, but not connected to the hub."
     else:
