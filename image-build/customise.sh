@@ -11,7 +11,8 @@
 #     /opt/watchpost/current -> releases/<version> (what an update switches) and
 #     /opt/watchpost/bin -> current/bin (what the unit runs),
 #   - the group `watchpost` (may read config and logs), a locked root password,
-#   - enabled units (watchpost, the bridge MAC, systemd-networkd/resolved/timesyncd), NetworkManager
+#   - enabled units (watchpost, the bridge MAC, first-boot enrolment, systemd-networkd/resolved/
+#     timesyncd), NetworkManager
 #     and dhcpcd masked, SSH off (WATCHPOST_SSH=on keeps it, for development images only).
 #
 # Usage: customise.sh [--root DIR] [--payload DIR] [--no-python]
@@ -123,7 +124,7 @@ have_unit() {
   return 1
 }
 sysctl_() { systemctl --root="$ROOT" --quiet "$@"; }
-sysctl_ enable watchpost.service watchpost-bridge-mac.service
+sysctl_ enable watchpost.service watchpost-bridge-mac.service watchpost-enrol.service
 for unit in systemd-networkd.service systemd-resolved.service systemd-timesyncd.service; do
   if have_unit "$unit"; then sysctl_ enable "$unit"; else say "warning: no $unit in this root (packages.txt)"; fi
 done

@@ -12,7 +12,7 @@ out=${IMAGE_OUT:-$repo/build/image}
 py=${PYTHON:-$repo/.venv/bin/python}
 archive=${RPI_ARCHIVE:-http://archive.raspberrypi.com/debian/}
 
-image-build/build-payload.sh "$out/payload"
+WHEEL_CACHE=${WHEEL_CACHE:-$out/wheel-cache} image-build/build-payload.sh "$out/payload"
 WATCHPOST_PAYLOAD="$out/payload" "$py" -m pytest -q tests/image
 
 need=()

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.usefixtures("needs_root")
 
 ENABLED = {
     "multi-user.target.wants/watchpost.service": "/etc/systemd/system/watchpost.service",
+    "multi-user.target.wants/watchpost-enrol.service": (
+        "/etc/systemd/system/watchpost-enrol.service"
+    ),
     "systemd-networkd.service.wants/watchpost-bridge-mac.service": (
         "/etc/systemd/system/watchpost-bridge-mac.service"
     ),
