@@ -368,12 +368,12 @@ class Server:
             site, device, _sub = topics.split(msg.topic)
         except ValueError:
             return True
-        tid = device_seen(self.ca_dir, site, device) if msg.payload else None
-        if tid is not None:
+        closed = device_seen(self.ca_dir, site, device) if msg.payload else None
+        if closed is not None:
             log.info(
-                "%s at %s is online with its own certificate: token %s done", device, site, tid
+                "%s at %s is online with its own certificate: token %s done", device, site, closed
             )
-            self.conn.publish(wire.result_topic(tid), b"", retain=True)
+            self.conn.publish(wire.result_topic(closed), b"", retain=True)
             self.refresh()
         return True
 

@@ -139,7 +139,7 @@ def exchange(b: bundle_mod.Bundle, csr_pem: str, setup_code: str, timeout: float
         if not msg.payload:
             return
         try:
-            box["result"] = wire.parse_result(msg.payload)
+            box["result"] = wire.parse_result(bytes(msg.payload))
         except wire.EnrolProtocolError as e:
             box["error"] = f"the hub's answer is malformed: {e}"
         done.set()

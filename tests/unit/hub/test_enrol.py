@@ -168,3 +168,40 @@ def test_broker_conf_enrol_listener(ca_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(prov.ProvisionError, match="enrol port"):
         prov.mosquitto_conf(prov.BrokerSettings(conf_dir=tmp_path, port=8883, enrol_port=8883))
     assert "password_file" not in prov.mosquitto_conf(prov.BrokerSettings(conf_dir=tmp_path))
+
+
+def test_token_command_writes_the_bundle(ca_dir: Path, tmp_path: Path) -> None:
+    import tomllib
+
+    from click.testing import CliRunner
+
+    from hub.cli import main
+    from protocol.envelope import generate_keypair
+
+    _priv, pub = generate_keypair()
+    (tmp_path / "command.pub").write_bytes(pub)
+    out = tmp_path / "office-17" / "watchpost-enrol.toml"
+    args = ["enrol", "token", "--dir", str(ca_dir), "--device", "office-17", "--site", "leeds"]
+    args += ["--hub-host", "hub.example.org", "--command-pubkey", str(tmp_path / "command.pub")]
+    r = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.output.startswith("token ") and "for office-17 at leeds" in r.output
+    assert out.stat().st_mode & 0o777 == 0o600
+    data = tomllib.loads(out.read_text())
+    assert data["hub_ca"] == (ca_dir / "ca.pem").read_text()
+    assert data["command_pubkey"] == pub.decode()
+    again = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert again.exit_code == 2 and "already has an open token" in again.output
+    (tmp_path / "bad.pub").write_text("nope")
+    bad = [*args[:-1], str(tmp_path / "bad.pub"), "--replace"]
+    r = CliRunner().invoke(main, bad)
+    assert r.exit_code == 2 and "not a PEM public key" in r.output
+
+
+def test_enrol_topics() -> None:
+    tid = wire.token_id("t" * 40)
+    assert wire.split_topic(wire.request_topic(tid)) == (tid, "request")
+    assert wire.split_topic(wire.result_topic(tid)) == (tid, "result")
+    for bad in ("watchpost/v1/enrol/XYZ/request", f"watchpost/v1/enrol/{tid}/other", "a/b"):
+        with pytest.raises(wire.EnrolProtocolError, match="not an enrolment topic"):
+            wire.split_topic(bad)
