@@ -7,9 +7,9 @@
 #   - the files of overlay/ with the modes and owners of manifest.txt (networkd bridge, units,
 #     sysctl, modules-load, udev rule, the default config; a config already there is kept),
 #   - the firmware release (watchpost + watchpost-protocol): its own venv in
-#     /opt/watchpost/releases/<version>/, from the wheels in wheelhouse/ only (no index), with
+#     /opt/watchpost/releases/<version>/venv, from the wheels in wheelhouse/ only (no index), with
 #     /opt/watchpost/current -> releases/<version> (what an update switches) and
-#     /opt/watchpost/bin -> current/bin (what the unit runs),
+#     /opt/watchpost/bin -> current/venv/bin (what the units run),
 #   - the group `watchpost` (may read config and logs), a locked root password,
 #   - enabled units (watchpost, the bridge MAC, first-boot enrolment, systemd-networkd/resolved/
 #     timesyncd), NetworkManager
@@ -89,7 +89,8 @@ if [ "$PYTHON_STEP" = 1 ]; then
   version=$(basename "${wheels[0]}" | cut -d- -f2)
   [[ "$version" =~ ^[0-9][0-9A-Za-z.+!]*$ ]] || die "cannot read a version from ${wheels[0]}"
   release=/opt/watchpost/releases/$version
-  if [ -f "$release/.complete" ] && [ "$("$release/bin/watchpost" --version 2>/dev/null)" = "watchpost, version $version" ]; then
+  venv=$release/venv
+  if [ -f "$release/.complete" ] && [ "$("$venv/bin/watchpost" --version 2>/dev/null)" = "watchpost, version $version" ]; then
     say "release $version already installed"
   else
     command -v python3 >/dev/null || die "no python3 in the target (packages.txt)"
@@ -99,11 +100,12 @@ if [ "$PYTHON_STEP" = 1 ]; then
     for v in "${!PIP_@}"; do unset "$v"; done
     export PIP_CONFIG_FILE=/dev/null
     # System site packages: gpiozero finds the Pi archive's python3-lgpio there.
-    python3 -m venv --system-site-packages "$release"
-    "$release/bin/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check \
+    mkdir -p "$release"
+    python3 -m venv --system-site-packages "$venv"
+    "$venv/bin/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check \
       --find-links "$wheelhouse" "watchpost==$version" \
       || die "pip install of watchpost $version from $wheelhouse failed (a dependency wheel missing or for another platform?)"
-    [ "$("$release/bin/watchpost" --version)" = "watchpost, version $version" ] \
+    [ "$("$venv/bin/watchpost" --version)" = "watchpost, version $version" ] \
       || die "the installed watchpost does not report version $version"
     touch "$release/.complete"
     say "release $version installed in $release"
@@ -111,8 +113,9 @@ if [ "$PYTHON_STEP" = 1 ]; then
   # Switch atomically: a new symlink renamed over the old one.
   ln -sfn "releases/$version" /opt/watchpost/.current.new
   mv -T /opt/watchpost/.current.new /opt/watchpost/current
-  [ -L /opt/watchpost/bin ] || { rm -rf /opt/watchpost/bin; ln -s current/bin /opt/watchpost/bin; }
-  ln -sfn /opt/watchpost/current/bin/watchpost /usr/local/bin/watchpost
+  ln -sfn current/venv/bin /opt/watchpost/.bin.new
+  mv -T /opt/watchpost/.bin.new /opt/watchpost/bin
+  ln -sfn /opt/watchpost/current/venv/bin/watchpost /usr/local/bin/watchpost
 fi
 
 # -- units ---------------------------------------------------------------------------------------

@@ -51,6 +51,13 @@ from appliance.enrol.device import enrol as run_enrol
     show_default=True,
     help="Where the setup code is shown (the HDMI console).",
 )
+@click.option(
+    "--unit-dropin",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/etc/systemd/system/watchpost.service.d/hub.conf"),
+    show_default=True,
+    help="Where the daemon unit's IPAddressAllow= for the hub is written.",
+)
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
 def enrol(
     config_path: Path,
@@ -59,12 +66,17 @@ def enrol(
     etc: Path | None,
     state_dir: Path | None,
     console: Path,
+    unit_dropin: Path,
     timeout: float,
 ) -> None:
     """Enrol with the regional hub using the bundle on the boot partition (first boot)."""
     logging.basicConfig(level=logging.INFO, format="enrol: %(message)s", stream=sys.stderr)
     paths = Paths(
-        config=config_path, etc=etc or config_path.parent, state_dir=state_dir, console=console
+        config=config_path,
+        etc=etc or config_path.parent,
+        state_dir=state_dir,
+        console=console,
+        unit_dropin=unit_dropin,
     )
     candidates = bundle_mod.candidates(boot_dirs or bundle_mod.BOOT_DIRS, bundles)
     if boot_dirs or bundles:  # tests and manual runs: no system-wide cloud-init copy

@@ -66,6 +66,8 @@ class Paths:
     etc: Path = Path("/etc/watchpost")
     state_dir: Path | None = None  # default: device.state_dir of the config
     console: Path | None = Path("/dev/console")
+    # The daemon's unit allows only private addresses plus this drop-in's (the hub's).
+    unit_dropin: Path | None = Path("/etc/systemd/system/watchpost.service.d/hub.conf")
 
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -206,6 +208,24 @@ def check_certificate(
     return cert
 
 
+def hub_addresses(host: str, port: int) -> list[str]:
+    """The hub's addresses, for the daemon unit's IPAddressAllow= (resolved now, at enrolment)."""
+    try:
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    except socket.gaierror as e:
+        raise EnrolFailure(f"cannot resolve the hub's name {host!r} ({e.strerror})") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+def write_unit_dropin(path: Path, addresses: list[str], host: str) -> None:
+    text = (
+        f"# Written by watchpost enrol: the hub {host}, the only public addresses the daemon's\n"
+        "# own sockets may reach (watchpost.service has IPAddressDeny=any).\n"
+        f"[Service]\nIPAddressAllow={' '.join(addresses)}\n"
+    )
+    atomic_write(path, text.encode(), mode=0o644)
+
+
 def show_setup_code(code: str, device_id: str, console: Path | None) -> None:
     text = (
         f"\nWatchpost {device_id}: status page setup code {code}\n"
@@ -274,6 +294,8 @@ def _enrol(
             "command_pubkey": str(etc / "command.pub"),
         },
     }
+    if paths.unit_dropin is not None:
+        write_unit_dropin(paths.unit_dropin, hub_addresses(b.hub_host, b.hub_port), b.hub_host)
     try:
         save(merged(config, changes), paths.config)
     except (ConfigError, OSError) as e:

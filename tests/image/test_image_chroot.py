@@ -135,21 +135,21 @@ def test_release_layout_and_version(
     version = next((root / "tmp/watchpost-payload/wheelhouse").glob("watchpost-*.whl")).name
     version = version.split("-")[1]
     assert os.readlink(root / "opt/watchpost/current") == f"releases/{version}"
-    assert os.readlink(root / "opt/watchpost/bin") == "current/bin"
-    cfg = (root / f"opt/watchpost/releases/{version}/pyvenv.cfg").read_text()
+    assert os.readlink(root / "opt/watchpost/bin") == "current/venv/bin"
+    cfg = (root / f"opt/watchpost/releases/{version}/venv/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in cfg
     r = in_root(root, "/opt/watchpost/bin/watchpost", "--version")
     assert (r.returncode, r.stdout.strip()) == (0, f"watchpost, version {version}"), r.stderr
     # The compiled dependencies load against the root's own libraries (libnetfilter-queue1).
     r = in_root(
-        root, "/opt/watchpost/current/bin/python", "-c", "import netfilterqueue, cryptography"
+        root, "/opt/watchpost/current/venv/bin/python", "-c", "import netfilterqueue, cryptography"
     )
     assert r.returncode == 0, r.stderr
     # The firmware release holds the firmware and the protocol, never the hub or the lab.
-    r = in_root(root, "/opt/watchpost/current/bin/python", "-c", "import appliance, protocol")
+    r = in_root(root, "/opt/watchpost/current/venv/bin/python", "-c", "import appliance, protocol")
     assert r.returncode == 0, r.stderr
     for pkg in ("hub", "lab"):
-        r = in_root(root, "/opt/watchpost/current/bin/python", "-c", f"import {pkg}")
+        r = in_root(root, "/opt/watchpost/current/venv/bin/python", "-c", f"import {pkg}")
         assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr, pkg
 
 
@@ -180,6 +180,7 @@ def test_units_verify_and_are_enabled(
         "/etc/systemd/system/watchpost.service",
         "/etc/systemd/system/watchpost-bridge-mac.service",
         "/etc/systemd/system/watchpost-enrol.service",
+        "/etc/systemd/system/watchpost-fault.service",
         "systemd-networkd-wait-online.service",  # with our drop-in
     ]
     r = subprocess.run(

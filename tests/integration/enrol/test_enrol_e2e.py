@@ -142,6 +142,8 @@ class Device:
                 str(self.state),
                 "--console",
                 str(self.console),
+                "--unit-dropin",
+                str(self.root / "hub.conf"),
                 "--timeout",
                 str(timeout),
             ],
@@ -222,6 +224,9 @@ def test_first_boot_enrolment(tmp_path: Path, hub: Hub, service: EnrolService) -
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
+    # The daemon's unit may reach the hub (its IPAddressDeny=any allows private ranges only).
+    dropin = (dev.root / "hub.conf").read_text()
+    assert "[Service]\nIPAddressAllow=127.0.0.1\n" in dropin
     # The token is gone from the boot partition; the stamp stops the unit from running again.
     assert token not in dev.bundle.read_text() and 'token = ""' in dev.bundle.read_text()
     assert state.enrolled(dev.state) and state.problem(dev.state) is None
