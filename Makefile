@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit lint bench soak wheels clean
+.PHONY: setup demo test test-unit lint bench soak wheels clean image
 
 setup:
 	@./.ci/bootstrap
@@ -33,6 +33,10 @@ bench: setup
 # Bounded soak run (SOAK_SECONDS, default 600; SOAK_FUZZ packets): soak-out/soak.{json,png}.
 soak: setup
 	@$(PY) -m bench.soak
+
+# The firmware image: payload + offline checks here (tests/image); pi-gen where it can run.
+image: setup
+	@./image-build/make-image.sh
 
 clean:
 	-$(VENV)/bin/watchpost lab down 2>/dev/null

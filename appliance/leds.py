@@ -2,7 +2,9 @@
 
     green  health:   on = inspecting; blinking = starting or reloading; off = stopped
     amber  hub link: on = connected; blinking = trying (the reason is on the page and in the
-                     status API); off = no hub configured
+                     status API); off = no hub configured; a short flash once a second
+                     ("wink") = not enrolled with the hub yet, or enrolment failed (the page says
+                     why; see appliance.enrol)
     red    alerts:   blinking = a high-severity alert not yet acknowledged; on = a fault (traffic
                      passed uninspected: fail-open, or a component failed); off = all quiet
 
@@ -26,11 +28,12 @@ from gpiozero.pins.mock import MockFactory
 
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, LedsConfig
+from appliance.enrol import state as enrol_state
 
 log = logging.getLogger(__name__)
 
-OFF, ON, BLINK, FAST = "off", "on", "blink", "fast"
-_BLINK_TIMES = {BLINK: (0.5, 0.5), FAST: (0.15, 0.15)}
+OFF, ON, BLINK, FAST, WINK = "off", "on", "blink", "fast", "wink"
+_BLINK_TIMES = {BLINK: (0.5, 0.5), FAST: (0.15, 0.15), WINK: (0.1, 0.9)}
 MODEL_FILE = Path("/proc/device-tree/model")
 FAULT_HOLD = 600.0  # seconds the red LED stays on after a fail-open event
 
@@ -61,6 +64,9 @@ class Leds:
         self.state = {"green": BLINK, "amber": OFF, "red": OFF}
         self.unacked_alerts = 0
         self.fault = ""
+        self.enrol_problem: str | None = None
+        # Where first-boot enrolment leaves its status (set by `component`; None: not looked at).
+        self.state_dir: str | None = None
         self._identify_until = 0.0
         self._last_alerts: int | None = None
         self._last_fail_open: int | None = None
@@ -112,9 +118,14 @@ class Leds:
             self.fault = "traffic passed uninspected recently (queue full: fail-open)"
         elif stats.get("component_errors"):
             self.fault = "a component failed"
+        self.enrol_problem = enrol_state.problem(self.state_dir) if self.state_dir else None
+        if self.enrol_problem and not hub.get("connected"):
+            amber = WINK
+        else:
+            amber = OFF if not hub.get("enabled") else ON if hub.get("connected") else BLINK
         self.state = {
             "green": ON if running else OFF,
-            "amber": OFF if not hub.get("enabled") else ON if hub.get("connected") else BLINK,
+            "amber": amber,
             "red": ON if self.fault else BLINK if self.unacked_alerts else OFF,
         }
         self._render()
@@ -177,12 +188,17 @@ class Leds:
             "leds_mock": self.mock,
             "unacked_alerts": self.unacked_alerts,
             "fault": self.fault,
+            "enrol_problem": self.enrol_problem or "",
         }
 
 
 def component(config: Config) -> Leds | None:
     """The daemon's factory (appliance.service.wiring): None when LEDs are disabled."""
-    return Leds(config.leds) if config.leds.enabled else None
+    if not config.leds.enabled:
+        return None
+    leds = Leds(config.leds)
+    leds.state_dir = config.device.state_dir  # where first-boot enrolment leaves its status
+    return leds
 
 
 def show_fault(config: Config, stop: threading.Event, factory: Any = None) -> dict[str, Any]:

@@ -6,9 +6,11 @@ In a development install the same groups are also ``watchpost hub`` and ``watchp
 
 from __future__ import annotations
 
+from hub.enrol import enrol
 from hub.operator import hub as main
 from hub.provisioning import provision
 
 main.add_command(provision)
+main.add_command(enrol)
 
 __all__ = ["main"]

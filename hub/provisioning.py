@@ -210,15 +210,29 @@ def _leaf(
     sans: Sequence[x509.GeneralName] = (),
     not_before: dt.datetime | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _leaf_cert(ca, common_name, usage, days, key.public_key(), sans, not_before)
+    return cert, key
+
+
+def _leaf_cert(
+    ca: CA,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    days: int,
+    public_key: ec.EllipticCurvePublicKey,
+    sans: Sequence[x509.GeneralName] = (),
+    not_before: dt.datetime | None = None,
+) -> x509.Certificate:
+    """A leaf certificate for `public_key` (made here by `_leaf`, or on a device: `sign_csr`)."""
     if days < 1:
         raise ProvisionError(f"days must be at least 1, got {days}")
-    key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or (_now() - dt.timedelta(minutes=5))
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(start + dt.timedelta(days=days))
@@ -245,7 +259,7 @@ def _leaf(
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(ca.key, hashes.SHA256()), key
+    return builder.sign(ca.key, hashes.SHA256())
 
 
 @dataclass(frozen=True)
@@ -271,10 +285,19 @@ def issue_device(
     a second device with the same id at another site would share its identity. Re-issuing for
     the same id and site needs `renew`; moving an id to another site is refused.
     """
-    check_name("device id", device_id)
-    check_name("site", site)
     ca = load_ca(ca_dir)
     reg = _load_registry(ca.dir)
+    _check_device_slot(reg, device_id, site, renew)
+    cert, key = _leaf(ca, device_id, ExtendedKeyUsageOID.CLIENT_AUTH, days, not_before=not_before)
+    out = Path(out_dir) if out_dir else ca.dir / "devices" / device_id
+    issued = _write_bundle(ca, out, "device", cert, key)
+    _register_device(ca, reg, device_id, site, cert)
+    return issued
+
+
+def _check_device_slot(reg: dict[str, Any], device_id: str, site: str, renew: bool) -> None:
+    check_name("device id", device_id)
+    check_name("site", site)
     if device_id in reg["hubs"]:
         raise ProvisionError(f"device id {device_id!r} is already a hub identity")
     old = reg["devices"].get(device_id)
@@ -288,16 +311,45 @@ def issue_device(
             raise ProvisionError(
                 f"device {device_id!r} is already enrolled (use --renew for a new certificate)"
             )
-    cert, key = _leaf(ca, device_id, ExtendedKeyUsageOID.CLIENT_AUTH, days, not_before=not_before)
-    out = Path(out_dir) if out_dir else ca.dir / "devices" / device_id
-    issued = _write_bundle(ca, out, "device", cert, key)
+
+
+def _register_device(
+    ca: CA, reg: dict[str, Any], device_id: str, site: str, cert: x509.Certificate
+) -> None:
     reg["devices"][device_id] = {
         "site": site,
         "serial": format(cert.serial_number, "x"),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
     _save_registry(ca.dir, reg)
-    return issued
+
+
+def sign_csr(
+    ca_dir: str | os.PathLike[str],
+    csr: x509.CertificateSigningRequest,
+    device_id: str,
+    site: str,
+    days: int = 10 * 365,
+    renew: bool = False,
+) -> x509.Certificate:
+    """A device certificate for the key of `csr`, made on the device (first-boot enrolment, see
+    `hub.enrol`): the same checks, certificate profile and registry entry as `issue_device`,
+    but the private key never exists here. Only the CSR's EC P-256 key and its self-signature
+    are used; every other field of the CSR is ignored (CN = `device_id`, the caller's)."""
+    if not csr.is_signature_valid:
+        raise ProvisionError("the CSR's signature does not verify")
+    public_key = csr.public_key()
+    if (
+        not isinstance(public_key, ec.EllipticCurvePublicKey)
+        or public_key.curve.name != "secp256r1"
+    ):
+        raise ProvisionError("the CSR's key must be EC P-256")
+    ca = load_ca(ca_dir)
+    reg = _load_registry(ca.dir)
+    _check_device_slot(reg, device_id, site, renew)
+    cert = _leaf_cert(ca, device_id, ExtendedKeyUsageOID.CLIENT_AUTH, days, public_key)
+    _register_device(ca, reg, device_id, site, cert)
+    return cert
 
 
 def issue_hub(
@@ -406,6 +458,18 @@ def acl_text(reg: dict[str, Any], mode: str = "sites") -> str:
         lines.append("")
     for name in sorted(reg.get("hubs", {})):
         lines += [f"user {check_name('hub name', name)}", f"topic readwrite {topics.ROOT}/#", ""]
+    # First-boot enrolment (hub.enrol): each open token's user may only send its CSR and read
+    # the answer, under watchpost/v1/enrol/<token id>/.
+    for tid, info in sorted(reg.get("enrol", {}).items()):
+        if info.get("state") in ("open", "signed"):
+            user = f"enrol-{tid}"
+            check_name("enrolment user", user)
+            lines += [
+                f"user {user}",
+                f"topic write {topics.ROOT}/enrol/{tid}/request",
+                f"topic read {topics.ROOT}/enrol/{tid}/result",
+                "",
+            ]
     if mode == "sites":
         for dev, info in sorted(reg.get("devices", {}).items()):
             root = (
@@ -431,6 +495,9 @@ class BrokerSettings:
     log_dest: str = "stderr"
     max_packet_size: int = 0  # 0: mosquitto's default (no limit below the protocol's)
     max_queued_messages: int = 100_000  # per client, for hub consumers with persistent sessions
+    # First-boot enrolment listener (TLS server certificate only, the token as MQTT password;
+    # see hub.enrol): 0 = none.
+    enrol_port: int = 0
 
 
 def mosquitto_conf(s: BrokerSettings) -> str:
@@ -472,7 +539,32 @@ def mosquitto_conf(s: BrokerSettings) -> str:
     ]
     if s.max_packet_size:
         lines.insert(lines.index(""), f"max_packet_size {s.max_packet_size}")
+    if s.enrol_port:
+        if not 0 < s.enrol_port < 65536 or s.enrol_port == s.port:
+            raise ProvisionError(f"enrol port must be 1-65535 and not {s.port}, got {s.enrol_port}")
+        # Global (per_listener_settings false): only enrolment users are in it; the certificate
+        # listener takes the username from the certificate instead.
+        lines.insert(lines.index(""), f"password_file {s.conf_dir / 'enrol.passwd'}")
+        lines += [
+            "",
+            f"listener {s.enrol_port} {s.bind}".rstrip(),
+            "protocol mqtt",
+            f"cafile {s.conf_dir / 'ca.pem'}",
+            f"certfile {s.conf_dir / 'server.pem'}",
+            f"keyfile {s.conf_dir / 'server.key'}",
+            "tls_version tlsv1.2",
+            "require_certificate false",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def enrol_passwd_text(reg: dict[str, Any]) -> str:
+    """mosquitto's password file for the open enrolment tokens (hashes made by hub.enrol)."""
+    return "".join(
+        f"enrol-{tid}:{info['passwd']}\n"
+        for tid, info in sorted(reg.get("enrol", {}).items())
+        if info.get("state") in ("open", "signed")
+    )
 
 
 def write_broker_conf(
@@ -500,10 +592,14 @@ def write_broker_conf(
     data = settings.persistence_dir or d / "data"
     data.mkdir(parents=True, exist_ok=True)
     atomic_write(d / "acl", acl.encode(), mode=0o644)
+    if settings.enrol_port:
+        atomic_write(d / "enrol.passwd", enrol_passwd_text(reg).encode(), mode=0o640)
     atomic_write(d / "mosquitto.conf", conf.encode(), mode=0o644)
     if owner:
         try:
             shutil.chown(d / "server.key", user=owner)
+            if settings.enrol_port:
+                shutil.chown(d / "enrol.passwd", user=owner)
             shutil.chown(data, user=owner)
         except (LookupError, PermissionError) as e:
             raise ProvisionError(f"cannot give the broker files to user {owner!r}: {e}") from None
@@ -628,6 +724,12 @@ def hub_cmd(name: str, ca_dir: Path, out: Path | None, days: int) -> None:
 @click.option("--bind", default="", help="Listen address (default: all).")
 @click.option("--user", default="mosquitto", show_default=True, help="User the broker runs as.")
 @click.option("--acl", "acl_mode", type=click.Choice(ACL_MODES), default="sites", show_default=True)
+@click.option(
+    "--enrol-port",
+    default=0,
+    type=int,
+    help="Also a first-boot enrolment listener on this port (e.g. 8884; see 'enrol').",
+)
 @click.option("--renew-cert", is_flag=True, help="Issue a new server certificate.")
 @click.option("--chown", is_flag=True, help="Give the server key and data dir to --user.")
 def broker_conf_cmd(
@@ -638,12 +740,18 @@ def broker_conf_cmd(
     bind: str,
     user: str,
     acl_mode: str,
+    enrol_port: int,
     renew_cert: bool,
     chown: bool,
 ) -> None:
     """Write the mosquitto config, ACL and server certificate (re-run after enrolling)."""
     settings = BrokerSettings(
-        conf_dir=out.absolute(), port=port, bind=bind, user=user, acl_mode=acl_mode
+        conf_dir=out.absolute(),
+        port=port,
+        bind=bind,
+        user=user,
+        acl_mode=acl_mode,
+        enrol_port=enrol_port,
     )
     try:
         conf = write_broker_conf(

@@ -45,6 +45,7 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
 from appliance.hublink.device import intel_paths
 from appliance.inline.firewall import Firewall, FirewallError
+from appliance.inline.ports import resolve as resolve_ports
 from appliance.inline.queue import port_sides, queue_table
 from appliance.service import reconfigure, wiring
 from appliance.service.blocks import BlockRequests
@@ -572,6 +573,11 @@ def _name(comp: Any) -> str:
 
 def run_daemon(config: Config) -> None:
     """Start the daemon and run it until a signal stops it (exit 1 with the reason if it cannot)."""
+    try:
+        config = resolve_ports(config)  # inline.uplink/office = "auto"
+    except ConfigError as e:
+        log.error("cannot start: %s", e)
+        sys.exit(1)
     service = Service(config)
     try:
         service.start()

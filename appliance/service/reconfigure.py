@@ -18,6 +18,7 @@ from appliance.config import Config, ConfigError
 from appliance.config import load_running as load_config
 from appliance.hublink.device import intel_paths
 from appliance.inline.firewall import FirewallError, RulesetSpec
+from appliance.inline.ports import resolve as resolve_ports
 
 if TYPE_CHECKING:
     from appliance.service.daemon import Service
@@ -31,7 +32,8 @@ def reload(service: Service) -> bool:
     """Re-read the config file and intel; a bad config is refused and the old one kept."""
     cfg = service.config
     try:
-        new = load_config(cfg.source) if cfg.source else cfg
+        # inline.uplink/office = "auto" are found again (a USB NIC may have been replaced).
+        new = resolve_ports(load_config(cfg.source)) if cfg.source else cfg
     except ConfigError as e:
         log.error("reload refused, keeping the running config: %s", e)
         service.counts["reloads_refused"] += 1

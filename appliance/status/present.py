@@ -37,6 +37,7 @@ LED_MEANING = {
         "on": "connected to the hub",
         "blink": "trying to reach the hub",
         "off": "no hub configured",
+        "wink": "not enrolled with the hub (see below)",
     },
     "red": {
         "on": "fault: see below",
@@ -66,6 +67,7 @@ def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> 
     leds = _section(stats, "leds")
     unacked = _int(stats.get("unacked_alerts"))
     fault = str(stats.get("fault") or "")
+    enrol = str(stats.get("enrol_problem") or "")
     state = str(stats.get("state") or "unknown")
     mode = str(stats.get("mode") or "")
     notes: list[str] = []
@@ -88,6 +90,8 @@ def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> 
             if unacked != 1
             else "1 alert needs your attention."
         )
+    elif enrol:
+        health, headline = "warn", f"Watching your network, but {enrol}."
     elif hub["enabled"] and not hub["connected"]:
         health, headline = "warn", "Watching your network, but not connected to the hub."
     else:

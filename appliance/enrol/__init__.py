@@ -1,0 +1,1 @@
+"""First-boot enrolment, device side (`watchpost enrol`): see `appliance.enrol.device`."""
