@@ -72,7 +72,7 @@ class Flow:
         "verdict",
     )
 
-    def __init__(self, key: tuple, pkt: Packet, client_is_src: bool) -> None:
+    def __init__(self, key: FlowKey, pkt: Packet, client_is_src: bool) -> None:
         self.key = key
         self.proto = pkt.proto
         self.family = pkt.family
@@ -175,7 +175,7 @@ class FlowTable:
             self._count -= 1
             self.evicted += 1
 
-    def _create(self, flows: OrderedDict[FlowKey, Flow], key: tuple, pkt: Packet) -> Flow:
+    def _create(self, flows: OrderedDict[FlowKey, Flow], key: FlowKey, pkt: Packet) -> Flow:
         while self._count >= self.max_flows:
             self._evict_one()
         client_is_src = True

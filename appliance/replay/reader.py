@@ -51,7 +51,7 @@ class Reader:
         if self.size < 4:
             self._f.close()
             raise CaptureError(f"{self.path}: not a pcap or pcapng file (only {self.size} bytes)")
-        self._mm = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._mm: mmap.mmap | None = mmap.mmap(self._f.fileno(), 0, access=mmap.ACCESS_READ)
         head = self._mm[:4]
         if head in PCAP_MAGICS:
             self.kind = "pcap"
