@@ -368,6 +368,13 @@ class StatusConfig:
         "scrypt hash from `watchpost passwd`; empty = not set up yet, no data shown.",
         secret=True,
     )
+    allow_from: tuple[str, ...] = setting(
+        (),
+        "Networks that may reach the status page from any port (default: the office bridge port "
+        "and loopback only).",
+        check=_cidr,
+        local_why="decides who can reach the status page (local only)",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,98 +1,58 @@
-"""The local status page: a daemon component serving a small Flask app on ``status.listen``.
+"""The local status page: a daemon component serving a small Flask app over HTTPS.
 
-Who reads it: the office owner glancing at it (is all well? if not, what is wrong, in words) and
-the installer checking it once (hub link up? LEDs as expected?). It lets no one in without the
-password (see `appliance.status.auth`): every page, the JSON API and the metrics need a login,
-except /metrics asked from the device itself (loopback), which a local Prometheus agent or an
-SSH tunnel can scrape without a browser session.
+Who reads it: the office owner (is all well? if not, what is wrong and what should I do, with
+devices by name), and the installer checking it once. It belongs to the office side: it answers
+on the office bridge port and loopback only (`appliance.status.guard`), over HTTPS with the
+device's own certificate (`appliance.status.tls`), to requests whose Host header names the
+device (DNS rebinding), and lets no one in without the password (`appliance.status.auth`). At
+first start there is no password: the page asks for the one-time setup code
+(`appliance.status.setup`) and then for a new password.
 
 Threads: werkzeug's server runs in its own thread and a bounded number of request threads; they
-never reach into the packet loop. The numbers are the daemon's per-tick stats snapshot, kept
-by the component's `tick` (the daemon's main loop) when someone is looking, and a request waits
-at most `wait` seconds for a fresh one; if the loop is stuck the page says so instead of hanging.
-The LEDs' `ack`/`identify` are reached through the daemon view (they are made for calls from
-other threads: the button calls them from gpiozero's).
+never reach into the packet loop. The numbers are the daemon's per-tick stats snapshot, kept by
+the component's `tick` (the daemon's main loop) when someone is looking, and a request waits at
+most `wait` seconds for a fresh one. The same tick records the counters once a minute for the
+charts (`appliance.status.series`) and runs a mode change the owner asked for (the daemon view's
+`apply_config` belongs to the main loop). The page reaches the daemon only through the
+component contract's `DaemonView` (`appliance.component`). The alert index
+(`appliance.status.index`) follows the EVE file when a page needs it; the device inventory
+(`appliance.inventory`) reads the office port in its own thread.
 
-Routes: ``/`` (status), ``/login``, ``/logout``, ``/ack``, ``/identify`` (POST, CSRF token),
-``/api/status``, ``/api/alerts?limit=N``, ``/metrics``.
+The pages are in `appliance.status.pages`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import math
 import socket
+import ssl
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from datetime import timedelta
-from functools import wraps
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from flask import (
-    Flask,
-    Response,
-    flash,
-    get_flashed_messages,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    session,
-    url_for,
-)
-from flask.sessions import SecureCookieSessionInterface
-from werkzeug.exceptions import HTTPException
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
-from appliance.status import present
-from appliance.status.alerts import MAX_LIMIT, recent_alerts
-from appliance.status.auth import (
-    SESSION_LIFETIME,
-    LoginLimiter,
-    Sessions,
-    check_password,
-    csrf_ok,
-    csrf_token,
-    hash_problem,
-    load_secret,
-)
+from appliance.inventory import Inventory
+from appliance.status import guard, setup, tls
+from appliance.status.auth import LoginLimiter, PasswordGate, Sessions, hash_problem, load_secret
+from appliance.status.index import AlertIndex
+from appliance.status.series import SeriesStore, counters_of
 
 log = logging.getLogger(__name__)
 
 NOT_SET_UP = "not set up yet: run watchpost passwd"
-PAGE_ALERTS = 20  # alerts on the page
-DEFAULT_IDENTIFY_S = 60
-MAX_IDENTIFY_S = 600
 FRESH_S = 1.5  # a snapshot this young is served as is
 INTEREST_S = 30.0  # after a request, keep taking snapshots this long (auto-refresh)
+SAMPLE_S = 60.0  # seconds between chart samples
 MAX_THREADS = 32  # concurrent connections served; more get a 503 at once
-REQUEST_TIMEOUT_S = 15  # a client that stops talking is dropped
-MAX_BODY = 16 * 1024
-
-CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-)
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    # Not "no-referrer": with it Chromium sends "Origin: null" on our own form posts.
-    "Referrer-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-}
-
-
-# -- the component --------------------------------------------------------------------------------
+REQUEST_TIMEOUT_S = 15  # a client that stops talking (or never finishes TLS) is dropped
 
 
 class StatusPage:
@@ -101,21 +61,63 @@ class StatusPage:
 
     name = "status page"
 
-    def __init__(self, config: Config, *, wait: float = 2.0, refresh_s: int = 15) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        wait: float = 2.0,
+        refresh_s: int = 15,
+        oui_path: str | None = None,
+    ) -> None:
         self.config = config
         self.wait = wait
         self.refresh_s = refresh_s  # the page reloads itself this often
         self.view: DaemonView | None = None
+        state = Path(config.device.state_dir)
         problem = hash_problem(config.status.password_hash)
         if problem:
             log.error("status.password_hash: %s; the page asks for setup", problem)
-        secret, key_problem = load_secret(config.device.state_dir)
+        secret, key_problem = load_secret(state)
         if key_problem:
             log.warning("status page: %s (logins end when the daemon stops)", key_problem)
+        self.setup_code: str | None = None
+        if not config.status.password_hash and not setup.page_password_hash(state):
+            try:
+                self.setup_code = setup.ensure_setup_code(state)
+            except OSError as e:
+                log.error("status page: cannot keep a setup code in %s: %s", state, e)
+            if self.setup_code:
+                log.warning(
+                    "status page: not set up yet; one-time setup code %s (enter it on the page)",
+                    self.setup_code,
+                )
+        self.fingerprint = ""
+        self.ssl_context: ssl.SSLContext | None = None
+        try:
+            try:
+                cert, key, self.fingerprint = tls.ensure_certificate(state, config.device.id)
+            except OSError as e:
+                log.error("status page: cannot keep its certificate in %s (%s): one for this "
+                          "run only", state, e)  # fmt: skip
+                tmp = tempfile.mkdtemp(prefix="watchpost-tls-")
+                cert, key, self.fingerprint = tls.ensure_certificate(tmp, config.device.id)
+            self.ssl_context = tls.server_context(cert, key)
+        except (OSError, ValueError, ssl.SSLError) as e:
+            log.error("status page: no HTTPS certificate (%s): the page stays off", e)
         self.sessions = Sessions(secret)
         self.limiter = LoginLimiter()
+        self.gate = PasswordGate()
         self.counts: Counter[str] = Counter()
         self._count_lock = threading.Lock()
+        self.index = AlertIndex(state, config.inline.home_nets)
+        self.series = SeriesStore(state)
+        kw = {"oui_path": oui_path} if oui_path else {}
+        self.inventory = Inventory(state, config.inline.home_nets, **kw)
+        self.guard_problem = ""
+        self._guarded = False
+        self._hash_cache: tuple[float, str] = (-1.0, "")
+        from appliance.status.pages import create_app
+
         self.app = create_app(self, secret)
         self.server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -125,21 +127,47 @@ class StatusPage:
         self._min_at = -math.inf  # snapshots from before this are out of date (an action)
         self._want = False
         self._interest_until = -math.inf
+        self._sampled_at = -math.inf
+        self._pending: list[Any] = []  # calls for the main loop (a mode change)
 
     # -- what the app asks --------------------------------------------------------------------
 
     @property
+    def state_dir(self) -> Path:
+        return Path(self.config.device.state_dir)
+
+    @property
     def password_hash(self) -> str:
+        """The config's hash (`watchpost passwd`) if set, else the one set on the page."""
         value = self.config.status.password_hash
+        if value:
+            return "" if hash_problem(value) else value
+        path = self.state_dir / setup.PASSWORD_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return ""
+        if mtime != self._hash_cache[0]:
+            self._hash_cache = (mtime, setup.page_password_hash(self.state_dir))
+        value = self._hash_cache[1]
         return "" if hash_problem(value) else value
 
     @property
+    def needs_setup(self) -> bool:
+        """No password yet and a setup code is waiting: the page asks for the code."""
+        return not self.password_hash and setup.code_waiting(self.state_dir)
+
+    @property
     def setup_problem(self) -> str:
+        """Why nobody can log in ("" when a password is set). With a setup code waiting the
+        page offers setup instead of this text."""
         value = self.config.status.password_hash
-        if not value:
-            return NOT_SET_UP
-        problem = hash_problem(value)
-        return f"status.password_hash is {problem}: run watchpost passwd" if problem else ""
+        if value:
+            problem = hash_problem(value)
+            return f"status.password_hash is {problem}: run watchpost passwd" if problem else ""
+        if self.password_hash:
+            return ""
+        return NOT_SET_UP
 
     def count(self, what: str) -> None:
         with self._count_lock:
@@ -175,19 +203,103 @@ class StatusPage:
     def has_leds(self) -> bool:
         return self.view is not None and self.view.has_leds
 
+    def ack_leds(self) -> int:
+        """Acknowledge on the LEDs (the red light stops blinking): how many were waiting."""
+        if self.view is None or not self.view.has_leds:
+            return 0
+        n = self.view.ack_alerts(None)
+        self.invalidate()
+        return int(n or 0)
+
+    def refresh_index(self) -> None:
+        try:
+            self.index.ingest(self.config.log.eve)
+        except OSError as e:
+            log.warning("status page: cannot read %s: %s", self.config.log.eve, e)
+
+    def label(self, ip: str) -> str:
+        name = self.inventory.store.name(ip) if ip else ""
+        return f"{name} ({ip})" if name else ip
+
+    def request_mode(self, mode: str) -> threading.Event:
+        """Ask the main loop to switch inline.mode; the event is set when it has tried
+        (`mode_result` then says what happened)."""
+        done = threading.Event()
+        with self._cond:
+            self._pending.append((mode, done))
+            self._want = True
+        return done
+
+    mode_result = ""
+
+    def _apply_mode(self, mode: str) -> None:
+        from appliance.config import merged, save
+
+        view = self.view
+        if view is None:
+            self.mode_result = "the watch service is not running"
+            return
+        current = view.config
+        if current.inline.mode == mode:
+            self.mode_result = f"already in {mode} mode"
+            return
+        try:
+            new = merged(current, {"inline": {"mode": mode}})
+            view.apply_config(new)
+            if new.source:
+                save(new)
+            self.mode_result = ""
+            log.warning("status page: the owner switched to %s mode", mode)
+        except (ConfigError, OSError) as e:
+            self.mode_result = f"refused: {e}"
+
     # -- component hooks ----------------------------------------------------------------------
 
     def start(self, view: DaemonView) -> None:
         self.view = view
-        self._run(self._bind(self.config.status.listen))
+        server = self._bind(self.config.status.listen)
+        self._guard(server.server_address[1])
+        self._run(server)
+        office = self.config.inline.office
+        if Path(f"/sys/class/net/{office}").exists():
+            problem = self.inventory.start(office)
+            if problem:
+                log.warning("inventory: %s (devices are shown by address only)", problem)
+
+    def _guard(self, port: int) -> None:
+        """The page's input rules (office port and loopback only), when the bridge is here."""
+        inl = self.config.inline
+        if not Path(f"/sys/class/net/{inl.bridge}/bridge").exists():
+            self.guard_problem = f"no bridge {inl.bridge}: input rules not applied"
+            return
+        try:
+            guard.apply(self.config, port)
+            self._guarded = True
+            self.guard_problem = ""
+        except guard.GuardError as e:
+            self.guard_problem = str(e)
+            log.error("status page: %s", e)
 
     def tick(self, now: float, snapshot: Snapshot) -> None:
         with self._cond:
-            wanted = self._want or time.monotonic() < self._interest_until
-            if not wanted:
-                return
-            self._snap, self._snap_at, self._want = snapshot, time.monotonic(), False
-            self._cond.notify_all()
+            pending, self._pending = self._pending, []
+        for mode, done in pending:
+            self._apply_mode(mode)
+            done.set()
+            self.invalidate()
+        mono = time.monotonic()
+        with self._cond:
+            wanted = self._want or mono < self._interest_until
+        if wanted:
+            with self._cond:
+                self._snap, self._snap_at, self._want = snapshot, time.monotonic(), False
+                self._cond.notify_all()
+        if mono - self._sampled_at >= SAMPLE_S and snapshot:
+            self._sampled_at = mono
+            try:
+                self.series.record(counters_of(snapshot), talkers=self.inventory.take_talkers())
+            except Exception:
+                log.exception("status page: chart sample failed")
 
     def configure(self, config: Config) -> None:
         """A new password ends every session (they are bound to the hash); a new address is
@@ -197,34 +309,50 @@ class StatusPage:
         if problem:
             raise ConfigError("status.password_hash", problem)
         listen = config.status.listen
-        if self.view is not None and listen != self.config.status.listen:
+        old_cfg = self.config
+        if self.view is not None and listen != old_cfg.status.listen:
             old = self.server
             if listen:
-                self._run(self._bind(listen))
+                server = self._bind(listen)
+                self.config = config
+                self._guard(server.server_address[1])
+                self._run(server)
             else:
                 self.server = None
                 log.info("status page off (status.listen is empty)")
             if old is not None:
                 self._shutdown(old)
+        elif self._guarded and config.status.allow_from != old_cfg.status.allow_from:
+            self.config = config
+            self._guard(self.address[1])
         self.config = config
 
     def stop(self) -> None:
         if self.server is not None:
             self._shutdown(self.server)
             self.server = None
+        if self._guarded:
+            with contextlib.suppress(guard.GuardError):
+                guard.remove()
+            self._guarded = False
+        self.inventory.stop()
         with self._cond:
             self._cond.notify_all()
 
     def stats(self) -> dict[str, Any]:
         with self._count_lock:
             counts = dict(self.counts)
+        sniffer = self.inventory.sniffer
         return {
             "status_listen": self.config.status.listen,
             "status_serving": self.server is not None,
             "status_logins": counts.get("logins", 0),
             "status_login_failures": counts.get("login_failures", 0),
             "status_login_throttled": counts.get("login_throttled", 0),
+            "status_login_busy": counts.get("login_busy", 0),
             "status_csrf_refused": counts.get("csrf_refused", 0),
+            "status_host_refused": counts.get("host_refused", 0),
+            "inventory_frames": getattr(sniffer, "frames", 0),
         }
 
     # -- serving ------------------------------------------------------------------------------
@@ -240,6 +368,8 @@ class StatusPage:
     def _bind(self, listen: str) -> _Server:
         """Bind the socket ourselves: werkzeug's own bind calls sys.exit on failure, and a
         component must fail with a ConfigError instead, leaving the daemon running."""
+        if self.ssl_context is None:
+            raise ConfigError("status.listen", "no HTTPS certificate: the page stays off")
         host, _, port = listen.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
         family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as werkzeug decides
@@ -248,7 +378,9 @@ class StatusPage:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, int(port)))
             sock.listen(64)
-            return _Server(host, int(port), self.app, handler=_Handler, fd=sock.fileno())
+            server = _Server(host, int(port), self.app, handler=_Handler, fd=sock.fileno())
+            server.use_tls(self.ssl_context)
+            return server
         except (OSError, ValueError) as e:
             reason = getattr(e, "strerror", None) or str(e)
             raise ConfigError("status.listen", f"cannot listen on {listen}: {reason}") from None
@@ -262,7 +394,10 @@ class StatusPage:
         thread.daemon = True
         thread.start()
         self.server, self._thread = server, thread
-        log.info("status page on http://%s:%d/", *self.address)
+        log.info(
+            "status page on https://%s:%d/ (certificate SHA-256 %s)", *self.address,
+            self.fingerprint,
+        )  # fmt: skip
 
     def _shutdown(self, server: _Server) -> None:
         server.shutdown()
@@ -283,22 +418,35 @@ class _Handler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s %s", self.address_string(), self.requestline, code)
 
+    def handle(self) -> None:
+        # The TLS handshake runs here, in the request's thread with its timeout, not in the
+        # accepting thread (where one silent client would hold up everyone).
+        conn = self.connection
+        if isinstance(conn, ssl.SSLSocket):
+            try:
+                conn.do_handshake()
+            except (OSError, ssl.SSLError) as e:
+                log.debug("status page: TLS handshake with %s failed: %s", self.client_address, e)
+                return
+        super().handle()
+
 
 class _Server(ThreadedWSGIServer):
-    """werkzeug's threaded server with a cap on concurrent connections."""
+    """werkzeug's threaded server with a cap on concurrent connections and TLS whose handshake
+    happens in the request thread."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._slots = threading.BoundedSemaphore(MAX_THREADS)
 
+    def use_tls(self, ctx: ssl.SSLContext) -> None:
+        self.socket = ctx.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
+        self.ssl_context = ctx  # werkzeug then says wsgi.url_scheme = https
+
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             with contextlib.suppress(OSError):
-                request.sendall(
-                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
-                    b"Connection: close\r\n\r\n"
-                )
-            self.shutdown_request(request)
+                request.close()
             return
         try:
             super().process_request(request, client_address)
@@ -313,311 +461,4 @@ class _Server(ThreadedWSGIServer):
             self._slots.release()
 
 
-# -- the app --------------------------------------------------------------------------------------
-
-
-class _SessionInterface(SecureCookieSessionInterface):
-    """Secure cookies whenever the request came over TLS."""
-
-    def get_cookie_secure(self, app: Flask) -> bool:
-        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
-
-
-def _is_api() -> bool:
-    return request.path.startswith("/api/")
-
-
-def _json_error(status: int, message: str, parameter: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message}
-    if parameter is not None:
-        body["parameter"] = parameter
-    resp = jsonify(body)
-    resp.status_code = status
-    return resp
-
-
-def _int_param(name: str, default: int, lo: int, hi: int, source: Any) -> int:
-    """A whole number from the query or form, or ValueError naming the parameter."""
-    raw = source.get(name)
-    if raw is None or raw == "":
-        return default
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 6 or not lo <= int(raw) <= hi:
-        raise _BadParam(
-            name, f"{name}: expected a whole number from {lo} to {hi}, got {raw[:20]!r}"
-        )
-    return int(raw)
-
-
-class _BadParam(ValueError):
-    def __init__(self, parameter: str, message: str) -> None:
-        super().__init__(message)
-        self.parameter = parameter
-
-
-def _only_params(*allowed: str) -> None:
-    for name in request.args:
-        if name not in allowed:
-            known = ", ".join(allowed) if allowed else "none"
-            raise _BadParam(name, f"{name[:40]}: unknown parameter (known: {known})")
-
-
-def _is_loopback(address: str | None) -> bool:
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return (mapped or ip).is_loopback
-
-
-def create_app(page: StatusPage, secret: bytes) -> Flask:
-    """The Flask app; `page` gives it the config, numbers, LEDs and login state."""
-    app = Flask(__name__, static_folder="static", template_folder="templates")
-    app.config.update(
-        SECRET_KEY=secret,
-        SESSION_COOKIE_NAME="watchpost_session",
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Strict",
-        SESSION_COOKIE_SECURE=False,
-        PERMANENT_SESSION_LIFETIME=timedelta(seconds=SESSION_LIFETIME),
-        MAX_CONTENT_LENGTH=MAX_BODY,
-        MAX_FORM_MEMORY_SIZE=MAX_BODY,
-        SEND_FILE_MAX_AGE_DEFAULT=300,
-        TEMPLATES_AUTO_RELOAD=False,
-    )
-    app.session_interface = _SessionInterface()
-
-    def logged_in() -> bool:
-        return page.sessions.valid(session, page.password_hash)
-
-    def setup_response() -> Response:
-        problem = page.setup_problem
-        if _is_api() or request.path == "/metrics":
-            return _json_error(503, problem)
-        resp = Response(render_template("setup.html", problem=problem), status=503)
-        return resp
-
-    def view(fn: Callable[..., Any]) -> Callable[..., Any]:
-        """A data page or API call: set up, logged in."""
-
-        @wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            if page.setup_problem:
-                return setup_response()
-            if not logged_in():
-                if _is_api():
-                    return _json_error(401, "login required")
-                return redirect(url_for("login"), code=303)
-            try:
-                return fn(*args, **kwargs)
-            except _BadParam as e:
-                if _is_api():
-                    return _json_error(400, str(e), e.parameter)
-                return error_page(400, str(e))
-
-        return inner
-
-    def same_origin() -> bool:
-        """What the browser says of where a form came from, when it says it, must be this page
-        (defence in depth: the CSRF token is the check that counts). Another port of the same
-        address is "same-site" for the browser, so SameSite cookies alone do not stop it."""
-        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
-            return False
-        origin = request.headers.get("Origin")
-        if origin is None or origin == "null":
-            return True
-        return urlsplit(origin).netloc == request.host
-
-    def action(fn: Callable[..., Any]) -> Callable[..., Any]:
-        """A state-changing POST: set up, a valid CSRF token from the same origin, logged in."""
-
-        @wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            if page.setup_problem:
-                return setup_response()
-            token = request.form.get("csrf") or request.headers.get("X-CSRF-Token")
-            if not same_origin() or not csrf_ok(session, token):
-                page.count("csrf_refused")
-                return error_page(
-                    403,
-                    "This form was out of date or did not come from this page. "
-                    "Reload the page and try again.",
-                )
-            if not logged_in() and fn.__name__ != "login":
-                return redirect(url_for("login"), code=303)
-            try:
-                return fn(*args, **kwargs)
-            except _BadParam as e:
-                return error_page(400, str(e))
-
-        return inner
-
-    def error_page(status: int, message: str) -> Response:
-        if _is_api():
-            return _json_error(status, message)
-        return Response(render_template("error.html", status=status, message=message), status)
-
-    @app.context_processor
-    def _context() -> dict[str, Any]:
-        return {"device": page.config.device, "logged_in": logged_in}
-
-    @app.after_request
-    def _headers(resp: Response) -> Response:
-        for key, value in SECURITY_HEADERS.items():
-            resp.headers.setdefault(key, value)
-        if request.endpoint != "static":
-            resp.headers["Cache-Control"] = "no-store"
-        return resp
-
-    @app.errorhandler(HTTPException)
-    def _http_error(e: HTTPException) -> Response:
-        return error_page(e.code or 500, e.description or e.name)
-
-    @app.errorhandler(Exception)
-    def _crash(e: Exception) -> Response:
-        log.exception("status page: %s %s failed", request.method, request.path)
-        return error_page(500, "Something went wrong on this page; inspection is not affected.")
-
-    # -- pages ----------------------------------------------------------------------------------
-
-    @app.get("/")
-    @view
-    def index() -> Any:
-        _only_params()
-        stats, age = page.snapshot()
-        now = time.time()
-        status = present.overview(stats, age, now)
-        alerts, alerts_problem = _alerts(page, PAGE_ALERTS, now)
-        return render_template(
-            "status.html",
-            s=status,
-            counters=present.COUNTERS,
-            alerts=alerts,
-            alerts_problem=alerts_problem,
-            has_leds=page.has_leds,
-            csrf=csrf_token(session),
-            messages=get_flashed_messages(),
-            max_identify=MAX_IDENTIFY_S,
-            default_identify=DEFAULT_IDENTIFY_S,
-            refresh_s=page.refresh_s,
-        )
-
-    @app.get("/login")
-    def login_form() -> Any:
-        if page.setup_problem:
-            return setup_response()
-        if logged_in():
-            return redirect(url_for("index"), code=303)
-        return render_template("login.html", csrf=csrf_token(session), error="")
-
-    @app.post("/login")
-    @action
-    def login() -> Any:
-        addr = request.remote_addr
-        wait = page.limiter.retry_after(addr)
-        if wait:
-            page.count("login_throttled")
-            minutes = max(1, math.ceil(wait / 60))
-            resp = Response(
-                render_template(
-                    "login.html",
-                    csrf=csrf_token(session),
-                    error=f"Too many wrong passwords: try again in {minutes} min.",
-                ),
-                status=429,
-            )
-            resp.headers["Retry-After"] = str(math.ceil(wait))
-            return resp
-        password = request.form.get("password", "")
-        if check_password(page.password_hash, password):
-            page.limiter.succeeded(addr)
-            page.sessions.login(session, page.password_hash)
-            session.permanent = True
-            page.count("logins")
-            log.info("status page: login from %s", addr)
-            return redirect(url_for("index"), code=303)
-        page.limiter.failed(addr)
-        page.count("login_failures")
-        log.warning("status page: wrong password from %s", addr)
-        return Response(
-            render_template("login.html", csrf=csrf_token(session), error="Wrong password."),
-            status=401,
-        )
-
-    @app.post("/logout")
-    @action
-    def logout() -> Any:
-        page.sessions.logout(session)
-        return redirect(url_for("login"), code=303)
-
-    @app.post("/ack")
-    @action
-    def ack() -> Any:
-        if page.view is None or not page.has_leds:
-            flash("This unit has no LEDs running; nothing to acknowledge.")
-        else:
-            n = page.view.ack_alerts(None)
-            page.invalidate()
-            flash(
-                f"Acknowledged {n} alert{'s' if n != 1 else ''}: the red light stops blinking."
-                if n
-                else "No alerts were waiting."
-            )
-        return redirect(url_for("index"), code=303)
-
-    @app.post("/identify")
-    @action
-    def identify() -> Any:
-        seconds = _int_param("seconds", DEFAULT_IDENTIFY_S, 1, MAX_IDENTIFY_S, request.form)
-        if page.view is None or not page.has_leds:
-            flash("This unit has no LEDs running to blink.")
-        else:
-            page.view.identify(seconds)
-            page.invalidate()
-            flash(f"All three lights blink fast for {seconds} s.")
-        return redirect(url_for("index"), code=303)
-
-    # -- API ------------------------------------------------------------------------------------
-
-    @app.get("/api/status")
-    @view
-    def api_status() -> Any:
-        _only_params()
-        stats, age = page.snapshot()
-        return jsonify(present.overview(stats, age, time.time()))
-
-    @app.get("/api/alerts")
-    @view
-    def api_alerts() -> Any:
-        _only_params("limit")
-        limit = _int_param("limit", PAGE_ALERTS, 1, MAX_LIMIT, request.args)
-        alerts, problem = _alerts(page, limit, time.time())
-        if problem:
-            return _json_error(500, problem)
-        return jsonify({"alerts": alerts, "limit": limit})
-
-    @app.get("/metrics")
-    def metrics() -> Any:
-        if page.setup_problem:
-            return setup_response()
-        if not (_is_loopback(request.remote_addr) or logged_in()):
-            return Response(
-                "metrics: log in first, or scrape from the device itself (loopback)\n",
-                status=401,
-                mimetype="text/plain",
-            )
-        stats, age = page.snapshot()
-        return Response(
-            present.metrics(stats, age), mimetype="text/plain; version=0.0.4; charset=utf-8"
-        )
-
-    return app
-
-
-def _alerts(page: StatusPage, limit: int, now: float) -> tuple[list[dict[str, Any]], str]:
-    path = page.config.log.eve
-    try:
-        return recent_alerts(path, limit, page.config.inline.home_nets, now), ""
-    except OSError as e:
-        log.warning("status page: cannot read %s: %s", path, e)
-        return [], f"cannot read the alert log {path}: {e.strerror or e}"
+__all__ = ["NOT_SET_UP", "StatusPage", "component"]

@@ -11,8 +11,9 @@ The page sits on the office LAN, where anyone plugged in can reach it, so:
   lifetime still applies);
 - the signing key is made once and kept 0600 in ``device.state_dir`` so a daemon restart does
   not log everyone out;
-- failed logins are limited per client (an IPv4 address or an IPv6 /64) and overall, with
-  bounded state, so neither guessing nor a flood of addresses gets far.
+- logins back off per client (an IPv4 address or an IPv6 /64), counted before the hash is
+  checked, with bounded state; only one password check runs at a time; a hash's cost parameters
+  are bounded (a pasted-in hash cannot make each login eat the Pi's memory).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import secrets
 import stat
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,14 @@ log = logging.getLogger(__name__)
 SECRET_FILE = "status-secret.key"
 SECRET_BYTES = 32
 SESSION_LIFETIME = 8 * 3600.0  # seconds a login lasts, whatever the activity
-MIN_PASSWORD = 8
+MIN_PASSWORD = 10
+MIN_DISTINCT = 5
 MAX_PASSWORD = 1024
 HASH_METHODS = ("scrypt", "pbkdf2")
+MAX_SCRYPT_N = 2**17
+MAX_SCRYPT_MEMORY = 128 * 1024 * 1024  # bytes scrypt may use for one check
+MAX_PBKDF2_ROUNDS = 2_000_000
+PAGE_HASH = "scrypt:32768:8:1"  # what a password set on the page is hashed with (32 MiB)
 
 
 # -- password ------------------------------------------------------------------------------------
@@ -52,7 +58,22 @@ def hash_password(password: str) -> str:
     problem = password_problem(password)
     if problem:
         raise ValueError(problem)
-    return generate_password_hash(password, method="scrypt")
+    return generate_password_hash(password, method=PAGE_HASH)
+
+
+PASSWORD_RULES = (
+    f"at least {MIN_PASSWORD} characters (a few words in a row are easy to remember)",
+    f"at least {MIN_DISTINCT} different characters",
+    "not a well-known password such as password123 or qwertyuiop",
+    "no spaces at the start or the end",
+)
+COMMON = frozenset(
+    {
+        "password", "password1", "password12", "password123", "password1234", "qwertyuiop",
+        "1234567890", "12345678910", "0987654321", "iloveyou12", "letmein123", "welcome123",
+        "administrator", "changeme123", "watchpost", "watchpost1", "qwerty12345", "abc1234567",
+    }
+)  # fmt: skip
 
 
 def password_problem(password: str) -> str:
@@ -63,6 +84,10 @@ def password_problem(password: str) -> str:
         return f"the password may have at most {MAX_PASSWORD} characters"
     if password != password.strip():
         return "the password must not start or end with spaces"
+    if len(set(password)) < MIN_DISTINCT:
+        return f"the password needs at least {MIN_DISTINCT} different characters"
+    if password.lower() in COMMON:
+        return "that password is on every attacker's list: pick another"
     return ""
 
 
@@ -78,6 +103,31 @@ def hash_problem(value: str) -> str:
         bytes.fromhex(parts[2])
     except ValueError:
         return "not a hash made by `watchpost passwd` (damaged hash)"
+    return _cost_problem(parts[0])
+
+
+def _cost_problem(head: str) -> str:
+    """Why the hash's cost parameters are out of bounds ("" when within): a hash pasted in with
+    huge parameters would make every login a denial of service on the Pi."""
+    method, _, params = head.partition(":")
+    try:
+        if method == "scrypt":
+            n, r, p = (int(x) for x in params.split(":")) if params else (2**15, 8, 1)
+            if n < 2 or n & (n - 1) or n > MAX_SCRYPT_N or not 1 <= r <= 16 or not 1 <= p <= 4:
+                return (
+                    f"scrypt parameters out of bounds (N a power of two up to {MAX_SCRYPT_N}, "
+                    "r 1-16, p 1-4)"
+                )
+            if 128 * n * r * p > MAX_SCRYPT_MEMORY:
+                return "scrypt parameters need too much memory"
+        else:
+            hash_name, _, rounds = params.partition(":")
+            if rounds and not 1 <= int(rounds) <= MAX_PBKDF2_ROUNDS:
+                return f"pbkdf2 rounds out of bounds (at most {MAX_PBKDF2_ROUNDS})"
+            if hash_name and hash_name not in ("sha256", "sha512"):
+                return f"pbkdf2 hash {hash_name[:20]!r} is not allowed (sha256 or sha512)"
+    except ValueError:
+        return "not a hash made by `watchpost passwd` (damaged parameters)"
     return ""
 
 
@@ -215,52 +265,62 @@ def client_key(address: str | None) -> str:
 
 
 class LoginLimiter:
-    """At most `per_client` failed logins per client in any `window` seconds, and `overall` in
-    all; memory bounded by `max_clients` (least recently failing clients forgotten first; the
-    overall cap still holds for them)."""
+    """Per-client back-off: after `free` attempts that did not succeed, a client waits 1 s, then
+    2, 4, ... up to `max_wait` before its next try. There is no global lock-out (one LAN host
+    could lock the owner out with one): each client only slows itself down. An attempt counts
+    when it starts (`begin`), before the password is hashed, so concurrent tries cannot slip
+    past; a success clears the client. Memory is bounded by `max_clients` (least recently seen
+    first out) and a client quiet for `forget` seconds starts afresh."""
 
     def __init__(
         self,
-        per_client: int = 5,
-        overall: int = 100,
-        window: float = 900.0,
+        free: int = 3,
+        max_wait: float = 900.0,
+        forget: float = 3600.0,
         max_clients: int = 1024,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.per_client = per_client
-        self.window = window
+        self.free = free
+        self.max_wait = max_wait
+        self.forget = forget
         self.max_clients = max_clients
         self.clock = clock
-        self._clients: OrderedDict[str, deque[float]] = OrderedDict()
-        self._all: deque[float] = deque(maxlen=overall)
+        self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()  # tries, last try
         self._lock = threading.Lock()
         self.refused = 0
 
-    def _wait(self, times: deque[float], now: float) -> float:
-        if times.maxlen is None or len(times) < times.maxlen:
+    def _wait(self, key: str, now: float) -> float:
+        entry = self._clients.get(key)
+        if entry is None:
             return 0.0
-        return max(0.0, times[0] + self.window - now)
+        tries, last = entry
+        if now - last > self.forget:
+            del self._clients[key]
+            return 0.0
+        if tries < self.free:
+            return 0.0
+        delay = min(self.max_wait, 2.0 ** (tries - self.free))
+        return max(0.0, last + delay - now)
 
     def retry_after(self, address: str | None) -> float:
-        """Seconds until this client may try a password again (0: now)."""
-        now = self.clock()
+        """Seconds until this client may try again (0: now)."""
         with self._lock:
-            times = self._clients.get(client_key(address))
-            wait = max(self._wait(self._all, now), self._wait(times, now) if times else 0.0)
-            if wait:
-                self.refused += 1
-            return wait
+            return self._wait(client_key(address), self.clock())
 
-    def failed(self, address: str | None) -> None:
+    def begin(self, address: str | None) -> float:
+        """Start an attempt: 0 and the attempt is counted, or the seconds to wait (refused)."""
         now = self.clock()
         key = client_key(address)
         with self._lock:
-            times = self._clients.pop(key, None) or deque(maxlen=self.per_client)
-            times.append(now)
-            self._clients[key] = times
+            wait = self._wait(key, now)
+            if wait:
+                self.refused += 1
+                return wait
+            tries, _ = self._clients.pop(key, (0, now))
+            self._clients[key] = (tries + 1, now)
             while len(self._clients) > self.max_clients:
                 self._clients.popitem(last=False)
-            self._all.append(now)
+            return 0.0
 
     def succeeded(self, address: str | None) -> None:
         with self._lock:
@@ -268,3 +328,20 @@ class LoginLimiter:
 
     def __len__(self) -> int:
         return len(self._clients)
+
+
+class PasswordGate:
+    """At most one password (or setup code) check at a time: scrypt costs memory and CPU, and a
+    flood of logins must not take them from the packet path. A second caller does not queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def try_enter(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def leave(self) -> None:
+        self._lock.release()

@@ -23,6 +23,7 @@ from tests.unit.status.fakes import PASSWORD, base_numbers, make_config
 __all__ = ["PASSWORD", "FakeView", "base_numbers", "make_config"]
 
 LAN = "198.18.0.11"  # an office computer
+OUI = Path(__file__).parent / "oui-sample.txt"  # a few lines in the format of ieee-data's file
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,13 @@ def password_hash() -> str:
     # A cheap scrypt (N=1024) keeps the many logins fast; `watchpost passwd` uses werkzeug's
     # default cost (tested in test_passwd).
     return generate_password_hash(PASSWORD, method="scrypt:1024:8:1")
+
+
+def https(client: FlaskClient) -> FlaskClient:
+    """The page is served over HTTPS only (its cookies are Secure)."""
+    client.environ_base["wsgi.url_scheme"] = "https"
+    client.environ_base["HTTP_HOST"] = "localhost"
+    return client
 
 
 @dataclass
@@ -42,6 +50,7 @@ class Rig:
 
     def new_client(self, addr: str = LAN, **kw: Any) -> FlaskClient:
         c = self.page.app.test_client(**kw)
+        https(c)
         c.environ_base["REMOTE_ADDR"] = addr
         return c
 
@@ -51,10 +60,10 @@ def rig(tmp_path: Path, password_hash: str) -> Iterator[Rig]:
     cfg = make_config(tmp_path, password_hash)
     leds = Leds(cfg.leds, factory=MockFactory())
     view = FakeView(cfg, base_numbers(), [leds], leds=leds)
-    page = StatusPage(cfg, wait=0.2)
+    page = StatusPage(cfg, wait=0.2, oui_path=str(OUI))
     view.components.append(page)
     page.view = view  # what start(view) sets, without serving on a socket
-    client = page.app.test_client()
+    client = https(page.app.test_client())
     client.environ_base["REMOTE_ADDR"] = LAN
     r = Rig(page, view, leds, client, cfg)
     yield r

@@ -13,6 +13,7 @@ from appliance.status.auth import (
     SECRET_BYTES,
     SECRET_FILE,
     LoginLimiter,
+    PasswordGate,
     Sessions,
     check_password,
     client_key,
@@ -56,7 +57,13 @@ def test_unusable_hashes_are_named_and_never_match(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("password", "problem"),
-    [("short", "at least 8"), ("x" * 1025, "at most 1024"), (" padded password", "spaces")],
+    [
+        ("short", "at least 10"),
+        ("aaaaabbbbbb", "different characters"),
+        ("Password123", "every attacker"),
+        ("x" * 1025, "at most 1024"),
+        (" padded password", "spaces"),
+    ],
 )
 def test_password_rules(password: str, problem: str) -> None:
     assert problem in password_problem(password)
@@ -169,34 +176,67 @@ def test_client_key() -> None:
     assert client_key(None) == "?"
 
 
-def test_limiter_window_per_client_and_overall() -> None:
+def test_limiter_backs_off_per_client_without_a_global_lock_out() -> None:
     clock = Clock()
-    lim = LoginLimiter(per_client=3, overall=5, window=60.0, clock=clock)
-    a, b, c = "198.18.0.11", "198.18.0.12", "198.18.0.13"
+    lim = LoginLimiter(free=3, max_wait=900.0, forget=3600.0, clock=clock)
+    a, b = "198.18.0.11", "198.18.0.12"
     for _ in range(3):
-        assert lim.retry_after(a) == 0
-        lim.failed(a)
-        clock.t += 1
-    assert lim.retry_after(a) == pytest.approx(57.0)
+        assert lim.begin(a) == 0  # counted when it starts, before any hashing
+    assert lim.begin(a) == pytest.approx(1.0)  # then 1 s, 2 s, 4 s ...
+    assert lim.refused == 1
+    clock.t += 1
+    assert lim.begin(a) == 0
+    assert lim.begin(a) == pytest.approx(2.0)
+    clock.t += 2
+    assert lim.begin(a) == 0
+    assert lim.retry_after(a) == pytest.approx(4.0)
+    for _ in range(50):  # a patient guesser: the wait stops growing at max_wait
+        clock.t += lim.retry_after(a)
+        lim.begin(a)
+    assert lim.retry_after(a) == pytest.approx(900.0)
+    # Thousands of tries from one host never lock another out.
+    assert lim.begin(b) == 0
+    lim.succeeded(a)
+    assert lim.begin(a) == 0  # a success clears the client
+    clock.t += 3601  # and a client quiet for an hour starts afresh
     assert lim.retry_after(b) == 0
-    clock.t += 57
-    assert lim.retry_after(a) == 0  # the oldest failure left the window
-    lim.failed(b)
-    lim.failed(b)
-    lim.failed("198.18.0.14")
-    assert lim.retry_after(c) > 0  # five failures in the last minute overall: everyone waits
-    clock.t += 61
-    assert lim.retry_after(c) == 0
-    lim.succeeded(b)
-    assert len(lim) == 2  # a and .14 remain
 
 
 def test_limiter_memory_is_bounded() -> None:
     clock = Clock()
-    lim = LoginLimiter(per_client=2, overall=10**6, max_clients=100, clock=clock)
+    lim = LoginLimiter(free=2, max_clients=100, clock=clock)
     for i in range(10_000):
-        lim.failed(f"198.18.{i // 250}.{i % 250}")
+        lim.begin(f"198.18.{i // 250}.{i % 250}")
     assert len(lim) == 100
-    lim.failed("198.18.200.1")
-    lim.failed("198.18.200.1")
+    for _ in range(3):
+        lim.begin("198.18.200.1")
     assert lim.retry_after("198.18.200.1") > 0
+
+
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        ("scrypt:1048576:8:1$salt$00", "out of bounds"),
+        ("scrypt:32768:64:1$salt$00", "out of bounds"),
+        ("scrypt:131072:16:4$salt$00", "too much memory"),
+        ("scrypt:1000:8:1$salt$00", "out of bounds"),
+        ("pbkdf2:sha256:99999999$salt$00", "rounds out of bounds"),
+        ("pbkdf2:md5:1000$salt$00", "not allowed"),
+    ],
+)
+def test_hash_parameters_are_bounded(value: str, problem: str) -> None:
+    assert problem in hash_problem(value)
+    assert check_password(value, "anything at all") is False
+
+
+def test_the_page_hash_is_within_bounds() -> None:
+    assert hash_problem(hash_password("correct horse battery")) == ""
+
+
+def test_one_password_check_at_a_time() -> None:
+    gate = PasswordGate()
+    assert gate.try_enter()
+    assert not gate.try_enter()  # a second caller does not queue
+    gate.leave()
+    assert gate.try_enter()
+    gate.leave()

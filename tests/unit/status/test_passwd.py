@@ -22,7 +22,7 @@ def test_prints_a_hash_for_a_password_on_stdin() -> None:
 def test_refuses_a_short_password() -> None:
     result = CliRunner().invoke(passwd, [], input="short\n")
     assert result.exit_code == 2
-    assert "error: the password needs at least 8 characters" in result.output
+    assert "error: the password needs at least 10 characters" in result.output
 
 
 def test_writes_the_config_file(tmp_path: Path) -> None:
