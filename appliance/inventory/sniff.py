@@ -126,21 +126,21 @@ class Sniffer(threading.Thread):
         self.interface = interface
         self.on_frame = on_frame
         self.sock = open_socket(interface)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.frames = 0
         self.errors = 0
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 frame, addr = self.sock.recvfrom(SNAPLEN)
             except TimeoutError:
                 continue
             except OSError as e:
-                if self._stop.is_set():
+                if self._halt.is_set():
                     return
                 log.warning("inventory: reading %s failed: %s", self.interface, e)
-                self._stop.wait(1.0)
+                self._halt.wait(1.0)
                 continue
             self.frames += 1
             try:
@@ -150,7 +150,7 @@ class Sniffer(threading.Thread):
                 log.exception("inventory: a frame could not be read")
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         if self.is_alive():
             self.join(2.0)
         with contextlib.suppress(OSError):

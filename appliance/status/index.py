@@ -309,7 +309,7 @@ class AlertIndex:
             rows = self.db.execute(
                 "SELECT e.count AS n, e.src, e.port, e.action, g.detector, g.severity, g.sid, "
                 "g.signature, g.office FROM events e JOIN groups g ON g.id = e.grp "
-                "WHERE e.ts >= ? AND e.ts < ?",
+                "WHERE e.ts >= ? AND e.ts < ? ORDER BY e.ts, e.rowid",
                 (since, until),
             ).fetchall()
         t: dict[str, Counter[str]] = {

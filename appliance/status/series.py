@@ -56,6 +56,7 @@ class SeriesStore:
             """
         )
         self._pruned = 0.0
+        self._trimmed = 0
 
     def close(self) -> None:
         with self._lock:
@@ -115,13 +116,15 @@ class SeriesStore:
         self.db.execute("DELETE FROM fine WHERE ts < ?", (now - FINE_KEEP,))
         self.db.execute("DELETE FROM coarse WHERE ts < ?", (now - COARSE_KEEP,))
         self.db.execute("DELETE FROM talkers WHERE ts < ?", (now - TALKERS_KEEP,))
-        # Per hour, only the busiest devices are kept.
-        self.db.execute(
-            "DELETE FROM talkers WHERE (ts, ip) IN (SELECT ts, ip FROM (SELECT ts, ip, "
-            "row_number() OVER (PARTITION BY ts ORDER BY conns DESC) AS r FROM talkers) "
-            "WHERE r > ?)",
-            (TALKERS_PER_HOUR,),
-        )
+        # Per finished hour, only the busiest devices are kept.
+        hour = int(now // TALKER_BUCKET * TALKER_BUCKET) - TALKER_BUCKET
+        if hour != self._trimmed:
+            self._trimmed = hour
+            self.db.execute(
+                "DELETE FROM talkers WHERE ts = ? AND ip NOT IN (SELECT ip FROM talkers "
+                "WHERE ts = ? ORDER BY conns DESC LIMIT ?)",
+                (hour, hour, TALKERS_PER_HOUR),
+            )
 
     def rates(
         self, name: str, span: float, step: float, now: float | None = None
