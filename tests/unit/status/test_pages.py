@@ -18,7 +18,7 @@ from appliance.status.app import StatusPage
 from tests.unit.status.conftest import (
     LAN,
     OUI,
-    FakeService,
+    FakeView,
     Rig,
     base_numbers,
     csrf_of,
@@ -79,7 +79,7 @@ def write_eve(rig: Rig, events: list[dict[str, Any]]) -> None:
 def fresh(tmp_path: Path) -> tuple[StatusPage, Any]:
     cfg = make_config(tmp_path, "")
     page = StatusPage(cfg, wait=0.1, oui_path=str(OUI))
-    page.service = FakeService(base_numbers())
+    page.view = FakeView(cfg, base_numbers())
     c = https(page.app.test_client())
     c.environ_base["REMOTE_ADDR"] = LAN
     return page, c
@@ -326,7 +326,7 @@ def test_every_action_needs_login_and_csrf(rig: Rig, path: str, form: dict[str, 
         path, data={**form, "csrf": token}, headers={"Origin": "https://evil.example"}
     )
     assert resp.status_code == 403
-    assert rig.service.numbers["mode"] == "monitor"
+    assert rig.view.numbers["mode"] == "monitor" and rig.view.applied == []
 
 
 def test_bad_form_values_get_400(rig: Rig) -> None:
@@ -432,7 +432,7 @@ def test_settings_never_show_secrets(tmp_path: Path, password_hash: str) -> None
         detect={"web": {"scanner_agents": ["zgrab"], "api_key": "SECRET-VALUE"}},
     )
     page = StatusPage(cfg, wait=0.1, oui_path=str(OUI))
-    page.service = FakeService(base_numbers())
+    page.view = FakeView(cfg, base_numbers())
     c = https(page.app.test_client())
     c.environ_base["REMOTE_ADDR"] = LAN
     logged_in(c)
@@ -443,22 +443,20 @@ def test_settings_never_show_secrets(tmp_path: Path, password_hash: str) -> None
 
 
 def test_mode_switch_says_what_block_mode_does_and_applies_in_the_main_loop(rig: Rig) -> None:
-    applied: list[Any] = []
-    rig.service.apply_config = applied.append  # type: ignore[attr-defined]
-    rig.service.config = dataclasses.replace(  # type: ignore[attr-defined]
+    import threading
+
+    rig.view.config = dataclasses.replace(
         rig.config, status=dataclasses.replace(rig.config.status, listen="127.0.0.1:8443")
     )
     token = logged_in(rig.client)
     form = rig.client.get("/mode").data.decode()
     assert "What block mode does not do" in form and "never blocks devices in your office" in form
-    rig.service.running = True
-    import threading
-
+    rig.view.running = True
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(0.02):
-            rig.page.tick(time.monotonic())
+            rig.view.tick(time.monotonic())
 
     t = threading.Thread(target=loop)
     t.start()
@@ -468,5 +466,6 @@ def test_mode_switch_says_what_block_mode_does_and_applies_in_the_main_loop(rig:
     finally:
         stop.set()
         t.join()
-    assert [c.inline.mode for c in applied] == ["block"]
+    assert [c.inline.mode for c in rig.view.applied] == ["block"]
+    assert rig.view.applied_in is t  # in the daemon's main loop, not a request thread
     assert "Now in block mode." in rig.client.get("/").data.decode()
