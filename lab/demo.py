@@ -125,6 +125,69 @@ def step_services(ctx: DemoContext) -> None:
         )
 
 
+# Office devices announce their names the way real ones do: pc1 asks DHCP for its address with a
+# host name (option 12), pc2 announces itself over mDNS. Broadcast/multicast: the appliance reads
+# them from a packet socket, never the queue.
+_ANNOUNCE = """
+import sys
+from scapy.all import BOOTP, DHCP, DNS, DNSRR, IP, UDP, Ether, get_if_hwaddr, sendp
+kind, name, addr = sys.argv[1], sys.argv[2], sys.argv[3]
+mac = get_if_hwaddr("eth0")
+if kind == "dhcp":
+    pkt = (Ether(src=mac, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255")
+           / UDP(sport=68, dport=67) / BOOTP(chaddr=bytes.fromhex(mac.replace(":", "")), xid=7)
+           / DHCP(options=[("message-type", "request"), ("requested_addr", addr),
+                           ("hostname", name.encode()), "end"]))
+else:
+    pkt = (Ether(src=mac, dst="01:00:5e:00:00:fb") / IP(src=addr, dst="224.0.0.251", ttl=255)
+           / UDP(sport=5353, dport=5353)
+           / DNS(qr=1, aa=1, qd=None, an=DNSRR(rrname=name + ".local", type="A", rdata=addr,
+                                               ttl=120)))
+sendp(pkt, iface="eth0", count=2, inter=0.2, verbose=False)
+"""
+DEMO_NAMES = {"pc1": ("dhcp", "reception-pc"), "pc2": ("mdns", "office-printer")}
+
+
+def step_names(ctx: DemoContext) -> None:
+    for host, (kind, name) in DEMO_NAMES.items():
+        ctx.run(host, sys.executable, "-c", _ANNOUNCE, kind, name, ctx.lab.addr(host))
+
+
+PAGE_LISTEN = "0.0.0.0:8443"
+PAGE_PORT = 8443
+
+
+def open_page_relay(ctx: DemoContext, host_port: int = PAGE_PORT) -> Any:
+    """The page, reachable from the host at https://127.0.0.1:<port> through a relay that opens
+    its connections inside the appliance's namespace (the lab gets no route to the host)."""
+    from lab.relay import Relay
+
+    target = (ctx.lab.addr("app"), int(PAGE_LISTEN.rsplit(":", 1)[1]))
+    try:
+        relay = Relay(ctx.lab.ns("app"), target, port=host_port)
+    except OSError:
+        relay = Relay(ctx.lab.ns("app"), target, port=0)  # the usual port is taken
+    ctx.notes["relay"] = relay
+    return relay
+
+
+def setup_code(log_paths: list[Path], timeout: float = 15.0) -> str:
+    """The one-time setup code the daemon logged at first start ("" if none)."""
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in log_paths:
+            try:
+                m = re.search(r"one-time setup code ([A-Z2-9-]{14})", path.read_text())
+            except OSError:
+                continue
+            if m:
+                return m.group(1)
+        time.sleep(0.2)
+    return ""
+
+
 def step_office(ctx: DemoContext) -> None:
     ctx.run("pc1", "dig", "+short", "+time=2", "+tries=1", "www.example.com")
     ctx.run("pc1", "curl", "-s", "-o", "/dev/null", "-m", "5", "http://www.example.com/")
@@ -313,6 +376,7 @@ STEPS: list[Step] = [
          step_hub_tail, needs=("mosquitto",)),
     Step("services", "lab servers: web, FTP, TLS on the internet side, FTP in the office",
          step_services, phase="setup"),
+    Step("names", "pc1 asks DHCP with its name, pc2 announces itself over mDNS", step_names),
     Step("office", "ordinary office traffic: DNS, a web page, pings", step_office,
          ("dig", "curl", "ping")),
     Step("intel", "pc1 calls c2.example.net (203.0.113.66, listed in the intel file)",
@@ -436,11 +500,20 @@ def run_demo(
         for step in plan:
             if step.phase == "setup":
                 _run_step(ctx, step)
+        ctx.config.setdefault("status", {}).setdefault("listen", PAGE_LISTEN)
         config = lab_config(tmp, **ctx.config)
         ctx.say(f"demo: config {config}, EVE alerts in {tmp / 'eve.json'}")
         tail = EveTail(tmp / "eve.json", lambda eve: ctx.say(format_alert(eve)))
         tail.start()
         ctx.daemon = LabDaemon(lab, config).start()
+        relay = open_page_relay(ctx)
+        code = setup_code([tmp / "watchpost.log", tmp / "daemon.log"])
+        ctx.say(f"demo: the office owner's page is at {relay.url}/ (self-signed certificate)")
+        ctx.say(
+            f"demo: first visit: enter the setup code {code}, then choose a password"
+            if code
+            else "demo: the page already has a password"
+        )
         ctx.say("demo: daemon inline (monitor mode); traffic starts")
         for step in plan:
             if step.phase == "setup":
@@ -487,6 +560,9 @@ def _teardown(ctx: DemoContext, tail: EveTail | None) -> int:
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     old_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
+        relay = ctx.notes.get("relay")
+        if relay is not None:
+            relay.close()
         if ctx.daemon is not None:
             rc = ctx.daemon.stop()
             ctx.say(f"demo: daemon stopped (exit {rc})")

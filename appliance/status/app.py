@@ -11,7 +11,7 @@ first start there is no password: the page asks for the one-time setup code
 Threads: werkzeug's server runs in its own thread and a bounded number of request threads; they
 never reach into the packet loop. The numbers are the daemon's per-tick stats snapshot, kept by
 the component's `tick` (the daemon's main loop) when someone is looking, and a request waits at
-most `wait` seconds for a fresh one. The same tick records the counters once a minute for the
+most `wait` seconds for a fresh one. The same tick records the counters every 15 s for the
 charts (`appliance.status.series`) and runs a mode change the owner asked for (the daemon view's
 `apply_config` belongs to the main loop). The page reaches the daemon only through the
 component contract's `DaemonView` (`appliance.component`). The alert index
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 NOT_SET_UP = "not set up yet: run watchpost passwd"
 FRESH_S = 1.5  # a snapshot this young is served as is
 INTEREST_S = 30.0  # after a request, keep taking snapshots this long (auto-refresh)
-SAMPLE_S = 60.0  # seconds between chart samples
+SAMPLE_S = 15.0  # seconds between chart samples (they add up in one-minute buckets)
 MAX_THREADS = 32  # concurrent connections served; more get a 503 at once
 REQUEST_TIMEOUT_S = 15  # a client that stops talking (or never finishes TLS) is dropped
 
@@ -128,6 +128,7 @@ class StatusPage:
         self._want = False
         self._interest_until = -math.inf
         self._sampled_at = -math.inf
+        self._skip = 0
         self._pending: list[Any] = []  # calls for the main loop (a mode change)
 
     # -- what the app asks --------------------------------------------------------------------
@@ -195,9 +196,12 @@ class StatusPage:
             return self._snap, max(0.0, time.monotonic() - self._snap_at)
 
     def invalidate(self) -> None:
-        """After an action: the next page waits for numbers taken after it."""
+        """After an action: the next page waits for numbers taken after it. The tick right
+        after an action hands over a snapshot taken before the other components reacted (the
+        LEDs recompute their lights in their own tick), so that one is passed over."""
         with self._cond:
             self._min_at = time.monotonic()
+            self._skip = 1
 
     @property
     def has_leds(self) -> bool:
@@ -270,7 +274,7 @@ class StatusPage:
         """The page's input rules (office port and loopback only), when the bridge is here."""
         inl = self.config.inline
         if not Path(f"/sys/class/net/{inl.bridge}/bridge").exists():
-            self.guard_problem = f"no bridge {inl.bridge}: input rules not applied"
+            log.info("status page: no bridge %s here: its input rules are not applied", inl.bridge)
             return
         try:
             guard.apply(self.config, port)
@@ -292,8 +296,12 @@ class StatusPage:
             wanted = self._want or mono < self._interest_until
         if wanted:
             with self._cond:
-                self._snap, self._snap_at, self._want = snapshot, time.monotonic(), False
-                self._cond.notify_all()
+                if self._skip:
+                    self._skip -= 1
+                    self._want = True
+                else:
+                    self._snap, self._snap_at, self._want = snapshot, time.monotonic(), False
+                    self._cond.notify_all()
         if mono - self._sampled_at >= SAMPLE_S and snapshot:
             self._sampled_at = mono
             try:

@@ -175,7 +175,7 @@ class AlertIndex:
             "name=CASE WHEN excluded.name != '' THEN excluded.name ELSE name END",
             (
                 key, sid, d["signature"], d["category"], severity, detector, d["office_host"],
-                d["remote"], d["remote_port"], d["protocol"], d["direction"], d["name"],
+                d["remote"], _port(eve.get("dest_port")), d["protocol"], d["direction"], d["name"],
                 d["action"], ts, ts, n, blocked,
             ),
         )  # fmt: skip
@@ -344,6 +344,11 @@ class AlertIndex:
             ],
             "devices": [{"ip": k, "alerts": v} for k, v in devices.most_common(TOP)],
         }
+
+
+def _port(value: Any) -> int | None:
+    """The port the flow went to (the service targeted), whichever side opened it."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _group(row: sqlite3.Row) -> dict[str, Any]:

@@ -312,7 +312,10 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
 
     @app.context_processor
     def _context() -> dict[str, Any]:
+        # Only a logged-in session gets a token here: making one for an anonymous request (a
+        # cross-site post arrives without cookies) would set a new cookie over the real one.
         return {
+            "csrf": csrf_token(session) if logged_in() else "",
             "device": page.config.device,
             "logged_in": logged_in,
             "fingerprint": page.fingerprint,
@@ -758,6 +761,10 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
         for r in rows:
             r["device_name"] = page.inventory.store.name(r["office"])
         return jsonify({"alerts": rows, "total": total, "page": n, "limit": limit})
+
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        return app.send_static_file("favicon.svg")
 
     @app.get("/metrics")
     def metrics() -> Any:

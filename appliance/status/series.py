@@ -1,6 +1,6 @@
 """A small bounded time-series store for the page's charts (SQLite in the state directory).
 
-The page component samples the daemon's cumulative counters about once a minute (`record`); the
+The page component samples the daemon's cumulative counters every few seconds (`record`); the
 store keeps what they grew by per bucket: one-minute buckets for `FINE_KEEP` (two days) and
 fifteen-minute buckets for `COARSE_KEEP` (35 days), plus per-hour counts of connections office
 devices opened to the internet (top talkers, at most `TALKERS_PER_HOUR` devices an hour, 8 days).
@@ -76,9 +76,9 @@ class SeriesStore:
             try:
                 for name, value in counters.items():
                     prev = last.get(name)
+                    # First sample, or a counter that went down (the daemon restarted): the
+                    # daemon's counters count from its start, so the value is what it grew by.
                     grew = value if prev is None or value < prev else value - prev
-                    if prev is None:
-                        grew = 0.0  # the first sample only sets where counting starts
                     self.db.execute("INSERT OR REPLACE INTO last VALUES (?, ?)", (name, value))
                     if grew:
                         self._add("fine", int(now // FINE * FINE), name, grew)

@@ -70,7 +70,7 @@ class Appliance:
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._main_loop, name="fake-main-loop")
         self._loop.start()
-        self.url = f"http://127.0.0.1:{self.page.address[1]}"
+        self.url = f"https://127.0.0.1:{self.page.address[1]}"
 
     def _main_loop(self) -> None:
         while not self._stop.wait(0.1):
@@ -148,6 +148,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         "--window-size=390,844",  # a phone
     ):
         opts.add_argument(arg)
+    opts.set_capability("acceptInsecureCerts", True)  # the page's own self-signed certificate
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
