@@ -365,7 +365,8 @@ class StatusConfig:
     )
     password_hash: str = setting(
         "",
-        "scrypt hash from `watchpost passwd`; empty = not set up yet, no data shown.",
+        "scrypt hash from `watchpost passwd`; empty = the password set on the page at first run "
+        "with the setup code (docs/page.md).",
         secret=True,
     )
     allow_from: tuple[str, ...] = setting(

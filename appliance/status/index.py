@@ -175,7 +175,8 @@ class AlertIndex:
             "name=CASE WHEN excluded.name != '' THEN excluded.name ELSE name END",
             (
                 key, sid, d["signature"], d["category"], severity, detector, d["office_host"],
-                d["remote"], _port(eve.get("dest_port")), d["protocol"], d["direction"], d["name"],
+                d["remote"], _port(eve.get("src_port"), eve.get("dest_port")), d["protocol"],
+                d["direction"], d["name"],
                 d["action"], ts, ts, n, blocked,
             ),
         )  # fmt: skip
@@ -346,9 +347,11 @@ class AlertIndex:
         }
 
 
-def _port(value: Any) -> int | None:
-    """The port the flow went to (the service targeted), whichever side opened it."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _port(*values: Any) -> int | None:
+    """The service's port: of the two, the lower one (clients use high ephemeral ports; an
+    answer from a server has the service's port as its source)."""
+    ports = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(ports) if ports else None
 
 
 def _group(row: sqlite3.Row) -> dict[str, Any]:
