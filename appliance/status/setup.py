@@ -9,6 +9,10 @@ hash then goes into ``status-password.hash`` in the state directory (the daemon 
 
 ``status.password_hash`` in the config (`watchpost passwd`) wins over the page-set one, so the
 installer can always reset the password from a shell.
+
+Enrolment makes its own code at first boot (`appliance.enrol.setupcode`, shown on the HDMI
+console and printed on the installer's sheet); while that one waits, no second code is made and
+the page takes it just the same; setting the password spends both.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import secrets
 from pathlib import Path
 
+from appliance.enrol import setupcode as enrol_code
 from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -65,7 +70,7 @@ def ensure_setup_code(state_dir: str | os.PathLike[str]) -> str | None:
     Returns the new code (only its hash is stored), or None when a code is already waiting or a
     password is set. Raises OSError when the state directory cannot hold the file."""
     d = Path(state_dir)
-    if (d / PASSWORD_FILE).exists() or (d / CODE_FILE).exists():
+    if (d / PASSWORD_FILE).exists() or code_waiting(d):
         return None
     code = new_code()
     salt = secrets.token_bytes(16)
@@ -76,11 +81,17 @@ def ensure_setup_code(state_dir: str | os.PathLike[str]) -> str | None:
 
 
 def code_waiting(state_dir: str | os.PathLike[str]) -> bool:
-    return (Path(state_dir) / CODE_FILE).exists()
+    d = Path(state_dir)
+    return (d / CODE_FILE).exists() or (d / enrol_code.FILE).exists()
 
 
 def check_code(state_dir: str | os.PathLike[str], code: str) -> bool:
-    """True when `code` is the waiting setup code (constant-time compare; never raises)."""
+    """True when `code` is a waiting setup code, ours or enrolment's (constant-time compare;
+    never raises)."""
+    if (Path(state_dir) / enrol_code.FILE).exists() and enrol_code.check(
+        Path(state_dir), code[:MAX_CODE_INPUT]
+    ):
+        return True
     try:
         text = (Path(state_dir) / CODE_FILE).read_text().strip()
         method, n, r, p, salt_hex, want_hex = text.split("$")
@@ -114,3 +125,4 @@ def save_password_hash(state_dir: str | os.PathLike[str], value: str) -> None:
 def spend(state_dir: str | os.PathLike[str]) -> None:
     with contextlib.suppress(FileNotFoundError):
         (Path(state_dir) / CODE_FILE).unlink()
+    enrol_code.consume(Path(state_dir))

@@ -166,6 +166,23 @@ def test_setup_with_the_code_then_the_code_is_spent(fresh: tuple[StatusPage, Any
     assert setup.ensure_setup_code(page.state_dir) is None
 
 
+def test_the_enrolment_code_works_on_the_page(tmp_path: Path) -> None:
+    from appliance.enrol import setupcode
+
+    state = tmp_path / "state"
+    state.mkdir()
+    code = setupcode.make(state)  # first boot: enrolment made the code on the installer's sheet
+    cfg = make_config(tmp_path, "")
+    page = StatusPage(cfg, wait=0.1, oui_path=str(OUI))
+    assert page.setup_code is None  # no second code
+    page.view = FakeView(cfg, base_numbers())
+    c = https(page.app.test_client())
+    token = csrf_of(c.get("/setup").data)
+    data = {"csrf": token, "code": code, "password": NEW_PASSWORD, "again": NEW_PASSWORD}
+    assert c.post("/setup", data=data).status_code == 303
+    assert not (state / setupcode.FILE).exists() and not setup.code_waiting(state)
+
+
 def test_setup_code_guessing_backs_off(fresh: tuple[StatusPage, Any]) -> None:
     page, c = fresh
     token = csrf_of(c.get("/setup").data)
