@@ -164,7 +164,8 @@ def _dhcp(p: bytes) -> list[Seen | Syn]:
 
 
 def _wire_name(data: bytes) -> str:
-    labels, i = [], 0
+    labels: list[str] = []
+    i = 0
     while i < len(data) and data[i] and len(labels) < 16:
         n = data[i]
         labels.append(data[i + 1 : i + 1 + n].decode("ascii", "replace"))

@@ -101,7 +101,8 @@ class DeviceStore:
                 )
                 self._bound()
             else:
-                sets, args = ["last=?"], [now]
+                sets: list[str] = ["last=?"]
+                args: list[object] = [now]
                 if mac and mac != row["mac"]:
                     sets += ["mac=?", "vendor=?"]
                     args += [mac, vendor(mac, self.oui_path)]

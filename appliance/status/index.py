@@ -139,8 +139,9 @@ class AlertIndex:
         d = describe(eve, self.nets)
         if d["time"] is None:
             return 0
-        alert = eve.get("alert") if isinstance(eve.get("alert"), dict) else {}
-        wp = eve.get("watchpost") if isinstance(eve.get("watchpost"), dict) else {}
+        raw_alert, raw_wp = eve.get("alert"), eve.get("watchpost")
+        alert: dict[str, Any] = raw_alert if isinstance(raw_alert, dict) else {}
+        wp: dict[str, Any] = raw_wp if isinstance(raw_wp, dict) else {}
         sid = alert.get("signature_id")
         sid = sid if isinstance(sid, int) and not isinstance(sid, bool) else 0
         severity = SEVERITY_NUM.get(d["severity"], 3)
@@ -202,7 +203,8 @@ class AlertIndex:
     # -- what the page asks ---------------------------------------------------------------------
 
     def _where(self, f: Filters, now: float) -> tuple[str, list[Any]]:
-        clauses, args = [], []
+        clauses: list[str] = []
+        args: list[Any] = []
         if f.severity:
             clauses.append("severity = ?")
             args.append(SEVERITY_NUM[f.severity])

@@ -616,7 +616,7 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
         judged = page.series.rates("judged", span, step, now)
         start = (now - span) // alert_step * alert_step
         buckets = page.index.severity_buckets(start, alert_step)
-        sev = []
+        sev: list[Any] = []
         t = start
         while t <= now:
             sev.append((t, buckets.get(int(t), {})))
