@@ -44,7 +44,10 @@ def config_or_exit(path: str | Path | None, required: bool = True, running: bool
 class LazyGroup(click.Group):
     """Commands from `lazy` and from installed plugins are imported only when they run."""
 
-    lazy: dict[str, str] = {"enrol": "appliance.enrol.cli:enrol"}
+    lazy: dict[str, str] = {
+        "enrol": "appliance.enrol.cli:enrol",
+        "rules": "appliance.detect.rules.check:rules",
+    }
 
     def _entries(self) -> dict[str, str]:
         found = {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
