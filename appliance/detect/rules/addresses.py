@@ -225,6 +225,9 @@ class AddrSet:
 
     def __init__(self, text: str, v4: Ranges, v6: Ranges) -> None:
         self.text = text
+        self.set(v4, v6)
+
+    def set(self, v4: Ranges, v6: Ranges) -> None:
         self._lo4 = tuple(r[0] for r in v4)
         self._hi4 = tuple(r[1] for r in v4)
         self._lo6 = tuple(r[0] for r in v6)
@@ -297,11 +300,30 @@ class Specs:
             return self._addr_cache[text]
         v4, v6 = self._addr.resolve(text)
         full = v4 == ((0, V4_MAX),) and v6 == ((0, V6_MAX),)
-        out = None if full else AddrSet(text, v4, v6)
+        # A list naming a variable stays an object even when it is "any" today, so `rebind`
+        # can change it in place (HOME_NET follows inline.home_nets).
+        out = None if full and "$" not in text else AddrSet(text, v4, v6)
         if out is not None and out.empty:
             raise SpecError(f"address list {text!r} matches no address")
         self._addr_cache[text] = out
         return out
+
+    def rebind(self, variables: Mapping[str, str]) -> None:
+        """New values for the variables: every address list naming one is recompiled in place
+        (all or nothing: a list that would match no address raises SpecError first)."""
+        resolver = _Addresses(dict(variables))
+        staged = []
+        for text, obj in self._addr_cache.items():
+            if obj is None or "$" not in text:
+                continue
+            v4, v6 = resolver.resolve(text)
+            if not v4 and not v6:
+                raise SpecError(f"address list {text!r} matches no address")
+            staged.append((obj, v4, v6))
+        for obj, v4, v6 in staged:
+            obj.set(v4, v6)
+        self.vars = dict(variables)
+        self._addr = resolver
 
     def port(self, text: str) -> PortSet | None:
         if text in self._port_cache:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.detect.rules.addresses import Specs
 from appliance.detect.rules.buffers import Buffers
 from appliance.detect.rules.classification import ClassType
 from appliance.detect.rules.classification import load as load_classes
@@ -106,14 +107,16 @@ def iter_rules(text: str, source: str) -> Iterable[tuple[int, str, bool]]:
 class RuleSet:
     """Loaded rules, their prefilters (one per hook) and the threshold state."""
 
-    def __init__(self, rules: list[Rule], report: LoadReport) -> None:
+    def __init__(self, rules: list[Rule], report: LoadReport, specs: Specs | None = None) -> None:
         self.rules = rules
         self.report = report
+        self.specs = specs
+        # What the address variables are bound to (the rules detector keeps HOME_NET on
+        # inline.home_nets): opaque to the rule set.
+        self.bound: Any = None
         for i, r in enumerate(rules):
             r.index = i
         self.prefilters = {h: Prefilter([r for r in rules if r.hook == h]) for h in HOOKS}
-        self.tracker = Tracker()
-        self.steps_exceeded = 0
         report.by_hook = Counter(r.hook for r in rules)
         report.prefiltered = sum(1 for r in rules if r.fast is not None)
         report.always = len(rules) - report.prefiltered
@@ -130,9 +133,23 @@ class RuleSet:
         """The hooks that have rules (the detector registers only those)."""
         return {r.hook for r in self.rules}
 
+    def rebind(self, variables: Mapping[str, str]) -> None:
+        """Give the address variables new values (HOME_NET from inline.home_nets) without
+        parsing again; raises SpecError, with nothing changed, if a list would match nothing."""
+        if self.specs is not None:
+            self.specs.rebind(variables)
+
     def match(
-        self, hook: str, pkt: Any, flow: Any, from_client: bool, record: Any = None
+        self,
+        hook: str,
+        pkt: Any,
+        flow: Any,
+        from_client: bool,
+        record: Any = None,
+        tracker: Tracker | None = None,
     ) -> list[Rule]:
+        """The rules of `hook` that match this packet (and its record), after thresholds
+        (kept in `tracker`; none: thresholds are not applied)."""
         pf = self.prefilters[hook]
         bufs = Buffers(pkt, record)
         lowered: dict[str, str] = {}
@@ -151,8 +168,10 @@ class RuleSet:
                 continue
             if r.chains and not r.content_matches(bufs):
                 continue
-            if (r.threshold is not None or r.detection_filter is not None) and not (
-                self.tracker.allow(r, pkt.src, pkt.dst, pkt.ts)
+            if (
+                tracker is not None
+                and (r.threshold is not None or r.detection_filter is not None)
+                and not tracker.allow(r, pkt.src, pkt.dst, pkt.ts)
             ):
                 continue
             out.append(r)
@@ -228,4 +247,4 @@ def load_files(
         parse_text(read_text(p), str(p), parser, report, by_key)
     rules = list(by_key.values())  # load order (a duplicate keeps the first one's place)
     report.loaded = len(rules)
-    return RuleSet(rules, report)
+    return RuleSet(rules, report, parser.specs)
