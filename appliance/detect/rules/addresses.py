@@ -98,7 +98,9 @@ def subtract(a: Ranges, b: Ranges, top: int) -> Ranges:
 
 def _split_group(body: str, what: str) -> list[str]:
     """The members of ``[...]`` (without the brackets), split at top-level commas."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in body:
         if ch == "[":
             depth += 1

@@ -101,6 +101,11 @@ class _Budget:
 def match_chain(items: tuple[Item, ...], buf: bytes, lower: bytes) -> bool:
     """Whether every item of one buffer's chain matches `buf` (`lower` = buf.lower(), made
     once per buffer for the prefilter and the nocase contents)."""
+    if len(items) == 1:  # the common case: one plain content, no window
+        it = items[0]
+        if type(it) is Content and it.offset is None and it.depth is None and not it.relative:
+            found = (lower if it.nocase else buf).find(it.pattern) >= 0
+            return found != it.negated
     return _match(items, 0, buf, lower, 0, _Budget())
 
 

@@ -158,7 +158,16 @@ def split_rule(text: str) -> tuple[list[str], list[tuple[str, str | None]]]:
 
 
 def _split_header(text: str) -> list[str]:
-    fields, cur, depth = [], [], 0
+    fields = text.split()
+    if len(fields) == 7 and all(f.count("[") == f.count("]") for f in fields):
+        return fields  # no group with spaces inside: the common case
+    return _split_header_slow(text)
+
+
+def _split_header_slow(text: str) -> list[str]:
+    fields = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "[":
             depth += 1
@@ -182,24 +191,19 @@ def _split_header(text: str) -> list[str]:
     return fields
 
 
+_OPTION = re.compile(r"((?:[^;\\]|\\.)*);", re.S)  # up to a ';' not escaped by a backslash
+_OPTION_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+
+
 def _split_options(body: str) -> list[tuple[str, str | None]]:
     """Options are separated by ';' that is not escaped with a backslash."""
     out: list[tuple[str, str | None]] = []
-    cur: list[str] = []
-    i, n = 0, len(body)
-    while i < n:
-        ch = body[i]
-        if ch == "\\" and i + 1 < n:
-            cur.append(body[i : i + 2])
-            i += 2
-            continue
-        if ch == ";":
-            _add_option(out, "".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
-        i += 1
-    rest = "".join(cur).strip()
+    end = 0
+    match = _OPTION.match  # anchored at `end`: linear in the body, no search
+    while (m := match(body, end)) is not None:
+        _add_option(out, m.group(1))
+        end = m.end()
+    rest = body[end:].strip()
     if rest:
         raise RuleSyntaxError(f"option {rest[:40]!r} is not ended by ';'")
     return out
@@ -211,7 +215,7 @@ def _add_option(out: list[tuple[str, str | None]], raw: str) -> None:
         raise RuleSyntaxError("an empty option (';;')")
     name, colon, value = raw.partition(":")
     name = name.strip()
-    if not name or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
+    if not name or not _OPTION_NAME.fullmatch(name):
         raise RuleSyntaxError(f"bad option name {name[:40]!r}")
     out.append((name, value.strip() if colon else None))
 
@@ -225,6 +229,8 @@ def unquote(value: str, what: str) -> str:
 
 
 def _unescape(s: str, what: str) -> str:
+    if "\\" not in s and '"' not in s:
+        return s
     out = []
     i, n = 0, len(s)
     while i < n:
@@ -254,6 +260,10 @@ def content_bytes(value: str) -> tuple[bytes, bool]:
     if len(v) < 2 or v[0] != '"' or v[-1] != '"':
         raise RuleSyntaxError('content: expected "..." in double quotes')
     body = v[1:-1]
+    if not body:
+        raise RuleSyntaxError("content: empty")
+    if not any(c in body for c in '|\\";'):
+        return body.encode("utf-8"), negated  # plain text: the common case
     out = bytearray()
     i, n = 0, len(body)
     hex_mode = False

@@ -152,12 +152,15 @@ class RuleSet:
         (kept in `tracker`; none: thresholds are not applied)."""
         pf = self.prefilters[hook]
         bufs = Buffers(pkt, record)
-        lowered: dict[str, str] = {}
-        for name in pf.buffers:
-            got = bufs.get(name)
-            if got is not None:
-                lowered[name] = got[1].decode("latin-1")
-        idxs = pf.candidates(lowered, pkt)
+        if record is None and not pkt.payload_len:
+            idxs = pf.header_only(pkt)  # no buffer at all: only rules without content
+        else:
+            lowered: dict[str, str] = {}
+            for name in pf.buffers:
+                got = bufs.get(name)
+                if got is not None:
+                    lowered[name] = got[1].decode("latin-1")
+            idxs = pf.candidates(lowered, pkt)
         if not idxs:
             return []
         rules = self.rules
