@@ -44,7 +44,10 @@ def config_or_exit(path: str | Path | None, required: bool = True, running: bool
 class LazyGroup(click.Group):
     """Commands from `lazy` and from installed plugins are imported only when they run."""
 
-    lazy: dict[str, str] = {"enrol": "appliance.enrol.cli:enrol"}
+    lazy: dict[str, str] = {
+        "enrol": "appliance.enrol.cli:enrol",
+        "rules": "appliance.detect.rules.check:rules",
+    }
 
     def _entries(self) -> dict[str, str]:
         found = {ep.name: ep.value for ep in entry_points(group=PLUGIN_GROUP)}
@@ -151,8 +154,17 @@ def fault_leds(config_path: Path) -> None:
 @main.command("check-config")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def check_config(path: Path) -> None:
-    """Validate a config file; prints the first problem, naming its key."""
-    config_or_exit(path)
+    """Validate a config file; prints the first problem, naming its key. Its intel files are
+    loaded too: bad lines are listed (file:line: why, with counts), a refused file is an error."""
+    from appliance.detect import intel as intel_mod
+
+    config = config_or_exit(path)
+    store = intel_mod.load_files(config.intel.paths)
+    for line in intel_mod.describe(store):
+        click.echo(line, err=True)
+    if store.broken:
+        f = store.broken[0]
+        fail(f"intel.paths: {f.path}: {f.broken}")
     click.echo(f"{path}: ok")
 
 
@@ -186,6 +198,8 @@ def replay(pcap: Path, config_path: Path | None, progress: bool) -> None:
     if bar is not None:
         bar.finish()
     cut = f", last record cut short at byte {result.truncated_at}" if result.truncated_at else ""
+    for line in result.intel:
+        click.echo(line, err=True)
     click.echo(
         f"replay: {result.packets} packets, {result.malformed} undecodable, "
         f"{result.alerts} alerts{cut}",

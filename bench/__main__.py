@@ -26,6 +26,7 @@ MODULES: tuple[str, ...] = (
     "bench.hub",
     "bench.detectors",
     "bench.hostile",
+    "bench.rules",
 )
 
 

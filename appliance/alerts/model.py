@@ -22,6 +22,10 @@ class Signature:
     name: str
     category: str
     severity: int  # 1 = high, 2 = medium, 3 = low (Suricata's scale)
+    # Suricata's generator id and revision: ours are 1; rules loaded by the rules detector
+    # carry their own.
+    gid: int = 1
+    rev: int = 1
 
     def __post_init__(self) -> None:
         if self.severity not in (1, 2, 3):
@@ -85,9 +89,9 @@ class Alert:
         eve["direction"] = "to_server"
         eve["alert"] = {
             "action": self.action,
-            "gid": 1,
+            "gid": sig.gid,
             "signature_id": sig.sid,
-            "rev": 1,
+            "rev": sig.rev,
             "signature": sig.name,
             "category": sig.category,
             "severity": sig.severity,

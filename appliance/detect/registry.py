@@ -18,6 +18,7 @@ from appliance.detect.detectors.dns_tunnel import DnsTunnelDetector
 from appliance.detect.detectors.exposure import ExposureDetector
 from appliance.detect.detectors.intel import IntelDetector
 from appliance.detect.detectors.portscan import PortScanDetector
+from appliance.detect.detectors.rules import RulesDetector
 from appliance.detect.detectors.web import WebDetector
 
 # The intel detector goes first so the others can see whether a flow is already known bad.
@@ -33,6 +34,7 @@ DETECTORS: dict[str, type[Detector]] = {
         WebDetector,
         BeaconDetector,
         CleartextDetector,
+        RulesDetector,
     )
 }
 

@@ -25,6 +25,9 @@ SIDE_UNKNOWN, SIDE_OFFICE, SIDE_INTERNET = 0, 1, 2
 # pcap link types (LINKTYPE_*) we accept.
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
+# DLT_RAW as some BSDs number it in pcap headers (libpcap maps both to LINKTYPE_RAW on write)
+LINKTYPE_RAW_BSD12 = 12
+LINKTYPE_RAW_BSD14 = 14
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
@@ -35,6 +38,8 @@ LINKTYPES = {
     LINKTYPE_NULL: "BSD loopback",
     LINKTYPE_ETHERNET: "Ethernet",
     LINKTYPE_RAW: "raw IP",
+    LINKTYPE_RAW_BSD12: "raw IP (DLT_RAW 12)",
+    LINKTYPE_RAW_BSD14: "raw IP (DLT_RAW 14)",
     LINKTYPE_LOOP: "OpenBSD loopback",
     LINKTYPE_LINUX_SLL: "Linux cooked (SLL)",
     LINKTYPE_IPV4: "raw IPv4",
@@ -283,7 +288,8 @@ def ip_offset(data: bytes, linktype: int, stats: DecodeStats) -> int:
     if linktype == LINKTYPE_ETHERNET:
         off = 12
         etype = -1
-    elif linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
+    elif linktype in (LINKTYPE_RAW, LINKTYPE_RAW_BSD12, LINKTYPE_RAW_BSD14, LINKTYPE_IPV4,
+                      LINKTYPE_IPV6):  # fmt: skip
         return 0
     elif linktype == LINKTYPE_LINUX_SLL:
         off = 14

@@ -11,7 +11,7 @@ import itertools
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
@@ -34,6 +34,8 @@ class ReplayResult:
     malformed: int
     alerts: int
     truncated_at: int | None = None  # byte offset of a last record cut short
+    # What loading the intel files said (files, bad lines as file:line: why, refused files).
+    intel: list[str] = field(default_factory=list)
 
 
 Progress = Callable[[Reader, int], None]
@@ -136,4 +138,5 @@ def replay(
         malformed=stats.malformed,
         alerts=pipeline.emitted,
         truncated_at=readers[0].truncated_at if readers else None,
+        intel=intel_mod.describe(store),
     )

@@ -56,6 +56,8 @@ def run_replay(pcap: Path, cfg: Path) -> tuple[int, list[dict], str]:
         (Ether() / PPPoE(sessionid=1) / PPP(proto=0x0021) / syn(), None),
         (CookedLinux(proto=0x0800) / syn(), 113),
         (syn(), 101),
+        (syn(), 12),  # DLT_RAW as OpenBSD numbers it
+        (syn(), 14),  # DLT_RAW as BSD/OS numbers it
     ],
 )
 def test_link_types_give_the_alert(tmp_path: Path, cfg: Path, frame, linktype) -> None:

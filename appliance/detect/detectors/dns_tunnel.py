@@ -14,6 +14,9 @@ load balancer name), so each signature counts per computer and registrable domai
   DNS blocklists are not counted).
 - 8106003: `txt_names` distinct TXT or NULL questions under one domain; service names starting
   with ``_`` (DKIM keys, ACME challenges, DMARC, SRV) are not counted.
+- 8106004: `failed_names` distinct subdomains of one domain whose lookups failed (NXDOMAIN or
+  SERVFAIL): a random-subdomain flood ("water torture"), an infected computer helping to take a
+  domain's name servers down, or a tunnel whose server is gone.
 
 Alerts name the domain, never the full looked-up names: in a tunnel those *are* the data.
 State is bounded: at most `max_zones` (computer, domain) pairs, each holding at most a
@@ -65,7 +68,16 @@ TXT_NULL = Signature(
     2,
 )
 
+FLOOD = Signature(
+    8106004,
+    "DNS flood: a computer's lookups of many different names under one domain failed "
+    "(random-subdomain attack)",
+    "DNS flood",
+    2,
+)
+
 TXT, NULL = 16, 10
+NXDOMAIN, SERVFAIL = 3, 2
 PRUNE_EVERY = 30.0
 NAME_CACHE = 8192
 _HEX = frozenset("0123456789abcdef")
@@ -122,20 +134,21 @@ def reversed_address(sub: str) -> bool:
 class _Zone:
     """One computer's recent lookups under one registrable domain."""
 
-    __slots__ = ("alerted", "encoded", "first", "last", "longest", "names", "txt")
+    __slots__ = ("alerted", "encoded", "failed", "first", "last", "longest", "names", "txt")
 
     def __init__(self, now: float) -> None:
         self.first = self.last = now
         self.names: set[int] = set()
         self.encoded: set[int] = set()
         self.txt: set[int] = set()
+        self.failed: set[int] = set()
         self.alerted: set[int] = set()  # signature ids already reported this window
         self.longest = 0
 
 
 class DnsTunnelDetector(Detector):
     name = "dns-tunnel"
-    signatures = (ENCODED, UNIQUE, TXT_NULL)
+    signatures = (ENCODED, UNIQUE, TXT_NULL, FLOOD)
 
     def __init__(self) -> None:
         self._zones: dict[tuple[bytes, str], _Zone] = {}
@@ -187,6 +200,15 @@ class DnsTunnelDetector(Detector):
             remote=True,
         )
         loader.add_option(
+            "failed_names",
+            int,
+            50,
+            "Distinct subdomains of one domain whose lookups failed (NXDOMAIN, SERVFAIL) within "
+            "the window that raise an alert (a random-subdomain flood).",
+            range=(2, 100_000),
+            remote=True,
+        )
+        loader.add_option(
             "ignore_domains",
             tuple[str, ...],
             DEFAULT_IGNORE,
@@ -208,6 +230,7 @@ class DnsTunnelDetector(Detector):
         self.window, self.min_encoded = opts.window, opts.min_encoded
         self.encoded_names, self.unique_names = opts.encoded_names, opts.unique_names
         self.txt_names, self.max_zones = opts.txt_names, opts.max_zones
+        self.failed_names = opts.failed_names
         self.ignore = frozenset(d.strip(".").lower() for d in opts.ignore_domains)
         self._names.clear()
         self._last = None
@@ -233,7 +256,9 @@ class DnsTunnelDetector(Detector):
         if msg.opcode != 0:
             return
         last = (flow.client, qname, msg.qtype)
-        if last == self._last:
+        failed = msg.response and msg.rcode in (NXDOMAIN, SERVFAIL)
+        dup = last == self._last
+        if dup and not failed:
             return  # the answer to the query just counted: it adds nothing
         self._last = last
         split = self._split(qname)
@@ -252,6 +277,12 @@ class DnsTunnelDetector(Detector):
         zone.last = now
         h = hash(qname)
         service = sub[0] == "_" or "._" in sub
+        if failed and not service and len(zone.failed) < self.failed_names:
+            zone.failed.add(hash(sub))
+            if len(zone.failed) >= self.failed_names:
+                self._report(ctx, flow, msg, zone, domain, FLOOD, len(zone.failed))
+        if dup:
+            return  # the query was counted already
         if len(sub) > zone.longest:
             zone.longest = len(sub)
         if not service and len(zone.names) < self.unique_names:
@@ -313,6 +344,7 @@ class DnsTunnelDetector(Detector):
                 "names": len(zone.names),
                 "encoded_names": len(zone.encoded),
                 "txt_null_names": len(zone.txt),
+                "failed_names": len(zone.failed),
                 "longest_subdomain": zone.longest,
                 "window_s": self.window,
                 "note": "the looked-up names are not reported: in a tunnel they are the data",

@@ -19,6 +19,7 @@ from appliance.detect.intel.formats import (
 from appliance.detect.intel.manager import (
     IntelManager,
     LoadResult,
+    describe,
     intel_cache_dir,
     load_files,
     main,
@@ -53,6 +54,7 @@ __all__ = [
     "build",
     "cache_path",
     "classify",
+    "describe",
     "intel_cache_dir",
     "load_files",
     "main",

@@ -96,6 +96,20 @@ class Builder:
             url = normalize_url(token)
             return ("url", url) if url else (None, f"not an http(s) URL: {token[:80]!r}")
         c = token[0]
+        if "/" in token and not token.partition("/")[2].isdigit():
+            # "host/path" or "1.2.3.4:8080/path": a URL without its scheme, as trail lists
+            # write them (the scheme is http: an https URL's path is never seen on the wire)
+            host = token.partition("/")[0]
+            name, colon, port = host.rpartition(":")
+            if colon and port.isdigit() and not name.endswith(":"):
+                host = name  # host:port
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if host and Builder.parse_token(host)[0] in ("domain", "ip"):
+                url = normalize_url("http://" + token)
+                if url:
+                    return ("url", url)
+            return None, f"not a network or URL: {token[:80]!r}"
         if "/" in token:
             addr, _, plen_s = token.partition("/")
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET

@@ -55,6 +55,7 @@ FEEDS: dict[str, tuple[str, str, int]] = {
     "threatfox": ("threatfox", "malware", 2),
     "sslbl": ("sslbl", "malware-tls-fingerprint", 2),
     "spamhaus-drop": ("spamhaus-drop", "hijacked-network", 2),
+    "maltrail": ("maltrail", "malicious", 2),
 }
 # Column layouts of the abuse.ch CSV exports, for files whose header line is missing.
 FEODO_COLUMNS = ("first_seen_utc", "dst_ip", "dst_port", "c2_status", "last_online", "malware")
@@ -80,9 +81,12 @@ _INDICATOR_COLUMNS = (
     "indicator",
     "domain",
     "host",
+    "trail",
 )
-_TAG_COLUMNS = ("malware", "malware_printable", "listingreason", "tags")
-_CATEGORY_COLUMNS = ("threat", "threat_type")
+_TAG_COLUMNS = ("malware", "malware_printable", "listingreason", "tags", "reference")
+_CATEGORY_COLUMNS = ("threat", "threat_type", "info")
+# Maltrail's trail files: "trail,info,reference" (evil.example,emotet (malware),abuse.ch).
+MALTRAIL_COLUMNS = ("trail", "info", "reference")
 _STATUS_COLUMNS = ("c2_status", "url_status")
 # ThreatFox ioc_type values that are not network indicators: skipped, not bad.
 _NON_NETWORK_IOC = ("md5_hash", "sha1_hash", "sha256_hash", "sha3_384_hash", "imphash")
@@ -398,6 +402,12 @@ def _csv_header(line: str) -> tuple[str, ...] | None:
     return None
 
 
+def _trail_row(line: str, builder: Builder) -> bool:
+    """A headerless Maltrail row: an indicator, then an info text and a reference."""
+    parts = line.split(",")
+    return len(parts) == 3 and builder.parse_token(parts[0].strip())[0] is not None
+
+
 def sniff(head: list[str], path: Path, builder: Builder) -> Format:
     """Choose the parser for a file from its first lines (comments and data)."""
     comments = " ".join(ln.lower() for ln in head if ln.lstrip().startswith(("#", ";")))
@@ -430,8 +440,12 @@ def sniff(head: list[str], path: Path, builder: Builder) -> Format:
             feed = "threatfox"
         elif "ja3_md5" in columns:
             feed = "sslbl"
+        elif "trail" in columns:
+            feed = "maltrail"
     elif data and sum(1 for d in data if d.count(",") >= 2) > len(data) // 2:
         columns = {"feodo": FEODO_COLUMNS, "urlhaus": URLHAUS_COLUMNS}.get(feed)
+        if columns is None and sum(1 for d in data if _trail_row(d, builder)) > len(data) // 2:
+            columns, feed = MALTRAIL_COLUMNS, "maltrail"
 
     source, category, severity = FEEDS.get(feed, (path.stem, "malicious", 2))
     meta = Meta(source, category, severity)

@@ -35,6 +35,29 @@ def intel_cache_dir(state_dir: str) -> str | None:
     return str(d) if os.access(d, os.W_OK) else None
 
 
+def describe(store: IntelStore, limit: int = 20) -> list[str]:
+    """What loading said, one line each, for replay and check-config: every file with its
+    indicator and bad-line counts (or why it was refused), then the first `limit` bad lines as
+    ``file:line: why`` (with how many more)."""
+    out = []
+    for f in store.files:
+        name = f.path
+        if f.broken:
+            out.append(f"intel {name}: refused: {f.broken}")
+            continue
+        line = f"intel {name}: {f.indicators} indicators ({f.format})"
+        if f.bad_lines:
+            line += f", {f.bad_lines} bad line{'s' if f.bad_lines != 1 else ''}"
+        out.append(line)
+    refused = {f.path for f in store.files if f.broken}
+    lines = [p for p in store.problems if p.line or p.path not in refused]
+    out += [f"intel {p}" for p in lines[:limit]]
+    more = sum(f.bad_lines for f in store.files) - min(len(lines), limit)
+    if more > 0:
+        out.append(f"intel: ... and {more} more bad lines")
+    return out
+
+
 def load_files(
     paths: Iterable[str], *, cache: bool = False, cache_dir: str | None = None
 ) -> IntelStore:

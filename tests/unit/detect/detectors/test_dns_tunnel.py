@@ -348,3 +348,52 @@ def test_odd_names_never_break_the_hook() -> None:
             flow,
             DnsMessage(i, bool(i % 2), 0, 0, name, (1, 16, 10)[i % 3]),
         )
+
+
+# -- random-subdomain floods (8106004) -----------------------------------------------------------
+
+
+def failed(names, rcode: int = 3, t0=T0, step=0.2, client=PC1) -> list:
+    """Queries and their failed answers (NXDOMAIN by default)."""
+    pkts = []
+    for i, name in enumerate(names):
+        sport = 20000 + i % 40000
+        q = IP(src=client, dst=RESOLVER) / UDP(sport=sport, dport=53)
+        q = q / DNS(id=sport, rd=1, qd=DNSQR(qname=name, qtype="A"))
+        a = IP(src=RESOLVER, dst=client) / UDP(sport=53, dport=sport)
+        a = a / DNS(id=sport, qr=1, ra=1, rcode=rcode, qd=DNSQR(qname=name, qtype="A"))
+        pkts += [at(q, t0 + i * step), at(a, t0 + i * step + 0.01)]
+    return pkts
+
+
+def water_torture(n: int, domain: str = "victim-lab.org", seed: int = 3) -> list[str]:
+    r = random.Random(seed)
+    return [f"{''.join(r.choices('abcdefghijklmnopqrstuvwxyz0123456789', k=12))}.{domain}"
+            for _ in range(n)]  # fmt: skip
+
+
+def test_random_subdomain_flood_is_found() -> None:
+    h = run(failed(water_torture(60)))
+    assert 8106004 in sids(h)
+    (a,) = [x for x in h.by_detector("dns-tunnel") if x["alert"]["signature_id"] == 8106004]
+    assert a["watchpost"]["details"]["domain"] == "victim-lab.org"
+    assert a["watchpost"]["details"]["failed_names"] == 50
+    assert a["alert"]["category"] == "DNS flood"
+
+
+def test_servfail_counts_too_and_just_below_the_threshold_does_not() -> None:
+    assert 8106004 in sids(run(failed(water_torture(50), rcode=2)))
+    assert 8106004 not in sids(run(failed(water_torture(49))))
+
+
+def test_answered_lookups_and_repeats_are_not_a_flood() -> None:
+    # the same failing name asked again and again is one name; answered names never count
+    assert 8106004 not in sids(run(failed(["gone.victim-lab.org"] * 80)))
+    assert 8106004 not in sids(run(queries(water_torture(60))))
+
+
+def test_flood_threshold_is_an_option() -> None:
+    cfg = make_config(detect={"dns-tunnel": {"failed_names": 10}})
+    assert 8106004 in sids(run(failed(water_torture(10)), cfg))
+    with pytest.raises(ConfigError, match=r"detect\.dns-tunnel\.failed_names"):
+        make_config(detect={"dns-tunnel": {"failed_names": 1}})

@@ -1,0 +1,276 @@
+"""`rules`: Suricata-style rules (``[detect.rules] paths``) on flow heads and all DNS.
+
+Each rule runs where its buffers are: payload and header rules on every queued packet, HTTP
+buffers on a dissected request head, TLS buffers (SNI, JA3, JA4) on a ClientHello, ``dns.query``
+on a DNS query. A match is an EVE alert with the rule's gid, sid, rev, msg, and the class type's
+description and severity (``watchpost.detector = "rules"``). ``drop`` rules put the flow's
+outside address into the kernel drop set in block mode (through the engine's block path, so
+`inline.never_block` applies); in monitor mode they alert as ``allowed``. A ``pass`` rule that
+matches a flow silences the rules for the rest of that flow.
+
+Packets of a flow that already has a verdict, or beyond `inline.head_packets`, are not looked
+at: inline they would not reach Python, and `replay` must say what the bridge would.
+
+Loading: see `appliance.detect.rules`. Rules with syntax errors and rules outside the subset
+are skipped and logged (file:line and why, with counts); a file that cannot be read or is not
+text refuses the config, naming `detect.rules.paths`. Parsed rule sets are cached by file
+names, sizes and modification times, so the config check and the engine share one load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from appliance.alerts.model import Signature
+from appliance.config import Config
+from appliance.detect.base import Detector, Loader, Options
+from appliance.detect.rules.addresses import SpecError, check_variables, default_vars
+from appliance.detect.rules.matcher import HOOK_DNS, HOOK_HTTP, HOOK_PACKET, HOOK_TLS, Rule
+from appliance.detect.rules.ruleset import RulesError, RuleSet, load_files
+from appliance.detect.rules.threshold import Tracker
+from appliance.packet.flows import DIR_INBOUND, DIR_OUTBOUND, VERDICT_NONE
+
+if TYPE_CHECKING:
+    from appliance.detect.engine import Context
+    from appliance.detect.records import DnsMessage, HttpRequest, TlsHello
+    from appliance.packet.decode import Packet
+    from appliance.packet.flows import Flow
+
+log = logging.getLogger(__name__)
+
+MAX_LOGGED = 20  # syntax errors / skipped rules logged one by one (all are counted)
+
+_cache: dict[tuple, RuleSet] = {}
+
+
+def _file_key(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def load_cached(paths: tuple[str, ...], variables: dict[str, str], classification: str) -> RuleSet:
+    """The rule set of `paths` (the last one loaded is reused while the files are unchanged)."""
+    key = (tuple(_file_key(p) for p in paths), tuple(sorted(variables.items())), classification)
+    got = _cache.get(key)
+    if got is None:
+        got = load_files(paths, variables, classification or None)
+        _cache.clear()
+        _cache[key] = got
+        _log_report(got)
+    return got
+
+
+def _log_report(rs: RuleSet) -> None:
+    rep = rs.report
+    log.info("rules: %s from %d file(s)", rep.summary(), len(rep.files))
+    for why, n in sorted(rep.skipped.items(), key=lambda kv: -kv[1]):
+        log.info("rules: %d skipped: %s", n, why)
+    if rep.error_count:
+        log.warning("rules: %d rule(s) with syntax errors skipped:", rep.error_count)
+        for line in rep.errors[:MAX_LOGGED]:
+            log.warning("rules: %s", line)
+        if rep.error_count > MAX_LOGGED:
+            log.warning("rules: ... and %d more", rep.error_count - MAX_LOGGED)
+
+
+def parse_vars(opts: Options) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in opts.vars:
+        name, eq, value = item.partition("=")
+        name = name.strip().lstrip("$")
+        if not eq or not name or not value.strip():
+            raise opts.error("vars", f"expected NAME=VALUE, got {item!r}")
+        out[name] = value.strip()
+    return out
+
+
+class RulesDetector(Detector):
+    name = "rules"
+    signatures = ()  # one per loaded rule: see `watchpost rules check`
+
+    def __init__(self) -> None:
+        self.ruleset: RuleSet | None = None
+        self.tracker = Tracker()
+        self._vars: dict[str, str] = {}
+        self._sigs: dict[int, Signature] = {}
+        self._hooks: set[str] = set()
+
+    @classmethod
+    def load(cls, loader: Loader) -> None:
+        loader.add_option(
+            "paths",
+            tuple[str, ...],
+            (),
+            "Suricata-format rule files (see docs/rules.md for the keywords supported).",
+            path=True,
+        )
+        loader.add_option(
+            "vars",
+            tuple[str, ...],
+            (),
+            "Rule variables as NAME=VALUE, e.g. 'HTTP_PORTS=[80,8080]'; HOME_NET defaults to "
+            "inline.home_nets, EXTERNAL_NET to !$HOME_NET, the rest to Suricata's defaults.",
+        )
+        loader.add_option(
+            "classification",
+            str,
+            "",
+            "A classification.config giving each classtype its severity (default: the one "
+            "shipped, with the Suricata and Emerging Threats class types).",
+            path=True,
+        )
+
+    @classmethod
+    def check(cls, opts: Options) -> None:
+        """When a config is read: variables, the classification file and the rule files (a
+        file refused whole refuses the config; bad rules are logged and skipped)."""
+        cls._load(opts)
+
+    @classmethod
+    def _load(cls, opts: Options) -> tuple[RuleSet | None, dict[str, str]]:
+        own = parse_vars(opts)
+        variables = default_vars(Config().inline.home_nets)
+        variables.update(own)
+        problem = check_variables(variables)
+        if problem:
+            raise opts.error("vars", problem)
+        if opts.classification and not os.path.isfile(opts.classification):
+            raise opts.error("classification", f"{opts.classification}: no such file")
+        if not opts.paths:
+            return None, own
+        try:
+            return load_cached(tuple(opts.paths), variables, opts.classification), own
+        except RulesError as e:
+            raise opts.error("paths", str(e)) from None
+        except ValueError as e:  # a bad classification file
+            raise opts.error("classification", str(e)) from None
+
+    def configure(self, opts: Options) -> None:
+        ruleset, own = self._load(opts)
+        self.ruleset = ruleset
+        self._vars = own
+        self._sigs = {}
+        self.tracker = Tracker()
+        self._hooks = ruleset.hooks() if ruleset is not None else set()
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _bind_home(self, ctx: Context) -> None:
+        """HOME_NET follows inline.home_nets unless `vars` sets it (checked per packet: cheap).
+        The binding is the rule set's own, so engines sharing a cached rule set stay right."""
+        rs = self.ruleset
+        home = ctx.config.inline.home_nets
+        if rs is None or rs.bound is home or "HOME_NET" in self._vars:
+            return
+        if rs.bound != home:
+            variables = default_vars(home)
+            variables.update(self._vars)
+            try:
+                rs.rebind(variables)
+            except SpecError as e:
+                log.error("rules: inline.home_nets makes a rule's address list empty: %s", e)
+        rs.bound = home
+
+    def _signature(self, r: Rule) -> Signature:
+        sig = self._sigs.get(r.index)
+        if sig is None:
+            sig = Signature(
+                r.sid,
+                r.msg or f"rule {r.gid}:{r.sid}",
+                r.category,
+                r.severity,
+                gid=r.gid,
+                rev=r.rev,
+            )
+            self._sigs[r.index] = sig
+        return sig
+
+    def _report(
+        self, ctx: Context, pkt: Packet, flow: Flow, hits: list[Rule], app: dict[str, Any]
+    ) -> None:
+        notes = flow.notes.get(self.name) if flow.notes else None
+        if notes is not None and notes.get("pass"):
+            return
+        for r in hits:
+            if r.action == "pass":
+                flow.note(self.name)["pass"] = r.sid
+                return
+            details: dict[str, Any] = {"rule": r.source.rpartition("/")[2]}
+            if r.classtype:
+                details["classtype"] = r.classtype
+            if r.references:
+                details["references"] = [f"{k},{v}" for k, v in r.references]
+            if r.metadata:
+                details["metadata"] = list(r.metadata)
+            block = None
+            if r.action == "drop":
+                details["action"] = "drop"
+                block = _outside(flow)
+            ctx.alert(self._signature(r), pkt=pkt, flow=flow, app=app, details=details,
+                      block=block)  # fmt: skip
+
+    def _skip(self, ctx: Context, flow: Flow) -> bool:
+        """A packet the bridge would not have queued (judged flow, past the head)."""
+        return (
+            flow.verdict != VERDICT_NONE
+            or flow.pkts_c + flow.pkts_s > ctx.config.inline.head_packets
+        )
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
+        rs = self.ruleset
+        if rs is None or HOOK_PACKET not in self._hooks:
+            return
+        if self._skip(ctx, flow) and not (pkt.sport == 53 or pkt.dport == 53):
+            return
+        self._bind_home(ctx)
+        hits = rs.match(HOOK_PACKET, pkt, flow, from_client, None, self.tracker)
+        if hits:
+            self._report(ctx, pkt, flow, hits, {})
+
+    def http(self, ctx: Context, pkt: Packet, flow: Flow, req: HttpRequest) -> None:
+        rs = self.ruleset
+        if rs is None or HOOK_HTTP not in self._hooks:
+            return
+        self._bind_home(ctx)
+        hits = rs.match(HOOK_HTTP, pkt, flow, True, req, self.tracker)
+        if hits:
+            self._report(ctx, pkt, flow, hits, req.eve())
+
+    def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
+        rs = self.ruleset
+        if rs is None or HOOK_TLS not in self._hooks or hello.quic:
+            return  # QUIC is not TLS to a Suricata rule (it has quic.* keywords)
+        self._bind_home(ctx)
+        hits = rs.match(HOOK_TLS, pkt, flow, True, hello, self.tracker)
+        if hits:
+            self._report(ctx, pkt, flow, hits, hello.eve())
+
+    def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
+        rs = self.ruleset
+        if rs is None or HOOK_DNS not in self._hooks or msg.response:
+            return  # dns.query looks at queries, as Suricata's does
+        self._bind_home(ctx)
+        from_client = pkt.src == flow.client and pkt.sport == flow.client_port
+        hits = rs.match(HOOK_DNS, pkt, flow, from_client, msg, self.tracker)
+        if hits:
+            self._report(ctx, pkt, flow, hits, msg.eve())
+
+
+def _outside(flow: Flow) -> str | None:
+    """The address a drop rule blocks (through the engine's block guard, so never_block and its
+    caps apply): the flow's end outside the office; none for a flow inside the office or of
+    unknown direction (blocking an office host is not a rule's call)."""
+    from appliance.packet.decode import ip_to_str
+
+    if flow.direction == DIR_OUTBOUND:
+        return ip_to_str(flow.server)
+    if flow.direction == DIR_INBOUND:
+        return ip_to_str(flow.client)
+    return None

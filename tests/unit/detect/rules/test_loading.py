@@ -1,0 +1,205 @@
+"""Loading rule files: loaded / skipped with a reason / syntax error at file:line; never half
+loaded; `watchpost rules check` reports counts and exits non-zero on syntax errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from appliance.cli import main
+from appliance.detect.rules.addresses import SpecError, Specs, default_vars
+from appliance.detect.rules.ruleset import RulesError, load_files
+
+DATA = Path(__file__).parents[3] / "data" / "rules"
+SAMPLE = DATA / "watchpost-sample.rules"
+BAD = DATA / "bad.rules"
+VARS = default_vars(["198.18.0.0/24"])
+
+# Every keyword of the subset (docs/rules.md); the sample file must use each one.
+_SUBSET = """
+    msg sid rev gid classtype priority reference metadata flow flags dsize content nocase
+    depth offset distance within fast_pattern rawbytes pcre threshold detection_filter
+    pkt_data http.method http.uri http.uri.raw http.host http.host.raw http.user_agent
+    http.header http.header.raw tls.sni ja3.hash ja3.string ja4.hash dns.query http_method
+    http_uri http_raw_uri http_host http_raw_host http_user_agent http_header http_raw_header
+    tls_sni ja3_hash dns_query
+    """
+SUBSET = tuple(_SUBSET.split())
+
+
+def load_text(tmp_path: Path, text: str):
+    p = tmp_path / "t.rules"
+    p.write_text(text)
+    return load_files([p], VARS)
+
+
+def test_sample_file_loads_with_every_keyword_and_skips_with_reasons() -> None:
+    rs = load_files([SAMPLE], VARS)
+    rep = rs.report
+    assert rep.error_count == 0, rep.errors
+    assert rep.loaded + rep.skipped_total >= 300
+    assert rep.loaded >= 300
+    assert rep.disabled == 3
+    text = SAMPLE.read_text()
+    used = set(re.findall(r"[;(]\s*([a-z][a-z0-9_.]*)\s*[:;]", text))
+    assert set(SUBSET) - used == set()
+    # each skipped kind shows up with its reason
+    reasons = " | ".join(rep.skipped)
+    for why in (
+        "unsupported keyword: flowbits", "unsupported keyword: byte_test",
+        "unsupported keyword: file_data", "unsupported keyword: http.cookie",
+        "unsupported keyword: isdataat", "unsupported action: reject",
+        "unsupported protocol: smb", "pcre needs backtracking (lookahead)",
+        "pcre needs backtracking (backreference)", "unknown variable $SMB_SERVERS",
+        "flow: only_stream", "buffers of two protocols", "duplicate sid 1:1000804",
+        "pcre flag C", "matches every packet",
+    ):  # fmt: skip
+        assert why in reasons, why
+    # the duplicate keeps the higher rev
+    dup = [r for r in rs.rules if r.sid == 1000804]
+    assert len(dup) == 1 and dup[0].rev == 2
+
+
+def test_syntax_errors_name_file_and_line() -> None:
+    rep = load_files([BAD], VARS).report
+    assert rep.loaded == 1
+    assert rep.error_count == 16
+    lines = [e.split(": ", 1)[0] for e in rep.errors]
+    assert lines == [f"{BAD}:{n}" for n in range(3, 19)]
+    assert any("depth: expected a number, got 'abc'" in e for e in rep.errors)
+
+
+@pytest.mark.parametrize(
+    ("rule", "why"),
+    [
+        ('alert tcp any any -> any any (msg:"x"; content:"a"; byte_test:1,>,2,0; sid:1;)',
+         "unsupported keyword: byte_test"),
+        # an unsupported keyword after valid ones: nothing of the rule is loaded
+        ('alert http any any -> any any (msg:"x"; http.uri; content:"/a"; bsize:2; sid:1;)',
+         "unsupported keyword: bsize"),
+        ('alert krb5 any any -> any any (msg:"x"; sid:1;)', "unsupported protocol: krb5"),
+        ('rejectboth tcp any any -> any 1 (msg:"x"; flags:S; sid:1;)', "unsupported action"),
+        ('alert tcp any any -> any any (msg:"x"; content:"a"; pcre:"/a(?=b)/"; sid:1;)',
+         "lookahead"),
+        ('alert tcp $NOPE any -> any any (msg:"x"; flags:S; sid:1;)', "unknown variable $NOPE"),
+    ],
+)  # fmt: skip
+def test_outside_the_subset_is_skipped_whole(tmp_path: Path, rule: str, why: str) -> None:
+    rs = load_text(tmp_path, rule + "\n")
+    assert len(rs) == 0
+    assert rs.report.error_count == 0
+    assert any(why in k for k in rs.report.skipped), rs.report.skipped
+
+
+def test_continuation_lines_and_comments(tmp_path: Path) -> None:
+    rs = load_text(
+        tmp_path,
+        "# a comment\n\n"
+        'alert tcp any any -> any any (msg:"two lines"; \\\n  content:"x"; sid:5;)\n'
+        '# alert tcp any any -> any any (msg:"off"; content:"y"; sid:6;)\n',
+    )
+    assert [r.sid for r in rs.rules] == [5]
+    assert rs.rules[0].source.endswith("t.rules:3")
+    assert rs.report.disabled == 1
+
+
+def test_classtype_gives_severity_and_category(tmp_path: Path) -> None:
+    rs = load_text(
+        tmp_path,
+        'alert tcp any any -> any any (msg:"a"; content:"x"; classtype:trojan-activity; sid:1;)\n'
+        'alert tcp any any -> any any (msg:"b"; content:"x"; classtype:misc-activity; sid:2;)\n'
+        'alert tcp any any -> any any (msg:"c"; content:"x"; classtype:tcp-connection; sid:3;)\n'
+        'alert tcp any any -> any any (msg:"d"; content:"x"; classtype:misc-activity; priority:1; sid:4;)\n',  # noqa: E501
+    )
+    got = {r.sid: (r.severity, r.category) for r in rs.rules}
+    assert got[1] == (1, "A Network Trojan was detected")
+    assert got[2] == (3, "Misc activity")
+    assert got[3] == (3, "A TCP connection was detected")  # priority 4 is reported as 3
+    assert got[4][0] == 1
+
+
+def test_own_classification_file(tmp_path: Path) -> None:
+    cls = tmp_path / "classification.config"
+    cls.write_text("config classification: office-policy,Office policy,2\n")
+    p = tmp_path / "t.rules"
+    p.write_text(
+        'alert tcp any any -> any any (msg:"a"; content:"x"; classtype:office-policy; sid:1;)\n'
+    )
+    rs = load_files([p], VARS, cls)
+    assert rs.rules[0].severity == 2
+    cls.write_text("config classification: broken\n")
+    with pytest.raises(RulesError, match=r"classification.config:1"):
+        load_files([p], VARS, cls)
+
+
+def test_binary_or_unreadable_file_is_refused_whole(tmp_path: Path) -> None:
+    b = tmp_path / "b.rules"
+    b.write_bytes(b'alert tcp any any -> any any (msg:"x"; sid:1;)\n\x00\x01\x02')
+    with pytest.raises(RulesError, match="binary"):
+        load_files([b], VARS)
+    with pytest.raises(RulesError, match="No such file"):
+        load_files([tmp_path / "missing.rules"], VARS)
+
+
+def test_address_lists() -> None:
+    specs = Specs({**VARS, "DMZ": "[203.0.113.0/28,203.0.113.100]"})
+    ext = specs.address("$EXTERNAL_NET")
+    assert ext is not None
+    assert bytes([198, 18, 0, 5]) not in ext and bytes([203, 0, 113, 5]) in ext
+    grp = specs.address("[$DMZ,![203.0.113.3,203.0.113.4]]")
+    assert grp is not None
+    assert [bytes([203, 0, 113, i]) in grp for i in (2, 3, 4, 15, 16, 100)] == [
+        True, False, False, True, False, True,
+    ]  # fmt: skip
+    v6 = specs.address("[2001:db8::/32,!2001:db8::1]")
+    assert v6 is not None and bytes.fromhex("20010db8" + "0" * 23 + "2") in v6
+    assert bytes.fromhex("20010db8" + "0" * 23 + "1") not in v6
+    assert specs.address("any") is None
+    for bad in ("[1.2.3.4", "1.2.3.4/33", "!any", "[1.2.3.4,,5.6.7.8]", "10.0.0.9-10.0.0.1"):
+        with pytest.raises(SpecError):
+            specs.address(bad)
+    ports = specs.port("[1:1024,!80,8080]")
+    assert ports is not None and 79 in ports and 80 not in ports and 8080 in ports
+    assert 1025 not in ports
+    for bad in ("70000", "[80", "90:80", "x"):
+        with pytest.raises(SpecError):
+            specs.port(bad)
+
+
+def test_variables_refer_to_themselves(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="itself"):
+        Specs({"A": "$B", "B": "$A"}).address("$A")
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+
+def test_rules_check_reports_counts_and_reasons() -> None:
+    res = CliRunner().invoke(main, ["rules", "check", str(SAMPLE)])
+    assert res.exit_code == 0, res.output
+    first = res.output.splitlines()[0]
+    m = re.match(
+        r"(\d+) rules in 1 file: (\d+) loaded, (\d+) skipped, 0 with syntax errors; 3 commented out",  # noqa: E501
+        first,
+    )
+    assert m, first
+    assert int(m.group(1)) == int(m.group(2)) + int(m.group(3))
+    assert "skipped by reason:" in res.output
+    assert re.search(r"^\s+2\s+unsupported keyword: flowbits", res.output, re.M)
+
+
+def test_rules_check_exits_non_zero_on_syntax_errors() -> None:
+    res = CliRunner().invoke(main, ["rules", "check", str(SAMPLE), str(BAD)])
+    assert res.exit_code == 1
+    assert f"{BAD}:4: depth: expected a number, got 'abc'" in res.output
+    assert "syntax errors (16):" in res.output
+
+
+def test_rules_check_refused_file_and_bad_var(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["rules", "check", str(tmp_path / "none.rules")])
+    assert res.exit_code == 2 and "error:" in res.output
+    res = CliRunner().invoke(main, ["rules", "check", "--var", "HTTP_PORTS=[80", str(SAMPLE)])
+    assert res.exit_code == 2 and "HTTP_PORTS" in res.output
