@@ -100,9 +100,9 @@ class Builder:
             # "host/path" or "1.2.3.4:8080/path": a URL without its scheme, as trail lists
             # write them (the scheme is http: an https URL's path is never seen on the wire)
             host = token.partition("/")[0]
-            name, colon, port = host.rpartition(":")
-            if colon and port.isdigit() and not name.endswith(":"):
-                host = name  # host:port
+            bare, colon, port = host.rpartition(":")
+            if colon and port.isdigit() and not bare.endswith(":"):
+                host = bare  # host:port
             if host.startswith("[") and host.endswith("]"):
                 host = host[1:-1]
             if host and Builder.parse_token(host)[0] in ("domain", "ip"):
