@@ -498,6 +498,9 @@ class BrokerSettings:
     # First-boot enrolment listener (TLS server certificate only, the token as MQTT password;
     # see hub.enrol): 0 = none.
     enrol_port: int = 0
+    # QoS 1 messages in flight to one client (MQTT 3 clients; MQTT 5 ones say Receive Maximum):
+    # mosquitto's default of 20 would hold a collector to 20 messages per database commit.
+    max_inflight_messages: int = 1000
 
 
 def mosquitto_conf(s: BrokerSettings) -> str:
@@ -521,6 +524,7 @@ def mosquitto_conf(s: BrokerSettings) -> str:
         # broker must hold alerts for a hub consumer (persistent session) that is offline or
         # slow: mosquitto's default of 1000 queued messages per client would drop the rest.
         f"max_queued_messages {s.max_queued_messages}",
+        f"max_inflight_messages {s.max_inflight_messages}",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",

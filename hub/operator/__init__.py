@@ -1,12 +1,14 @@
 """`watchpost hub …` (also `watchpost-hub …`): the hub operator's side of remote management.
 
 One module per job: ``connection`` (settings, the MQTT 5 client, retained reads), ``commands``
-(keygen, send, push-intel, set-config), ``devices`` and ``tail``. Importing the package registers
-every command on the ``hub`` group.
+(keygen, send, push-intel, set-config), ``devices`` and ``tail``; the collector's ``collect`` and
+``fleet`` live in hub/collector/. Importing the package registers every command on the ``hub``
+group.
 """
 
 from __future__ import annotations
 
+from hub.collector import command as collector_command  # registers `collect`, `fleet`
 from hub.operator import commands, devices, tail
 from hub.operator.connection import (
     EXIT_ERROR,
@@ -33,6 +35,7 @@ __all__ = [
     "OperatorError",
     "Settings",
     "collect_retained",
+    "collector_command",
     "commands",
     "devices",
     "hub",

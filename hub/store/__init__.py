@@ -412,8 +412,12 @@ class Store:
                     "(the office may be without protection)"
                 )
                 cur.execute(
-                    f"UPDATE devices SET silent_since = {p} WHERE device = {p}", (now, device)
+                    f"UPDATE devices SET silent_since = {p} WHERE device = {p} "
+                    "AND silent_since IS NULL",
+                    (now, device),
                 )
+                if cur.rowcount != 1:
+                    continue  # another collector raised it first
                 cur.execute(
                     f"INSERT INTO hub_alerts (device, site, kind, text, raised_at) "
                     f"VALUES ({p}, {p}, 'silent', {p}, {p})",
