@@ -525,6 +525,9 @@ def mosquitto_conf(s: BrokerSettings) -> str:
         # slow: mosquitto's default of 1000 queued messages per client would drop the rest.
         f"max_queued_messages {s.max_queued_messages}",
         f"max_inflight_messages {s.max_inflight_messages}",
+        # Small packets (PUBACKs) go out at once: with Nagle, each would wait for the peer's
+        # delayed ACK (~40 ms), which caps a QoS 1 stream at inflight/40 ms.
+        "set_tcp_nodelay true",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",

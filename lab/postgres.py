@@ -70,6 +70,9 @@ class PgCluster:
             raise PgClusterError("no 'postgres' user (apt-get install postgresql)") from None
         self.dir.mkdir(parents=True, exist_ok=True)
         self.sock.mkdir(exist_ok=True)
+        for parent in self.dir.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise PgClusterError(f"{parent}: the {USER} user cannot enter it (chmod o+x)")
         for p in (self.dir, self.sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
         if not (self.data / "PG_VERSION").exists():

@@ -155,6 +155,10 @@ class Collector:
             self.metrics.connected.set(0)
             return
         self._gen += 1
+        sock = client.socket()
+        if sock is not None:  # acks (small packets) leave at once, not after a delayed ACK
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         site = self.s.site
         subs = [
             (f"$share/{self.s.group}/{topics.ROOT}/{site}/+/{sub}", SubscribeOptions(qos=1))
@@ -203,10 +207,6 @@ class Collector:
                 f"no connection to {self.s.host}:{self.s.port} in {connect_timeout:g} s"
                 + (f" ({self.problem})" if self.problem else "")
             )
-        sock = self.client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def stop(self) -> None:
         """Finish the batch in hand, acknowledge it, disconnect (the session stays)."""
@@ -243,32 +243,49 @@ class Collector:
                 if self._stop.is_set():
                     return
                 continue
-            while True:
-                try:
-                    self.handle(msgs)
-                    break
-                except Exception as e:
-                    # The database is away: keep the messages unacknowledged (the broker holds
-                    # them, and sends us no more than receive_maximum) and try the batch again.
-                    self.problem = f"store: {e}"
-                    self.metrics.store_errors.inc()
-                    log.error("collector: store failed (%s); retrying the batch", e)
-                    if self._stop.wait(1.0):
-                        return  # not acknowledged: the broker sends them again next session
+            self._handle_safely(msgs)
 
-    def handle(self, msgs: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+    def _handle_safely(self, msgs: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+        while True:
+            try:
+                self.handle(msgs)
+                return
+            except Exception as e:
+                self.metrics.store_errors.inc()
+                if self.store.data_error(e):
+                    # One message the database refuses must not hold up the rest: take the
+                    # batch apart; the refused message itself goes to quarantine.
+                    if len(msgs) > 1:
+                        for one in msgs:
+                            self._handle_safely([one])
+                        return
+                    log.error("collector: the store refused %s: %s", msgs[0][1].topic, e)
+                    self.handle(msgs, refused=f"store refused: {e}"[:300])
+                    return
+                # The database is away: keep the messages unacknowledged (the broker holds
+                # them, and sends us no more than receive_maximum) and try the batch again.
+                self.problem = f"store: {e}"
+                log.error("collector: store failed (%s); retrying the batch", e)
+                if self._stop.wait(1.0):
+                    return  # not acknowledged: the broker sends them again next session
+
+    def handle(self, msgs: list[tuple[int, mqtt.MQTTMessage]], refused: str = "") -> None:
         now = time.time()
         batch = Batch()
         m = self.metrics
         for _gen, msg in msgs:
-            row = parse(
-                msg.topic,
-                msg.payload,
-                retain=bool(msg.retain),
-                now=now,
-                registry=self.registry,
-                max_bytes=self.s.max_bytes,
-            )
+            row: Any
+            if refused:
+                row = BadRow(msg.topic[:512], refused, bytes(msg.payload[:4096]), now)
+            else:
+                row = parse(
+                    msg.topic,
+                    msg.payload,
+                    retain=bool(msg.retain),
+                    now=now,
+                    registry=self.registry,
+                    max_bytes=self.s.max_bytes,
+                )
             if isinstance(row, AlertRow):
                 batch.alerts.append(row)
             elif isinstance(row, StatusRow):

@@ -18,6 +18,7 @@ from protocol import topics
 
 MAX_BYTES = 64 * 1024
 MAX_ID = 128
+_RISKY = re.compile(rb"\\u(?:0000|d[89a-f])", re.IGNORECASE)
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # Alert times outside this range cannot be a device's clock (and would need absurd partitions).
 _MIN_TS = dt.datetime(2000, 1, 1, tzinfo=dt.UTC).timestamp()
@@ -116,8 +117,20 @@ def _parse(
         raise Bad("not JSON", str(e)[:200]) from None
     if not isinstance(data, dict):
         raise Bad("wrong shape", f"expected a JSON object, got {type(data).__name__}")
+    if _RISKY.search(payload):
+        # PostgreSQL's jsonb refuses NUL and lone surrogates: refuse them here, not in a commit.
+        try:
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise Bad("wrong shape", "lone surrogate escape") from None
+        if b"\\u0000" in payload.lower():
+            raise Bad("wrong shape", "NUL character")
     if sub == topics.ALERTS:
-        return _alert(data, site, device, now)
+        try:
+            text = payload.decode()
+        except UnicodeDecodeError:
+            raise Bad("not JSON", "not UTF-8") from None
+        return _alert(data, text, site, device, now)
     if sub == topics.STATUS:
         state = data.get("state")
         if not isinstance(state, str) or not state:
@@ -142,7 +155,7 @@ def _parse(
     return SummaryRow(device, site, day, now, data)
 
 
-def _alert(eve: dict[str, Any], site: str, device: str, now: float) -> AlertRow:
+def _alert(eve: dict[str, Any], text: str, site: str, device: str, now: float) -> AlertRow:
     wp = eve.get("watchpost")
     if not isinstance(wp, dict):
         raise Bad("wrong shape", "alert without a watchpost object")
@@ -163,7 +176,7 @@ def _alert(eve: dict[str, Any], site: str, device: str, now: float) -> AlertRow:
         site=site,
         seq=seq,
         received_at=now,
-        eve=json.dumps(eve, ensure_ascii=False, separators=(",", ":")),
+        eve=text,  # the record as the device sent it (valid JSON, checked above)
         signature_id=_int(al.get("signature_id")),
         signature=_text(al.get("signature")),
         category=_text(al.get("category")),

@@ -154,6 +154,11 @@ class Store:
     def _retryable(self, e: Exception) -> bool:
         return False
 
+    def data_error(self, e: Exception) -> bool:
+        """True when the database refused the data itself (retrying cannot help), not when it
+        is unreachable."""
+        return False
+
     def _ts(self, seconds: float) -> Any:
         return seconds
 
@@ -632,6 +637,9 @@ class SQLiteStore(Store):
     def _retryable(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.OperationalError) and "locked" in str(e)
 
+    def data_error(self, e: Exception) -> bool:
+        return isinstance(e, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError)
+
     def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> set[str]:
         new = set()
         for a in rows:
@@ -697,6 +705,10 @@ class PostgresStore(Store):
     def _retryable(self, e: Exception) -> bool:
         errors = self._psycopg.errors
         return isinstance(e, errors.DeadlockDetected | errors.SerializationFailure)
+
+    def data_error(self, e: Exception) -> bool:
+        pg = self._psycopg
+        return isinstance(e, pg.DataError | pg.IntegrityError | pg.ProgrammingError)
 
     def _ts(self, seconds: float) -> Any:
         return dt.datetime.fromtimestamp(seconds, dt.UTC)

@@ -43,6 +43,8 @@ def test_alert_identity_from_the_topic_not_the_body() -> None:
         (T + "alerts", eve(seq="3"), "wrong shape"),
         (T + "alerts", eve().replace(b"2027-01-15T", b"2227-01-15T"), "wrong shape"),
         (T + "alerts", b"{" + b" " * 70_000 + b"}", "oversized"),
+        (T + "alerts", eve(id="a\ud800"), "wrong shape"),  # PostgreSQL jsonb refuses these
+        (T + "alerts", eve(id="a\x00"), "wrong shape"),
         ("watchpost/v1/s1/intruder/alerts", eve(), "unknown device"),
         ("watchpost/v1/s2/d1/alerts", eve(), "site mismatch"),
         ("elsewhere/x", eve(), "not a device topic"),
