@@ -122,6 +122,7 @@ class Collector:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     # -- registry -------------------------------------------------------------------------------
@@ -168,12 +169,19 @@ class Collector:
         client.subscribe(subs)
         self.problem = ""
         self.metrics.connected.set(1)
-        self._connected.set()
         log.info(
             "collector %s connected (session present: %s)",
             self.s.client_id,
             getattr(flags, "session_present", "?"),
         )
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        refused = [str(rc) for rc in rcs if rc.is_failure]
+        if refused:
+            self.problem = f"broker refused the subscriptions: {', '.join(refused)}"
+            log.error("collector %s: %s", self.s.client_id, self.problem)
+            return
+        self._connected.set()  # subscribed: from now on nothing is published past us
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         self._connected.clear()
