@@ -265,13 +265,7 @@ class Store:
         if not seen:
             return res
         names = sorted(seen)
-        cur.executemany(
-            f"INSERT INTO devices (device, site, first_seen, last_seen) "
-            f"VALUES ({p}, {p}, {p}, {p}) "
-            f"ON CONFLICT (device) DO UPDATE SET last_seen = "
-            f"{self._greatest('devices.last_seen', 'excluded.last_seen')}",
-            [(d, seen[d][0], seen[d][1], seen[d][1]) for d in names],
-        )
+        self._upsert_devices(cur, [(d, seen[d][0], seen[d][1], seen[d][1]) for d in names])
         rows: dict[str, list[Any]] = {}
         for chunk in _chunks(names, 500):
             clause, args = self._in(chunk)
@@ -308,10 +302,7 @@ class Store:
             rows[d][0] = high
             updates.append((high, counts[d], d))
         if updates:
-            cur.executemany(
-                f"UPDATE devices SET seq_high = {p}, alerts = alerts + {p} WHERE device = {p}",
-                updates,
-            )
+            self._update_seqs(cur, updates)
         # Statuses, with the bd_seq rules, in arrival order per device.
         for s in sorted(b.statuses, key=lambda s: s.device):
             st = s.status
@@ -365,6 +356,24 @@ class Store:
                 [(m.device, m.site, m.day, m.received_at, json.dumps(m.data)) for m in b.summaries],
             )
         return res
+
+    def _upsert_devices(self, cur: Any, rows: list[tuple[str, str, float, float]]) -> None:
+        """(device, site, first_seen, last_seen), sorted by device."""
+        p = self.p
+        cur.executemany(
+            f"INSERT INTO devices (device, site, first_seen, last_seen) "
+            f"VALUES ({p}, {p}, {p}, {p}) "
+            f"ON CONFLICT (device) DO UPDATE SET last_seen = "
+            f"{self._greatest('devices.last_seen', 'excluded.last_seen')}",
+            rows,
+        )
+
+    def _update_seqs(self, cur: Any, updates: list[tuple[int, int, str]]) -> None:
+        """(seq_high, new alerts, device)."""
+        p = self.p
+        cur.executemany(
+            f"UPDATE devices SET seq_high = {p}, alerts = alerts + {p} WHERE device = {p}", updates
+        )
 
     def _fill_gap(self, cur: Any, device: str, seq: int) -> int:
         p = self.p
@@ -740,24 +749,47 @@ class PostgresStore(Store):
                 )
             self._months.add(name)
 
+    _ALERT_COLS = (
+        "id, ts, device, site, seq, received_at, signature_id, signature, category, severity, "
+        "src_ip, src_port, dest_ip, dest_port, proto, count, eve"
+    )
+
     def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> set[str]:
+        """COPY into a per-session temporary table, then one INSERT ... ON CONFLICT DO NOTHING
+        in id order: the ids that were new come back (RETURNING)."""
         if not rows:
             return set()
-        cur.executemany(
-            "INSERT INTO alerts (id, ts, device, site, seq, received_at, signature_id, "
-            "signature, category, severity, src_ip, src_port, dest_ip, dest_port, proto, count, "
-            "eve) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
-            "ON CONFLICT DO NOTHING RETURNING id",
-            [_alert_values(a, self._ts(a.ts)) for a in rows],
-            returning=True,
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS alerts_in "
+            "(LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        new = set()
-        while True:
-            for (ident,) in cur.fetchall():
-                new.add(ident)
-            if not cur.nextset():
-                break
-        return new
+        with cur.copy(f"COPY alerts_in ({self._ALERT_COLS}) FROM STDIN") as copy:
+            for a in rows:
+                copy.write_row(_alert_values(a, self._ts(a.ts)))
+        cur.execute(
+            f"INSERT INTO alerts ({self._ALERT_COLS}) SELECT {self._ALERT_COLS} FROM alerts_in "
+            "ORDER BY id ON CONFLICT DO NOTHING RETURNING id"
+        )
+        return {r[0] for r in cur.fetchall()}
+
+    def _upsert_devices(self, cur: Any, rows: list[tuple[str, str, float, float]]) -> None:
+        cols = list(zip(*rows, strict=True))
+        cur.execute(
+            "INSERT INTO devices (device, site, first_seen, last_seen) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::float8[], %s::float8[]) "
+            "ORDER BY 1 ON CONFLICT (device) DO UPDATE SET "
+            "last_seen = GREATEST(devices.last_seen, excluded.last_seen)",
+            [list(c) for c in cols],
+        )
+
+    def _update_seqs(self, cur: Any, updates: list[tuple[int, int, str]]) -> None:
+        highs, counts, devices = (list(c) for c in zip(*updates, strict=True))
+        cur.execute(
+            "UPDATE devices d SET seq_high = u.h, alerts = d.alerts + u.n "
+            "FROM unnest(%s::text[], %s::int8[], %s::int8[]) AS u(dev, h, n) "
+            "WHERE d.device = u.dev",
+            [devices, highs, counts],
+        )
 
     def partitions(self) -> list[str]:
         rows = self._query(
