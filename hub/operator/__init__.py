@@ -8,6 +8,7 @@ group.
 
 from __future__ import annotations
 
+from hub import renewal  # registers `renewals`
 from hub.collector import command as collector_command  # registers `collect`, `fleet`
 from hub.operator import commands, devices, tail
 from hub.operator.connection import (
@@ -40,5 +41,6 @@ __all__ = [
     "devices",
     "hub",
     "load_settings",
+    "renewal",
     "tail",
 ]

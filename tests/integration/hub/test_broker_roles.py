@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
 from hub import provisioning as prov
+from hub.renewal import RenewalService
 from tests.integration.hublink.hubkit import PKI, Broker, Client, wait_for
 
 
@@ -175,8 +176,36 @@ def test_renewal_by_csr_gives_a_certificate_the_broker_accepts(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))  # fmt: skip
     c = Client(bbroker, tmp_path / "new.pem", key_path, client_id="dev1")
-    assert not c.publish("watchpost/v1/siteA/dev1/cert/csr", _csr("dev1", key)).is_failure
     c.close()
+
+
+def test_renewal_over_mqtt_signed_by_the_operator_side(bbroker: BoundBroker, rpki: PKI) -> None:
+    cert, key = ident(rpki, "ops")
+    svc = RenewalService("127.0.0.1", bbroker.port, str(rpki.ca_dir / "ca.pem"), str(cert),
+                         str(key), rpki.ca_dir, days=60)  # fmt: skip
+    assert svc.ready.wait(10)
+    dev = connect(bbroker, rpki, "dev1")
+    thief = connect(bbroker, rpki, "dev2")
+    try:
+        dev.subscribe("watchpost/v1/siteA/dev1/cert/issued")
+        thief.subscribe("watchpost/v1/siteA/dev2/cert/issued")
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        assert not dev.publish("watchpost/v1/siteA/dev1/cert/csr", _csr("dev1", new_key)).is_failure
+        (ans,) = wait_for(lambda: dev.json_on("/dev1/cert/issued"), what="the renewed cert")
+        assert ans["ok"] is True
+        got = x509.load_pem_x509_certificate(ans["cert"].encode())
+        assert got.subject.rfc4514_string() == "CN=dev1"
+        assert got.public_key().public_numbers() == new_key.public_key().public_numbers()
+        # dev2 asking, on its own topic, for a certificate in dev1's name: refused.
+        thief.publish("watchpost/v1/siteA/dev2/cert/csr", _csr("dev1"))
+        (no,) = wait_for(lambda: thief.json_on("/dev2/cert/issued"), what="the refusal")
+        assert no["ok"] is False and "exactly 'dev2'" in no["error"]
+        # and it cannot even write a CSR under dev1's topic
+        assert thief.publish("watchpost/v1/siteA/dev1/cert/csr", _csr("dev1")).is_failure
+    finally:
+        dev.close()
+        thief.close()
+        svc.close()
 
 
 def _write(p: Path, data: bytes) -> Path:

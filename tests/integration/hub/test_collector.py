@@ -126,7 +126,14 @@ def test_two_collectors_kill9_and_broker_restart_every_alert_once_in_postgres(
         procs.append(c1)
         for d in devs.values():
             d.alerts(100)
-        wait_for(lambda: store.alert_count() >= 1500, what="all 1500 alerts", timeout=90)
+        try:
+            wait_for(lambda: store.alert_count() >= 1500, what="all 1500 alerts", timeout=90)
+        except BaseException:
+            missing = {n: sorted(set(range(1, 501)) - set(store.seqs(n))) for n in devs}
+            outbox = {n: d.stats().get("outbox_depth") for n, d in devs.items()}
+            print(f"stored {store.alert_count()}, outboxes {outbox}, missing {missing}")
+            print("quarantine", store.quarantined()[:5])
+            raise
         time.sleep(1.0)  # anything extra (a duplicate) would show now
         assert store.alert_count() == 1500
         for name in devs:
