@@ -252,7 +252,21 @@ class Store:
         new_ids = self._insert_alerts(cur, sorted(unique.values(), key=lambda a: a.id))
         res.new_alerts = len(new_ids)
         res.duplicates = len(b.alerts) - len(new_ids)
-        # Phase 2: device rows, in device order.
+        if b.telemetry:  # rows first: the device-row locks come last and stay short
+            cur.executemany(
+                f"INSERT INTO telemetry (device, site, ts, received_at, data) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p})",
+                [(t.device, t.site, t.ts, t.received_at, json.dumps(t.data)) for t in b.telemetry],
+            )
+        if b.summaries:
+            cur.executemany(
+                f"INSERT INTO summaries (device, site, day, received_at, data) "
+                f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (device, day) DO UPDATE SET "
+                f"received_at = excluded.received_at, data = excluded.data",
+                [(m.device, m.site, m.day, m.received_at, json.dumps(m.data)) for m in b.summaries],
+            )
+        # Phase 2: device rows, in device order, as late as possible in the transaction (two
+        # collectors wait on each other only here).
         seen: dict[str, tuple[str, float]] = {}
         for a in b.alerts:
             _seen(seen, a.device, a.site, a.received_at)
@@ -334,11 +348,6 @@ class Store:
                 ),
             )
         if b.telemetry:
-            cur.executemany(
-                f"INSERT INTO telemetry (device, site, ts, received_at, data) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p})",
-                [(t.device, t.site, t.ts, t.received_at, json.dumps(t.data)) for t in b.telemetry],
-            )
             for t in sorted(b.telemetry, key=lambda t: (t.device, t.received_at)):
                 c = t.data.get("counters") if isinstance(t.data.get("counters"), dict) else {}
                 cur.execute(
@@ -348,13 +357,6 @@ class Store:
                     (t.received_at, _int(c.get("fail_open_events")), _int(c.get("outbox_depth")),
                      t.device),
                 )  # fmt: skip
-        if b.summaries:
-            cur.executemany(
-                f"INSERT INTO summaries (device, site, day, received_at, data) "
-                f"VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (device, day) DO UPDATE SET "
-                f"received_at = excluded.received_at, data = excluded.data",
-                [(m.device, m.site, m.day, m.received_at, json.dumps(m.data)) for m in b.summaries],
-            )
         return res
 
     def _upsert_devices(self, cur: Any, rows: list[tuple[str, str, float, float]]) -> None:
