@@ -83,10 +83,9 @@ DEVICE_WRITES = (
     "cmd/res",
     "cmd/res/#",
     "config/reported",
+    "cert/csr",  # renewal: the device asks with a CSR, the operator side answers (cert/issued)
 )
 DEVICE_READS = ("cmd", "config/desired", "cert/issued")
-# Renewal: the device asks with a CSR, the operator side answers with the certificate.
-DEVICE_WRITES = (*DEVICE_WRITES, "cert/csr")
 OPERATOR_WRITES = ("cmd", "config/desired", "cert/issued")
 CONSUMER_READS = ("alerts", "status", "telemetry", "summary")
 ROLES = ("hub", "operator", "consumer")

@@ -75,7 +75,7 @@ class RenewalService:
         c.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        out = answer(self.ca_dir, msg.topic, msg.payload, self.days)
+        out = answer(self.ca_dir, msg.topic, bytes(msg.payload), self.days)
         if out is not None:
             client.publish(out[0], out[1], qos=1, retain=True)
 

@@ -118,7 +118,7 @@ class Collector:
                 )
             except (OSError, ssl.SSLError) as e:
                 raise ValueError(f"TLS files (ca/cert/key): {e}") from None
-        c.reconnect_delay_set(0.5, 5)
+        c.reconnect_delay_set(1, 5)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -288,7 +288,7 @@ class Collector:
             else:
                 row = parse(
                     msg.topic,
-                    msg.payload,
+                    bytes(msg.payload),
                     retain=bool(msg.retain),
                     now=now,
                     registry=self.registry,

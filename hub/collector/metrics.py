@@ -79,7 +79,8 @@ class Metrics:
         host, _, port = address.rpartition(":")
         server, _thread = start_http_server(int(port), host or "127.0.0.1", self.registry)
         self._server = server
-        return server.server_address[0], server.server_address[1]
+        bound = server.server_address
+        return str(bound[0]), int(bound[1])
 
     def close(self) -> None:
         if self._server is not None:

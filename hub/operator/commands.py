@@ -316,6 +316,7 @@ def set_config(
             current = _current_desired(conn, desired_topic, key)
             changes = _deep_merge(current, changes)
         seq = obj.next_seq()
+        assert key is not None  # not --clear
         env = env_mod.make_desired(device, changes, key, version=seq)
         reported_topic = topic(site, device, "config/reported")
         if wait:

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 import paho.mqtt.client as mqtt
@@ -201,7 +202,7 @@ def _handle_alert(msg: mqtt.MQTTMessage, dedup: Dedup, gaps: GapTracker) -> int:
     if not isinstance(alert, dict):
         click.echo(f"warning: {msg.topic}: not a JSON alert, skipped", err=True)
         return 0
-    wp = alert.get("watchpost") if isinstance(alert.get("watchpost"), dict) else {}
+    wp: dict[str, Any] = alert["watchpost"] if isinstance(alert.get("watchpost"), dict) else {}
     alert_id = wp.get("id") or hashlib.sha256(msg.payload).hexdigest()
     name = f"{site}/{wp.get('device') or device}"
     seq = wp.get("seq")

@@ -301,18 +301,18 @@ class Store:
         updates = []
         for d in sorted(counts):
             high = int(rows[d][0] or 0)
-            for s in sorted(per_dev.get(d, [])):
-                if s > high:
-                    if s > high + 1:
+            for seq in sorted(per_dev.get(d, [])):
+                if seq > high:
+                    if seq > high + 1:
                         cur.execute(
                             f"INSERT INTO seq_gaps (device, lo, hi, opened_at) "
                             f"VALUES ({p}, {p}, {p}, {p})",
-                            (d, high + 1, s - 1, now),
+                            (d, high + 1, seq - 1, now),
                         )
                         res.gaps_opened += 1
-                    high = s
+                    high = seq
                 else:
-                    res.gaps_filled += self._fill_gap(cur, d, s)
+                    res.gaps_filled += self._fill_gap(cur, d, seq)
             rows[d][0] = high
             updates.append((high, counts[d], d))
         if updates:
@@ -349,7 +349,9 @@ class Store:
             )
         if b.telemetry:
             for t in sorted(b.telemetry, key=lambda t: (t.device, t.received_at)):
-                c = t.data.get("counters") if isinstance(t.data.get("counters"), dict) else {}
+                c: dict[str, Any] = (
+                    t.data["counters"] if isinstance(t.data.get("counters"), dict) else {}
+                )
                 cur.execute(
                     f"UPDATE devices SET telemetry_at = {p}, "
                     f"fail_open_events = coalesce({p}, fail_open_events), "
