@@ -105,11 +105,11 @@ def test_two_collectors_kill9_and_broker_restart_every_alert_once_in_postgres(
     c1 = _collector_proc(broker, pki, pg_url, "hub-c1", log)
     c2 = _collector_proc(broker, pki, pg_url, "hub-c2", log)
     devs = {}
-    for name, site in (("dev1", "siteA"), ("dev2", "siteB"), ("dev3", "siteA")):
-        devs[name] = devproc(device_config(pki, broker, tmp_path / name, name, site))
-        devs[name].start()
     procs = [c1, c2]
     try:
+        for name, site in (("dev1", "siteA"), ("dev2", "siteB"), ("dev3", "siteA")):
+            devs[name] = devproc(device_config(pki, broker, tmp_path / name, name, site))
+            devs[name].start()
         wait_for(lambda: len(store.devices()) == 3, what="three devices known", timeout=30)
         for d in devs.values():
             d.alerts(150)
