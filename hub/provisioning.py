@@ -13,6 +13,38 @@ the broker ACL is generated from, so a device can only write under its own site
 
 Keys are ECDSA P-256 (fast on a Pi, understood by every TLS stack the hub may run). Every key
 file is written 0600, atomically.
+
+Roles at the broker (issue: trust boundaries). Three kinds of identity besides the broker:
+
+- **device** (``provision device``): writes its own reports, reads its own ``cmd`` and
+  ``config/desired`` (and ``cert/issued``, renewal).
+- **operator** (``provision hub NAME --role operator``): reads everything under the root, writes
+  only ``cmd`` and ``config/desired`` of any device (and ``cert/issued``: it signs renewals).
+- **consumer** (``--role consumer``): read-only ``alerts``, ``status``, ``telemetry``,
+  ``summary``; a collector, a SIEM forwarder or an analyst. The collector runs as one.
+- ``--role hub`` (the default, for existing set-ups and the lab) reads and writes everything.
+
+Binding the MQTT client id to the certificate: mosquitto 2 runs no authentication plugin for
+certificate identities (``use_identity_as_username``: "authentication assumed cleared"), so the
+dynamic-security plugin's per-client client-id check never applies to them, and ACLs are only
+consulted for publish/subscribe, after a session takeover has already happened. What mosquitto
+does offer is the listener option ``use_username_as_clientid``: the broker replaces whatever
+client id a client sends by its username, i.e. the certificate's CN. A stolen Pi can then only
+ever be the session of its own CN: it cannot take over (knock offline) another device's or a
+collector's persistent session. The price: one connection per identity at a time, so every
+program that stays connected (each collector, each operator console) gets its own identity.
+``provision broker-conf`` turns it on (``--no-bind-client-id`` to go without).
+
+Revocation: ``provision revoke NAME`` puts the identity's certificate serial(s) on the CA's CRL
+(``crl.pem``); ``broker-conf`` copies it next to the broker config (``crlfile``), and the broker
+refuses the certificate at the TLS handshake once restarted. The CRL is re-signed by every
+``broker-conf`` run and is valid for ``CRL_DAYS``: re-run it (and restart the broker) well within
+that time, since an expired CRL makes the broker refuse every client.
+
+Renewal: certificates are shorter-lived (devices 365 days by default) and renewed before they
+expire by a CSR the device publishes on its ``cert/csr`` topic; the operator side checks it
+against the topic and the registry (same CN, enrolled, not revoked) and answers on
+``cert/issued`` (``renew_csr``; ``provision sign-csr`` does the same from files).
 """
 
 from __future__ import annotations
@@ -51,8 +83,14 @@ DEVICE_WRITES = (
     "cmd/res",
     "cmd/res/#",
     "config/reported",
+    "cert/csr",  # renewal: the device asks with a CSR, the operator side answers (cert/issued)
 )
-DEVICE_READS = ("cmd", "config/desired")
+DEVICE_READS = ("cmd", "config/desired", "cert/issued")
+OPERATOR_WRITES = ("cmd", "config/desired", "cert/issued")
+CONSUMER_READS = ("alerts", "status", "telemetry", "summary")
+ROLES = ("hub", "operator", "consumer")
+CRL_DAYS = 365
+DEVICE_DAYS = 365
 
 
 class ProvisionError(Exception):
@@ -275,7 +313,7 @@ def issue_device(
     device_id: str,
     site: str,
     out_dir: str | os.PathLike[str] | None = None,
-    days: int = 10 * 365,
+    days: int = DEVICE_DAYS,
     renew: bool = False,
     not_before: dt.datetime | None = None,
 ) -> Issued:
@@ -356,10 +394,15 @@ def issue_hub(
     ca_dir: str | os.PathLike[str],
     name: str = "hub",
     out_dir: str | os.PathLike[str] | None = None,
-    days: int = 5 * 365,
+    days: int = 2 * 365,
+    role: str = "hub",
 ) -> Issued:
-    """A hub identity (CN = `name`): the broker ACL lets it read and write every device's topics."""
+    """A hub identity (CN = `name`) with a role: ``hub`` reads and writes every device's topics,
+    ``operator`` reads everything and writes commands and desired configs, ``consumer`` only
+    reads alerts, statuses, telemetry and summaries."""
     check_name("hub name", name)
+    if role not in ROLES:
+        raise ProvisionError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     ca = load_ca(ca_dir)
     reg = _load_registry(ca.dir)
     if name in reg["devices"]:
@@ -368,6 +411,7 @@ def issue_hub(
     out = Path(out_dir) if out_dir else ca.dir / "hubs" / name
     issued = _write_bundle(ca, out, "hub", cert, key)
     reg["hubs"][name] = {
+        "role": role,
         "serial": format(cert.serial_number, "x"),
         "not_after": cert.not_valid_after_utc.isoformat(),
     }
@@ -425,6 +469,134 @@ def broker_cert_hosts(path: Path) -> list[str]:
     return names + list(ext.get_values_for_type(x509.DNSName))
 
 
+# -- revocation and renewal ----------------------------------------------------------------------
+
+
+def revoke(ca_dir: str | os.PathLike[str], name: str) -> list[str]:
+    """Put every certificate the CA issued to `name` (device or hub identity) on the CRL and
+    drop it from the ACL; returns the serials revoked. Re-run broker-conf and restart the
+    broker for it to take effect."""
+    ca = load_ca(ca_dir)
+    reg = _load_registry(ca.dir)
+    info = reg["devices"].get(name) or reg["hubs"].get(name)
+    if info is None:
+        raise ProvisionError(f"{name!r} is neither an enrolled device nor a hub identity")
+    serials = [info["serial"], *info.get("previous_serials", [])]
+    revoked = reg.setdefault("revoked", {})
+    now = _now().isoformat()
+    for serial in serials:
+        revoked.setdefault(serial, {"name": name, "at": now})
+    names = set(reg.setdefault("revoked_names", []))
+    names.add(name)
+    reg["revoked_names"] = sorted(names)
+    _save_registry(ca.dir, reg)
+    atomic_write(ca.dir / "crl.pem", write_crl(ca.dir), mode=0o644)
+    return serials
+
+
+def write_crl(ca_dir: str | os.PathLike[str], days: int = CRL_DAYS) -> bytes:
+    """The CA's CRL (PEM), freshly signed, listing every revoked serial."""
+    ca = load_ca(ca_dir)
+    reg = _load_registry(ca.dir)
+    now = _now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.cert.subject)
+        .last_update(now - dt.timedelta(minutes=5))
+        .next_update(now + dt.timedelta(days=days))
+    )
+    for serial, info in sorted(reg.get("revoked", {}).items()):
+        at = dt.datetime.fromisoformat(info.get("at", now.isoformat()))
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(int(serial, 16))
+            .revocation_date(at)
+            .build()
+        )
+    crl = builder.sign(ca.key, hashes.SHA256())
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def renew_csr(
+    ca_dir: str | os.PathLike[str],
+    csr_pem: bytes,
+    device_id: str,
+    site: str,
+    days: int = DEVICE_DAYS,
+) -> bytes:
+    """A renewed device certificate (PEM) for a CSR that arrived on `device_id`'s own topic at
+    `site`: the CSR must be validly self-signed, name exactly that CN, carry a P-256 key, and the
+    device must be enrolled there and not revoked. The registry records the new serial (the old
+    one stays valid until it expires, so the device can switch over without a gap)."""
+    check_name("device id", device_id)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as e:
+        raise ProvisionError(f"CSR from {device_id}: not a PEM certificate request ({e})") from None
+    if not csr.is_signature_valid:
+        raise ProvisionError(f"CSR from {device_id}: its signature does not verify")
+    cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1 or cns[0].value != device_id:
+        raise ProvisionError(f"CSR from {device_id}: subject CN must be exactly {device_id!r}")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ProvisionError(f"CSR from {device_id}: expected an EC P-256 key")
+    ca = load_ca(ca_dir)
+    reg = _load_registry(ca.dir)
+    info = reg["devices"].get(device_id)
+    if info is None or info.get("site") != site:
+        raise ProvisionError(f"CSR from {device_id}: not enrolled at site {site!r}")
+    if device_id in reg.get("revoked_names", []):
+        raise ProvisionError(f"CSR from {device_id}: the device is revoked")
+    if days < 1:
+        raise ProvisionError(f"days must be at least 1, got {days}")
+    start = _now() - dt.timedelta(minutes=5)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    previous = [info["serial"], *info.get("previous_serials", [])][:4]
+    info.update(
+        serial=format(cert.serial_number, "x"),
+        not_after=cert.not_valid_after_utc.isoformat(),
+        previous_serials=previous,
+    )
+    _save_registry(ca.dir, reg)
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def needs_renewal(cert_path: str | os.PathLike[str], before_days: int = 30) -> bool:
+    """True when the certificate expires within `before_days` (time to send a CSR)."""
+    cert = load_cert(Path(cert_path))
+    return cert.not_valid_after_utc - _now() < dt.timedelta(days=before_days)
+
+
 # -- broker configuration ------------------------------------------------------------------------
 
 ACL_MODES = ("sites", "pattern")
@@ -456,8 +628,20 @@ def acl_text(reg: dict[str, Any], mode: str = "sites") -> str:
         for sub in DEVICE_READS:
             lines.append(f"pattern read {topics.ROOT}/+/%u/{sub}")
         lines.append("")
-    for name in sorted(reg.get("hubs", {})):
-        lines += [f"user {check_name('hub name', name)}", f"topic readwrite {topics.ROOT}/#", ""]
+    revoked = set(reg.get("revoked_names", []))
+    for name, info in sorted(reg.get("hubs", {}).items()):
+        if name in revoked:
+            continue  # its certificate is on the CRL too; no rights either way
+        role = info.get("role", "hub") if isinstance(info, dict) else "hub"
+        lines.append(f"user {check_name('hub name', name)}")
+        if role == "operator":
+            lines.append(f"topic read {topics.ROOT}/#")
+            lines += [f"topic write {topics.ROOT}/+/+/{sub}" for sub in OPERATOR_WRITES]
+        elif role == "consumer":
+            lines += [f"topic read {topics.ROOT}/+/+/{sub}" for sub in CONSUMER_READS]
+        else:
+            lines.append(f"topic readwrite {topics.ROOT}/#")
+        lines.append("")
     # First-boot enrolment (hub.enrol): each open token's user may only send its CSR and read
     # the answer, under watchpost/v1/enrol/<token id>/.
     for tid, info in sorted(reg.get("enrol", {}).items()):
@@ -472,6 +656,8 @@ def acl_text(reg: dict[str, Any], mode: str = "sites") -> str:
             ]
     if mode == "sites":
         for dev, info in sorted(reg.get("devices", {}).items()):
+            if dev in revoked:
+                continue
             root = (
                 f"{topics.ROOT}/{check_name('site', info['site'])}/{check_name('device id', dev)}"
             )
@@ -498,6 +684,14 @@ class BrokerSettings:
     # First-boot enrolment listener (TLS server certificate only, the token as MQTT password;
     # see hub.enrol): 0 = none.
     enrol_port: int = 0
+    # QoS 1 messages in flight to one client (MQTT 3 clients; MQTT 5 ones say Receive Maximum):
+    # mosquitto's default of 20 would hold a collector to 20 messages per database commit.
+    max_inflight_messages: int = 1000
+    # use_username_as_clientid: the client id is the certificate CN (module docstring). Off by
+    # default in this API (the lab and tests share one identity across connections); the
+    # `broker-conf` command turns it on.
+    bind_client_id: bool = False
+    crl: bool = True  # crlfile (the CA's revocations); written by write_broker_conf
 
 
 def mosquitto_conf(s: BrokerSettings) -> str:
@@ -521,6 +715,10 @@ def mosquitto_conf(s: BrokerSettings) -> str:
         # broker must hold alerts for a hub consumer (persistent session) that is offline or
         # slow: mosquitto's default of 1000 queued messages per client would drop the rest.
         f"max_queued_messages {s.max_queued_messages}",
+        f"max_inflight_messages {s.max_inflight_messages}",
+        # Small packets (PUBACKs) go out at once: with Nagle, each would wait for the peer's
+        # delayed ACK (~40 ms), which caps a QoS 1 stream at inflight/40 ms.
+        "set_tcp_nodelay true",
         f"log_dest {s.log_dest}",
         "log_type error",
         "log_type warning",
@@ -537,6 +735,10 @@ def mosquitto_conf(s: BrokerSettings) -> str:
         "require_certificate true",
         "use_identity_as_username true",
     ]
+    if s.bind_client_id:
+        lines.append("use_username_as_clientid true")
+    if s.crl:
+        lines.append(f"crlfile {s.conf_dir / 'crl.pem'}")
     if s.max_packet_size:
         lines.insert(lines.index(""), f"max_packet_size {s.max_packet_size}")
     if s.enrol_port:
@@ -594,6 +796,8 @@ def write_broker_conf(
     atomic_write(d / "acl", acl.encode(), mode=0o644)
     if settings.enrol_port:
         atomic_write(d / "enrol.passwd", enrol_passwd_text(reg).encode(), mode=0o640)
+    if settings.crl:
+        atomic_write(d / "crl.pem", write_crl(ca.dir), mode=0o644)
     atomic_write(d / "mosquitto.conf", conf.encode(), mode=0o644)
     if owner:
         try:
@@ -664,7 +868,7 @@ def ca_cmd(ca_dir: Path, name: str, days: int, force: bool) -> None:
     default=None,
     help="Where to write device.pem/device.key/ca.pem (default: <dir>/devices/<id>).",
 )
-@click.option("--days", default=10 * 365, show_default=True, type=int)
+@click.option("--days", default=DEVICE_DAYS, show_default=True, type=int)
 @click.option("--renew", is_flag=True, help="Issue a new certificate for an enrolled device.")
 @click.option("--hub-host", default="", help="Also write hub.toml for the device.")
 @click.option("--hub-port", default=8883, show_default=True, type=int)
@@ -700,15 +904,59 @@ def device_cmd(
 @click.argument("name", default="hub")
 @_ca_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None)
-@click.option("--days", default=5 * 365, show_default=True, type=int)
-def hub_cmd(name: str, ca_dir: Path, out: Path | None, days: int) -> None:
-    """A hub identity certificate (CN = NAME) that may read and write every device's topics."""
+@click.option("--days", default=2 * 365, show_default=True, type=int)
+@click.option(
+    "--role",
+    type=click.Choice(ROLES),
+    default="hub",
+    show_default=True,
+    help="operator: commands and desired configs; consumer: read-only reports.",
+)
+def hub_cmd(name: str, ca_dir: Path, out: Path | None, days: int, role: str) -> None:
+    """A hub identity certificate (CN = NAME) with a role at the broker."""
     try:
-        issued = issue_hub(ca_dir, name, out, days=days)
+        issued = issue_hub(ca_dir, name, out, days=days, role=role)
     except ProvisionError as e:
         _fail(str(e))
         return
-    click.echo(f"hub identity {name}: {issued.cert} (key {issued.key}, 0600), CA {issued.ca}")
+    click.echo(
+        f"hub identity {name} ({role}): {issued.cert} (key {issued.key}, 0600), CA {issued.ca}"
+    )
+
+
+@provision.command("revoke")
+@click.argument("name")
+@_ca_dir_option
+def revoke_cmd(name: str, ca_dir: Path) -> None:
+    """Revoke NAME (a device or hub identity): CRL + ACL. Then re-run broker-conf and restart
+    the broker."""
+    try:
+        serials = revoke(ca_dir, name)
+    except ProvisionError as e:
+        _fail(str(e))
+        return
+    click.echo(
+        f"revoked {name} (serials {', '.join(serials)}); CRL {Path(ca_dir) / 'crl.pem'}. "
+        "Re-run 'provision broker-conf' and restart the broker."
+    )
+
+
+@provision.command("sign-csr")
+@click.argument("csr", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_ca_dir_option
+@click.option("--device", "device_id", required=True)
+@click.option("--site", required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--days", default=DEVICE_DAYS, show_default=True, type=int)
+def sign_csr_cmd(csr: Path, ca_dir: Path, device_id: str, site: str, out: Path, days: int) -> None:
+    """Renew DEVICE's certificate from its CSR (what the renewal topic does, from files)."""
+    try:
+        pem = renew_csr(ca_dir, csr.read_bytes(), device_id, site, days=days)
+    except ProvisionError as e:
+        _fail(str(e))
+        return
+    atomic_write(out, pem, mode=0o644)
+    click.echo(f"{out}: renewed certificate for {device_id}, valid {days} days")
 
 
 @provision.command("broker-conf")
@@ -732,6 +980,12 @@ def hub_cmd(name: str, ca_dir: Path, out: Path | None, days: int) -> None:
 )
 @click.option("--renew-cert", is_flag=True, help="Issue a new server certificate.")
 @click.option("--chown", is_flag=True, help="Give the server key and data dir to --user.")
+@click.option(
+    "--bind-client-id/--no-bind-client-id",
+    default=True,
+    show_default=True,
+    help="Client id = certificate CN (use_username_as_clientid).",
+)
 def broker_conf_cmd(
     ca_dir: Path,
     out: Path,
@@ -743,8 +997,10 @@ def broker_conf_cmd(
     enrol_port: int,
     renew_cert: bool,
     chown: bool,
+    bind_client_id: bool,
 ) -> None:
-    """Write the mosquitto config, ACL and server certificate (re-run after enrolling)."""
+    """Write the mosquitto config, ACL, CRL and server certificate (re-run after enrolling or
+    revoking)."""
     settings = BrokerSettings(
         conf_dir=out.absolute(),
         port=port,
@@ -752,6 +1008,7 @@ def broker_conf_cmd(
         user=user,
         acl_mode=acl_mode,
         enrol_port=enrol_port,
+        bind_client_id=bind_client_id,
     )
     try:
         conf = write_broker_conf(

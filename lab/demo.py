@@ -359,11 +359,16 @@ def step_hub_commands(ctx: DemoContext) -> None:
         res = ctx.run("hub", *_operator(ctx, "send", "--timeout", "10", "lab-appliance", *cmd))
         answer = (res.stdout or res.stderr).strip()
         ctx.say(f"   hub send {' '.join(cmd)} -> exit {res.returncode}: {answer[:160]}")
-    received = ctx.notes.get("hub_alerts", [])
-    seqs = sorted({a.get("watchpost", {}).get("seq", 0) for a in received})
+    hub = _hub(ctx)
+    if hub.store_url:  # the hub's collector, subscribed before the device connected
+        count, seqs, _ = hub.stored()
+    else:
+        received = ctx.notes.get("hub_alerts", [])
+        count = len(received)
+        seqs = sorted({a.get("watchpost", {}).get("seq", 0) for a in received})
     gaps = [n for n in range(1, max(seqs, default=0) + 1) if n not in set(seqs)]
     ctx.say(
-        f"   the hub has received {len(received)} alerts"
+        f"   the hub has stored {count} alerts"
         + (f", sequence 1..{max(seqs)} without gaps" if seqs and not gaps else "")
         + (f", still missing seq {gaps[:10]}" if gaps else "")
     )

@@ -10,6 +10,7 @@ real office reaches its hub over the internet.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,9 @@ class LabHub:
     # The hub's Ed25519 command key (private, 0600); its public half is the device's
     # ``hub.command_pubkey`` in `hub_table`.
     command_key: Path = Path()
+    # The hub's collector (consumer identity, SQLite store), running before the device connects.
+    collector: subprocess.Popen | None = None
+    store_url: str = ""
 
     def operator_args(self) -> list[str]:
         """Options for `watchpost hub ...` run inside a lab namespace (e.g. `hub` itself):
@@ -52,7 +56,23 @@ class LabHub:
             "--command-key", str(self.command_key),
         ]  # fmt: skip
 
+    def stored(self) -> tuple[int, list[int], list[dict[str, Any]]]:
+        """(alerts stored, the device's seqs, open seq gaps) from the collector's store."""
+        from hub.store import open_store
+
+        store = open_store(self.store_url)
+        try:
+            return store.alert_count(), store.seqs(self.device_id), store.gaps(self.device_id)
+        finally:
+            store.close()
+
     def stop(self) -> None:
+        if self.collector is not None and self.collector.poll() is None:
+            self.collector.terminate()
+            try:
+                self.collector.wait(10)
+            except subprocess.TimeoutExpired:
+                self.collector.kill()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -69,9 +89,11 @@ def start_lab_hub(
     site: str = "lab",
     port: int = 8883,
     timeout: float = 15.0,
+    collector: bool = True,
 ) -> LabHub:
     """Provision a CA, the appliance and a hub identity under `workdir`/hub, and run mosquitto in
-    the lab's `hub` namespace; returns once it listens. `lab` is an lab.netns.Lab."""
+    the lab's `hub` namespace; returns once it listens (and, with `collector`, once the hub's
+    collector has subscribed, so it keeps every alert from seq 1). `lab` is an lab.netns.Lab."""
     root = Path(workdir) / "hub"
     ca_dir = root / "ca"
     if not (ca_dir / "ca.key").exists():
@@ -82,6 +104,8 @@ def start_lab_hub(
         prov.issue_device(ca_dir, device_id, site, out_dir=dev_dir)
     if "hub" not in reg["hubs"]:
         prov.issue_hub(ca_dir, "hub", out_dir=root / "identity")
+    if collector and "collector" not in reg["hubs"]:
+        prov.issue_hub(ca_dir, "collector", out_dir=root / "collector", role="consumer")
     command_key, command_pub = root / "command.key", root / "command.pub"
     if not command_key.exists():
         private, public = envelope.generate_keypair()
@@ -104,7 +128,7 @@ def start_lab_hub(
             proc.kill()
             raise RuntimeError(f"the lab hub's mosquitto did not start:\n{log.read_text()[-2000:]}")
         time.sleep(0.1)
-    return LabHub(
+    hub = LabHub(
         proc=proc,
         address=address,
         port=port,
@@ -126,6 +150,34 @@ def start_lab_hub(
         log=log,
         command_key=command_key,
     )
+    if collector:
+        try:
+            _start_collector(lab, hub, root, timeout)
+        except BaseException:
+            hub.stop()
+            raise
+    return hub
+
+
+def _start_collector(lab: Any, hub: LabHub, root: Path, timeout: float) -> None:
+    """`watchpost-hub collect` in the `hub` namespace: consumer identity, SQLite store."""
+    ident = root / "collector"
+    hub.store_url = f"sqlite://{root / 'hub.sqlite'}"
+    log = root / "collector.log"
+    code = "from hub.cli import main; main()"
+    with open(log, "ab") as out:
+        hub.collector = lab.popen(
+            HUB_HOST, sys.executable, "-c", code, "--host", hub.address, "--port",
+            str(hub.port), "--ca", str(ident / "ca.pem"), "--cert", str(ident / "hub.pem"),
+            "--key", str(ident / "hub.key"), "collect", "--store", hub.store_url,
+            "--client-id", "collector", "--registry", str(hub.ca_dir), "--silent-after", "120",
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while b"collect: collector in group" not in log.read_bytes():
+        if hub.collector.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the lab hub's collector did not start:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
 
 
 def demo_setup(ctx: Any) -> None:
@@ -134,6 +186,9 @@ def demo_setup(ctx: Any) -> None:
     demo's other servers; `ctx.notes["hub"]` holds the LabHub (operator identity, log)."""
     hub = start_lab_hub(ctx.lab, ctx.workdir)
     ctx.serve(hub.proc)
+    if hub.collector is not None:
+        ctx.serve(hub.collector)
     ctx.config["hub"] = dict(hub.hub_table)
     ctx.notes["hub"] = hub
     ctx.say(f"   hub broker at {hub.address}:{hub.port} (TLS, client certificates, per-site ACL)")
+    ctx.say(f"   hub collector subscribed before the device connects, storing in {hub.store_url}")

@@ -120,8 +120,12 @@ class SenderWindow:
 
     def _alert_done(self, seq: int) -> Callable[[Any], None]:
         def done(rc: Any) -> None:
+            # 0x10 "no matching subscribers": the broker kept nothing (no collector subscribed,
+            # e.g. right after a broker restart, which does not restore shared subscriptions):
+            # not delivered, so kept and sent again like a refusal.
+            undelivered = _failed(rc) or _value(rc) == 0x10
             with self._mid_lock:
-                (self._refused_alerts if _failed(rc) else self._acked).append(seq)
+                (self._refused_alerts if undelivered else self._acked).append(seq)
             self._wake.set()
 
         return done

@@ -20,6 +20,7 @@ from typing import Any
 from appliance.alerts.model import Alert, Signature
 from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import load
+from appliance.detect import registry as _registry  # noqa: F401 (detector declarations)
 from appliance.hublink.link import HubLink
 
 SIGS = {s: Signature(9_100_000 + s, f"test finding severity {s}", "Test", s) for s in (1, 2, 3)}

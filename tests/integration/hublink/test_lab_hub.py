@@ -62,6 +62,9 @@ def test_the_appliance_reports_to_the_lab_hub_through_its_uplink(lab: Any, tmp_p
 
         wait_for(lambda: len(on("alerts")) >= 3, what="alerts at the lab hub")
         assert [a["watchpost"]["seq"] for a in on("alerts")] == [1, 2, 3]
+        # The hub's collector was subscribed before the device connected: every seq from 1.
+        wait_for(lambda: hub.stored()[1] == [1, 2, 3], what="the lab collector stored 1..3")
+        assert hub.stored()[2] == []  # no gaps
         wait_for(lambda: any(s["state"] == "ready" for s in on("status")), what="status ready")
         # The broker saw the appliance connect from its management address (through the bridge).
         assert "198.18.0.2" in hub.log.read_text()

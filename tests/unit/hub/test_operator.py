@@ -136,7 +136,7 @@ def broker(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBroker]:
     rig.clock[0] = time.time()  # the operator signs with the real clock
     b = FakeBroker(rig)
     FakeConnection.broker = b
-    monkeypatch.setattr(op, "Connection", FakeConnection)
+    monkeypatch.setattr(op.connection, "Connection", FakeConnection)
     b.retained[f"{ROOT}/status"] = json.dumps({"state": "ready", "site": SITE}).encode()
     yield b
 
@@ -188,7 +188,7 @@ def test_env_vars_and_config_file_reach_the_connection(
 
 
 def test_no_host_is_a_clear_error(tmp_path: Path, keys: Path, monkeypatch) -> None:
-    monkeypatch.setattr(op, "default_config_path", lambda: None)
+    monkeypatch.setattr(op.group, "default_config_path", lambda: None)
     r = CliRunner().invoke(main, ["hub", "--command-key", str(keys), "send", "d", "ping"])
     assert r.exit_code == 2 and "no broker host" in r.output
 

@@ -164,7 +164,10 @@ def test_cli_commands_and_their_errors(tmp_path: Path) -> None:
 def test_the_committed_example_broker_files_are_what_the_generator_writes() -> None:
     """provisioning/mosquitto/ shows an installer the result; it must not drift."""
     example = REPO / "provisioning/mosquitto"
-    reg = {"devices": {"office-17": {"site": "leeds"}}, "hubs": {"hub": {}}}
+    reg = {
+        "devices": {"office-17": {"site": "leeds"}},
+        "hubs": {"ops": {"role": "operator"}, "collector-1": {"role": "consumer"}},
+    }
     assert (example / "acl.example").read_text() == prov.acl_text(reg, "sites")
-    settings = prov.BrokerSettings(conf_dir=Path("/etc/mosquitto/watchpost"))
+    settings = prov.BrokerSettings(conf_dir=Path("/etc/mosquitto/watchpost"), bind_client_id=True)
     assert (example / "mosquitto.conf.example").read_text() == prov.mosquitto_conf(settings)

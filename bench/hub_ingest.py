@@ -1,0 +1,294 @@
+"""Hub ingest: 1 000 simulated devices -> real mosquitto (TLS) -> collectors -> PostgreSQL.
+
+Set-up, all on loopback: one CA, 1 000 device certificates (CN = device id, the per-site ACL),
+the hub identity, mosquitto from hub.provisioning, a PostgreSQL cluster of the bench's own
+(lab/postgres.py, fsync on, as a centre would run it).
+
+The load generator is 1 000 MQTT 5 connections, one per device certificate, driven from one
+thread (paho's external-loop API); each device publishes its alerts (EVE-JSON, seq 1..n) with
+QoS 1. The collectors' sessions exist first (they subscribe, then go away, as after a restart),
+so the broker queues every alert for them; then the collectors start and the clock runs until
+the store holds every alert. That measures what the collectors ingest, not how fast one Python
+process can publish (reported apart, ``hub_loadgen_alerts_per_s``).
+
+- ``hub_ingest_alerts_per_s_1`` / ``_2``: one collector / two collectors in one shared
+  subscription group (separate processes), goal >= 5 000/s with two on a 2-core machine.
+- ``hub_ingest_lost``: alerts published (PUBACKed by the broker) but not in the store, plus
+  seq holes, over both runs (must be 0); ``hub_ingest_duplicates``: rows beyond one per id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import resource
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from paho.mqtt.enums import CallbackAPIVersion
+
+from hub import provisioning as prov
+from hub.store import open_store
+from lab.postgres import PgCluster
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _enrol_many(ca_dir: Path, n: int, out: Path) -> list[tuple[str, str]]:
+    """n device identities at 10 sites, registered in one write (issue_device rewrites the
+    registry per device, fine for an operator, slow for 1 000)."""
+    ca = prov.load_ca(ca_dir)
+    reg = prov.registry(ca_dir)
+    devices = []
+    for i in range(n):
+        name, site = f"bench{i:04d}", f"office{i % 10}"
+        cert, key = prov._leaf(ca, name, ExtendedKeyUsageOID.CLIENT_AUTH, 30)
+        (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (out / f"{name}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        reg["devices"][name] = {"site": site, "serial": format(cert.serial_number, "x"),
+                                "not_after": cert.not_valid_after_utc.isoformat()}  # fmt: skip
+        devices.append((name, site))
+    prov._save_registry(ca.dir, reg)
+    return devices
+
+
+class LoadGen:
+    """Many device connections on one selector loop."""
+
+    def __init__(self, port: int, ca: Path, certs: Path, devices: list[tuple[str, str]]) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.clients: list[tuple[mqtt.Client, str, str]] = []
+        self.acked = 0
+        self.up = 0
+
+        def connect(dev: tuple[str, str]) -> tuple[mqtt.Client, str, str]:
+            name, site = dev
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv5)
+            c.tls_set(ca_certs=str(ca), certfile=str(certs / f"{name}.pem"),
+                      keyfile=str(certs / f"{name}.key"))  # fmt: skip
+            c.max_inflight_messages_set(50)
+            c.on_connect = self._on_connect
+            c.on_publish = self._on_publish
+            c.connect("127.0.0.1", port, keepalive=120)  # TCP + TLS handshake, blocking
+            c.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return c, name, site
+
+        with ThreadPoolExecutor(8) as pool:  # handshakes overlap (the GIL is off in them)
+            self.clients = list(pool.map(connect, devices))
+        for c, _, _ in self.clients:
+            self.sel.register(c.socket(), selectors.EVENT_READ, c)
+        self.run_until(lambda: self.up >= len(self.clients), 60, "device connections")
+
+    def _on_connect(self, c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            raise RuntimeError(f"a bench device was refused: {rc}")
+        self.up += 1
+
+    def _on_publish(self, c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+        if rc.is_failure:
+            raise RuntimeError(f"the broker refused a bench alert: {rc}")
+        self.acked += 1
+
+    def step(self, timeout: float = 0.01) -> None:
+        for key, _ in self.sel.select(timeout):
+            key.data.loop_read()
+        for c, _, _ in self.clients:
+            if c.want_write():
+                c.loop_write()
+
+    def run_until(self, pred: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        last_misc = 0.0
+        while not pred():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench: timed out waiting for {what}")
+            self.step()
+            if time.monotonic() - last_misc > 1:
+                for c, _, _ in self.clients:
+                    c.loop_misc()
+                last_misc = time.monotonic()
+
+    def publish(self, per_device: int, first_seq: int) -> float:
+        """Each device publishes `per_device` alerts; returns seconds until all were PUBACKed."""
+        target = self.acked + per_device * len(self.clients)
+        t0 = time.perf_counter()
+        now = time.time()
+        stamp = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+        for k in range(per_device):
+            seq = first_seq + k
+            for i, (c, name, site) in enumerate(self.clients):
+                eve = {
+                    "timestamp": stamp, "event_type": "alert",
+                    "src_ip": f"203.0.113.{(i + k) % 250 + 1}", "src_port": 40000 + k,
+                    "dest_ip": f"198.18.{i // 250}.{i % 250 + 1}", "dest_port": 22,
+                    "proto": "TCP",
+                    "alert": {"action": "allowed", "signature_id": 8102001, "severity": 2,
+                              "signature": "Port scan: bench", "category": "Port scan"},
+                    "watchpost": {"id": f"{name}-{seq}", "device": name, "site": site,
+                                  "seq": seq, "count": 1, "detector": "bench"},
+                }  # fmt: skip
+                c.publish(f"watchpost/v1/{site}/{name}/alerts",
+                          json.dumps(eve, separators=(",", ":")), qos=1)  # fmt: skip
+            self.step(0)
+        self.run_until(lambda: self.acked >= target, 300, "PUBACKs of the bench alerts")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        for c, _, _ in self.clients:
+            try:
+                c.disconnect()
+                c.loop_write()
+            except Exception:
+                pass
+
+
+def _collector(port: int, ident: Path, url: str, client_id: str, group: str, log: Any) -> Any:
+    code = "from hub.cli import main; main()"
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port),
+         "--ca", str(ident / "ca.pem"), "--cert", str(ident / "hub.pem"),
+         "--key", str(ident / "hub.key"), "--group", group, "collect", "--store", url,
+         "--client-id", client_id, "--batch", "2000"],
+        stdout=log, stderr=log, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )  # fmt: skip
+
+
+def _stop(procs: list[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def run(quick: bool) -> dict[str, Any]:
+    if shutil.which("mosquitto") is None:
+        raise RuntimeError("mosquitto is not installed")
+    n_dev = 1000
+    per_device = 4 if quick else 12
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    tmp = Path(tempfile.mkdtemp(prefix="wp-bench-ingest-"))
+    tmp.chmod(0o711)  # the `postgres` user must reach its cluster directory inside
+    broker = gen = None
+    pg = PgCluster(tmp / "pg")
+    procs: list[Any] = []
+    log = open(tmp / "collectors.log", "ab")  # noqa: SIM115 (closed below)
+    try:
+        ca = tmp / "ca"
+        prov.create_ca(ca)
+        prov.issue_hub(ca, "hub")
+        certs = tmp / "certs"
+        certs.mkdir()
+        devices = _enrol_many(ca, n_dev, certs)
+        port = _free_port()
+        settings = prov.BrokerSettings(
+            conf_dir=tmp / "broker", port=port, bind="127.0.0.1",
+            user="root" if os.geteuid() == 0 else "mosquitto", log_dest="none",
+        )  # fmt: skip
+        conf = prov.write_broker_conf(ca, settings, ["127.0.0.1"])
+        broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or broker.poll() is not None:
+                    raise RuntimeError("mosquitto did not start") from None
+                time.sleep(0.05)
+        pg.start()
+        ident = ca / "hubs" / "hub"
+        t0 = time.perf_counter()
+        gen = LoadGen(port, ca / "ca.pem", certs, devices)
+        out: dict[str, Any] = {
+            "hub_ingest_devices": n_dev,
+            "hub_ingest_connect_s": round(time.perf_counter() - t0, 1),
+        }
+        lost = dups = 0
+        seq = 1  # each run has its own database and sessions: seqs 1..n again
+        for n_col in (1, 2):
+            url = pg.createdb(f"ingest{n_col}")
+            open_store(url).close()  # migrated before the clock starts
+            group = f"bench{n_col}"
+            ids = [f"hub-b{n_col}-{k}" for k in range(n_col)]
+            # The sessions first (subscribe, go away): the broker queues for them.
+            first = [_collector(port, ident, url, cid, group, log) for cid in ids]
+            store = open_store(url)
+            time.sleep(0.5)
+            deadline = time.monotonic() + 30
+            while b"collect: " + ids[-1].encode() not in (tmp / "collectors.log").read_bytes():
+                if time.monotonic() > deadline:
+                    raise RuntimeError("bench collectors did not start")
+                time.sleep(0.1)
+            _stop(first)
+            pub_s = gen.publish(per_device, seq)
+            total = per_device * n_dev
+            out.setdefault("hub_loadgen_alerts_per_s", round(total / pub_s, 1))
+            t0 = time.perf_counter()
+            procs = [_collector(port, ident, url, cid, group, log) for cid in ids]
+            deadline = time.monotonic() + (60 if quick else 180)
+            while store.alert_count() < total and time.monotonic() < deadline:
+                gen.step(0.05)
+            took = time.perf_counter() - t0
+            time.sleep(0.5)
+            _stop(procs)
+            count = store.alert_count()
+            distinct = store._query("SELECT count(DISTINCT id) AS d FROM alerts")[0]["d"]
+            per = {r["device"]: r["n"] for r in store._query(
+                "SELECT device, count(DISTINCT seq) AS n FROM alerts GROUP BY device")}  # fmt: skip
+            holes = sum(per_device - per.get(name, 0) for name, _ in devices)
+            lost += max(total - distinct, holes)
+            dups += count - distinct
+            out[f"hub_ingest_alerts_per_s_{n_col}"] = round(distinct / took, 1)
+            store.close()
+        out["hub_ingest_alerts"] = per_device * n_dev
+        out["hub_ingest_lost"] = lost
+        out["hub_ingest_duplicates"] = dups
+        out["hub_ingest_goal_per_s_2"] = 5000
+        return out
+    finally:
+        _stop(procs)
+        if gen is not None:
+            gen.close()
+        if broker is not None:
+            broker.send_signal(signal.SIGTERM)
+            try:
+                broker.wait(10)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+        pg.stop()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(os.environ.get("BENCH_QUICK") == "1"), indent=1))
