@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hub import renewal  # registers `renewals`
 from hub.collector import command as collector_command  # registers `collect`, `fleet`
+from hub.console import command as console_command  # console, export, report, indicators
 from hub.operator import commands, devices, tail
 from hub.operator.connection import (
     EXIT_ERROR,
@@ -38,6 +39,7 @@ __all__ = [
     "collect_retained",
     "collector_command",
     "commands",
+    "console_command",
     "devices",
     "hub",
     "load_settings",
