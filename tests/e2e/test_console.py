@@ -8,7 +8,6 @@ import shutil
 import ssl
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 from werkzeug.serving import make_server
