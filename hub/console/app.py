@@ -239,9 +239,10 @@ def create_app(
         if d is None:
             abort(404, f"no device {name!r}")
         recent, total = queries.search_alerts(store, queries.AlertFilter(device=name), limit=20)
+        samples = store.telemetry(name)
         return render_template(
             "device.html", d=d, recent=recent, total=total, gaps=store.gaps(name),
-            telemetry=(store.telemetry(name) or [None])[-1],
+            telemetry=samples[-1] if samples else None,
         )  # fmt: skip
 
     @app.get("/indicators")

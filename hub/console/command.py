@@ -4,6 +4,7 @@ this module also registers `report` and `indicators`."""
 from __future__ import annotations
 
 import getpass
+import sys
 from pathlib import Path
 
 import click
@@ -77,7 +78,7 @@ def serve(store_url: str, state_dir: Path, listen: str, reports_dir: Path | None
 def adduser(state_dir: Path, name: str, role: str, password_stdin: bool) -> None:
     """Add or replace console account NAME (password hashed with scrypt)."""
     if password_stdin:
-        password = click.get_text_stream("stdin").readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass("password: ")
     try:
