@@ -28,7 +28,7 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
-def _common(f):  # type: ignore[no-untyped-def]
+def _common(f):
     f = click.option("--root", default=DEFAULT_ROOT, show_default=True, type=click.Path(),
                      help="holds releases/ and the current link")(f)  # fmt: skip
     f = click.option("--state-dir", default=DEFAULT_STATE, show_default=True, type=click.Path(),

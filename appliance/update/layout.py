@@ -88,7 +88,7 @@ class Layout:
     def prune(self, keep_partial: str | None = None) -> list[str]:
         """Remove every release except current and previous; returns what was removed."""
         keep = {v for v in (self.current_version(), self.previous_version()) if v}
-        removed = []
+        removed: list[str] = []
         if not self.releases.is_dir():
             return removed
         for d in sorted(self.releases.iterdir()):
