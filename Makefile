@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-unit lint bench soak wheels clean image
+.PHONY: setup demo test test-unit lint bench soak wheels release clean image
 
 setup:
 	@./.ci/bootstrap
@@ -26,6 +26,11 @@ lint: setup
 
 wheels: setup
 	$(PY) release/build_wheels.py --out dist
+
+# A signed release artifact: RELEASE_KEY from `watchpost-hub release keygen` (docs/updates.md).
+RELEASE_KEY ?= release-key.pem
+release: setup
+	$(PY) release/build_release.py --key $(RELEASE_KEY) --out dist --deps-cache build/release-deps
 
 bench: setup
 	@$(PY) -m bench

@@ -47,6 +47,7 @@ class LazyGroup(click.Group):
     lazy: dict[str, str] = {
         "enrol": "appliance.enrol.cli:enrol",
         "rules": "appliance.detect.rules.check:rules",
+        "update": "appliance.update.cli:update",
     }
 
     def _entries(self) -> dict[str, str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from hub.enrol import enrol
 from hub.operator import hub as main
 from hub.provisioning import provision
+from hub.release import release
 
 main.add_command(provision)
 main.add_command(enrol)
+main.add_command(release)
 
 __all__ = ["main"]

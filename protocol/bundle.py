@@ -70,8 +70,10 @@ def _is_int(v: Any) -> bool:
 # --- operator side -----------------------------------------------------------------------------
 
 
-def make_manifest(data: bytes, name: str, version: str, key: Ed25519PrivateKey) -> dict[str, Any]:
-    """The signed manifest of `data` (one intel list file)."""
+def make_manifest(
+    data: bytes, name: str, version: str, key: Ed25519PrivateKey, kind: str = KIND
+) -> dict[str, Any]:
+    """The signed manifest of `data` (one intel list file; a release artifact with its `kind`)."""
     if not _valid_name(name):
         raise BundleError(f"bundle name {name!r}: use 1-64 letters, digits, '.', '_', '-'")
     if not _valid_version(version):
@@ -79,7 +81,7 @@ def make_manifest(data: bytes, name: str, version: str, key: Ed25519PrivateKey) 
     if len(data) > MAX_BUNDLE_BYTES:
         raise BundleError(f"bundle is {len(data)} bytes, more than {MAX_BUNDLE_BYTES}")
     doc = {
-        "kind": KIND,
+        "kind": kind,
         "name": name,
         "version": version,
         "size": len(data),
@@ -111,8 +113,10 @@ def chunk_args(
 # --- device side -------------------------------------------------------------------------------
 
 
-def check_manifest(manifest: Any, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:
-    """Shape-check and verify a manifest; raise BundleError naming the problem."""
+def check_manifest(
+    manifest: Any, keys: Sequence[Ed25519PublicKey], kind: str = KIND
+) -> dict[str, Any]:
+    """Shape-check and verify a manifest of `kind`; raise BundleError naming the problem."""
     if not isinstance(manifest, dict):
         raise BundleError("manifest must be an object")
     extra = sorted(set(manifest) - set(MANIFEST_FIELDS))
@@ -124,8 +128,8 @@ def check_manifest(manifest: Any, keys: Sequence[Ed25519PublicKey]) -> dict[str,
         if extra:
             parts.append(f"unexpected {', '.join(extra)}")
         raise BundleError(f"manifest: {'; '.join(parts)}")
-    if manifest["kind"] != KIND:
-        raise BundleError(f"manifest kind must be {KIND!r}, got {manifest['kind']!r}")
+    if manifest["kind"] != kind:
+        raise BundleError(f"manifest kind must be {kind!r}, got {manifest['kind']!r}")
     if not _valid_name(manifest["name"]):
         raise BundleError(f"manifest name {manifest['name']!r} is not a safe file name")
     if not _valid_version(manifest["version"]):

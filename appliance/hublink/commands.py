@@ -57,6 +57,7 @@ from appliance.hublink.replay_state import (
     Undo,
     system_clock_synced,
 )
+from appliance.hublink.update_job import UpdateJob
 from appliance.packet.addrset import AddrSet
 from protocol import bundle
 from protocol import envelope as env_mod
@@ -257,6 +258,7 @@ class CommandHandler:
             self.counters,
             timeout=transfer_timeout,
         )
+        self.update = UpdateJob(self.keys, Path(state_path).parent)
         self.desired = DesiredConfig(self)
         self.desired.publish = publish
         self._lock = threading.RLock()
@@ -269,6 +271,7 @@ class CommandHandler:
             "set-config": self._set_config,
             "set-mode": self._set_mode,
             "intel-update": self._intel_update,
+            "update": lambda env, reply: self.update.handle(env, reply, self.clock()),
             "block": self._block,
             "unblock": self._unblock,
             "ack-alerts": self._ack_alerts,
