@@ -129,7 +129,7 @@ def test_send_round_trip_with_response_topic_and_devices(
     answer = last_json(r.stdout)
     assert answer["ok"] is True and answer["result"] == {"mode": "block", "changed": True}
     assert appliance.device.config.inline.mode == "block"
-    assert config_mod.load(appliance.config_path).inline.mode == "block"
+    assert config_mod.load_running(appliance.config_path).inline.mode == "block"  # the overlay
     # The same answer on cmd/res and on the operator's response topic, with the correlation.
     wait_for(lambda: [a for a in hub.json_on(f"{ROOT}/cmd/res") if a["id"] == answer["id"]])
     (resp,) = wait_for(lambda: [m for m in hub.messages if m.topic.startswith(f"{ROOT}/cmd/res/")])
@@ -252,7 +252,7 @@ def test_desired_config_applied_on_reconnect_when_newer(
         what="reported v1",
     )
     assert appliance.device.config.alerts.burst == 5
-    assert config_mod.load(appliance.config_path).alerts.burst == 5
+    assert config_mod.load_running(appliance.config_path).alerts.burst == 5
     applied = len(appliance.device.applied)
 
     # Reconnect: the retained desired comes again but is not newer, so nothing is re-applied.

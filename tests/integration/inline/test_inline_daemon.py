@@ -80,7 +80,7 @@ def test_kill9_loses_no_ping_and_a_restart_replaces_the_leftovers(
     for text in (after["ipt4"], after["ipt6"]):
         assert text.count("-j WATCHPOST") == 1
         assert text.count("-N WATCHPOST") == 1
-    assert after["all"].count("table inet watchpost") == 1
+    assert after["all"].count("table inet watchpost {") == 1
     # A clean stop leaves nothing of ours: a plain bridge.
     daemons.started[-1].stop()
     assert nothing_of_ours(ruleset(lab))
