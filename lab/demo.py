@@ -360,13 +360,18 @@ def step_hub_commands(ctx: DemoContext) -> None:
         answer = (res.stdout or res.stderr).strip()
         ctx.say(f"   hub send {' '.join(cmd)} -> exit {res.returncode}: {answer[:160]}")
     hub = _hub(ctx)
-    if hub.store_url:  # the hub's collector, subscribed before the device connected
-        count, seqs, _ = hub.stored()
-    else:
-        received = ctx.notes.get("hub_alerts", [])
-        count = len(received)
-        seqs = sorted({a.get("watchpost", {}).get("seq", 0) for a in received})
-    gaps = [n for n in range(1, max(seqs, default=0) + 1) if n not in set(seqs)]
+    deadline = time.monotonic() + 20  # alerts still in flight (outbox retries) may close a gap
+    while True:
+        if hub.store_url:  # the hub's collector, subscribed before the device connected
+            count, seqs, _ = hub.stored()
+        else:
+            received = ctx.notes.get("hub_alerts", [])
+            count = len(received)
+            seqs = sorted({a.get("watchpost", {}).get("seq", 0) for a in received})
+        gaps = [n for n in range(1, max(seqs, default=0) + 1) if n not in set(seqs)]
+        if not gaps or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     ctx.say(
         f"   the hub has stored {count} alerts"
         + (f", sequence 1..{max(seqs)} without gaps" if seqs and not gaps else "")
@@ -512,11 +517,11 @@ def run_demo(
         tail.start()
         ctx.daemon = LabDaemon(lab, config).start()
         relay = open_page_relay(ctx)
-        code = setup_code([tmp / "watchpost.log", tmp / "daemon.log"])
+        first_code = setup_code([tmp / "watchpost.log", tmp / "daemon.log"])
         ctx.say(f"demo: the office owner's page is at {relay.url}/ (self-signed certificate)")
         ctx.say(
-            f"demo: first visit: enter the setup code {code}, then choose a password"
-            if code
+            f"demo: first visit: enter the setup code {first_code}, then choose a password"
+            if first_code
             else "demo: the page already has a password"
         )
         ctx.say("demo: daemon inline (monitor mode); traffic starts")

@@ -188,7 +188,12 @@ def demo_setup(ctx: Any) -> None:
     ctx.serve(hub.proc)
     if hub.collector is not None:
         ctx.serve(hub.collector)
-    ctx.config["hub"] = dict(hub.hub_table)
+    # The outbox lives in the demo's own state dir: each demo starts at seq 1 (the default,
+    # /var/lib/watchpost/outbox.sqlite, would carry one run's numbering into the next).
+    ctx.config["hub"] = {
+        **hub.hub_table,
+        "outbox": str(Path(ctx.workdir) / "state" / "outbox.sqlite"),
+    }
     ctx.notes["hub"] = hub
     ctx.say(f"   hub broker at {hub.address}:{hub.port} (TLS, client certificates, per-site ACL)")
     ctx.say(f"   hub collector subscribed before the device connects, storing in {hub.store_url}")
