@@ -116,6 +116,8 @@ class Leds:
         self.fault = ""
         if time.monotonic() - self._fail_open_at < FAULT_HOLD:
             self.fault = "traffic passed uninspected recently (queue full: fail-open)"
+        elif stats.get("bridge_netfilter"):
+            self.fault = str(stats["bridge_netfilter"])  # bridged traffic bypasses inspection
         elif stats.get("component_errors"):
             self.fault = "a component failed"
         self.enrol_problem = enrol_state.problem(self.state_dir) if self.state_dir else None

@@ -45,6 +45,7 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelManager, IntelStore, intel_cache_dir
 from appliance.hublink.device import intel_paths
 from appliance.inline.firewall import Firewall, FirewallError
+from appliance.inline.ports import bridge_netfilter_problem
 from appliance.inline.ports import resolve as resolve_ports
 from appliance.inline.queue import port_sides, queue_table
 from appliance.service import reconfigure, wiring
@@ -95,6 +96,8 @@ class Service:
         self.running = False
         # Inspection paused (no queue rules) while the bridge is promiscuous: see `_watch_bridge`.
         self.paused = False
+        # Why bridged traffic would bypass netfilter (br_netfilter sysctls off), "" when fine.
+        self.netfilter_problem = ""
         self._stop_requested = False
         self._reload_requested = False
         self._stopped = False
@@ -170,6 +173,9 @@ class Service:
         self._start_components()
         try:
             self.paused = bridge_promiscuous(cfg.inline.bridge)
+            self.netfilter_problem = bridge_netfilter_problem() or ""
+            if self.netfilter_problem:
+                log.error("%s", self.netfilter_problem)
             if self.paused:
                 log.warning(_PROMISC_WARNING, cfg.inline.bridge)
             self.apply_ruleset(cfg)
@@ -501,6 +507,7 @@ class Service:
             "queue_dropped": sum(q["dropped"] + q["user_dropped"] for q in ours),
             "queues_bound": len(ours),
             "inspection_paused": self.paused,
+            "bridge_netfilter": self.netfilter_problem,
             "blocked_packets": counters.blocked,
             "block_requests_failed": self.blocks.failed,
             "reloads": self.counts["reloads"],

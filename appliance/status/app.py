@@ -237,7 +237,9 @@ class StatusPage:
     mode_result = ""
 
     def _apply_mode(self, mode: str) -> None:
-        from appliance.config import merged, save
+        # Saved like the hub's changes: in the overlay under the state dir (/etc/watchpost is
+        # read-only to the daemon), so the switch survives a restart.
+        from appliance.config import remote_merged, save_remote
 
         view = self.view
         if view is None:
@@ -248,10 +250,9 @@ class StatusPage:
             self.mode_result = f"already in {mode} mode"
             return
         try:
-            new = merged(current, {"inline": {"mode": mode}})
+            new = remote_merged(current, {"inline": {"mode": mode}})
             view.apply_config(new)
-            if new.source:
-                save(new)
+            save_remote(new)
             self.mode_result = ""
             log.warning("status page: the owner switched to %s mode", mode)
         except (ConfigError, OSError) as e:

@@ -91,3 +91,20 @@ def test_the_fault_pattern_blinks_red_and_turns_the_others_off() -> None:
     assert show_fault(Config(), stop, factory=pins)["red"] == "blinking"
     t.join()
     assert seen["red"] == {0, 1} and seen["green"] == 0
+
+
+def test_bridged_traffic_bypassing_netfilter_is_a_fault_on_the_leds_and_page() -> None:
+    from gpiozero.pins.mock import MockFactory
+
+    from appliance.config import Config
+    from appliance.leds import Leds
+    from appliance.status import present
+
+    leds = Leds(Config().leds, factory=MockFactory())
+    why = "net.bridge.bridge-nf-call-iptables is 0: bridged traffic bypasses inspection"
+    leds.update({"running": True, "bridge_netfilter": why})
+    assert leds.shown()["red"] == "on" and leds.fault == why
+    page = present.overview({"state": "running", "running": True, **leds.stats()}, 0.0, 0.0)
+    assert page["health"] == "bad" and why in page["headline"]
+    leds.update({"running": True, "bridge_netfilter": ""})
+    assert leds.shown()["red"] == "off" and not leds.fault

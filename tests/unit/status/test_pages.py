@@ -486,3 +486,8 @@ def test_mode_switch_says_what_block_mode_does_and_applies_in_the_main_loop(rig:
     assert [c.inline.mode for c in rig.view.applied] == ["block"]
     assert rig.view.applied_in is t  # in the daemon's main loop, not a request thread
     assert "Now in block mode." in rig.client.get("/").data.decode()
+    # Saved in the overlay under the state dir (the office's /etc/watchpost is read-only).
+    from appliance.config import remote_path
+
+    overlay = remote_path(rig.config.device.state_dir).read_text()
+    assert 'mode = "block"' in overlay
