@@ -548,39 +548,7 @@ def renew_csr(
         raise ProvisionError(f"CSR from {device_id}: not enrolled at site {site!r}")
     if device_id in reg.get("revoked_names", []):
         raise ProvisionError(f"CSR from {device_id}: the device is revoked")
-    if days < 1:
-        raise ProvisionError(f"days must be at least 1, got {days}")
-    start = _now() - dt.timedelta(minutes=5)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
-        .issuer_name(ca.cert.subject)
-        .public_key(key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
+    cert = _leaf_cert(ca, device_id, ExtendedKeyUsageOID.CLIENT_AUTH, days, key)
     previous = [info["serial"], *info.get("previous_serials", [])][:4]
     info.update(
         serial=format(cert.serial_number, "x"),
