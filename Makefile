@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/bin/watchpost demo $(if $(DURATION),--duration $(DURATION),)
 
 test: setup lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
