@@ -12,8 +12,10 @@ and ``demo``; the firmware wheel a Pi runs has none of them.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -39,6 +41,21 @@ def config_or_exit(path: str | Path | None, required: bool = True, running: bool
     except ConfigError as e:
         fail(str(e))
         raise  # unreachable
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(help: str) -> Callable[[F], F]:
+    """The ``--config`` option of commands that read the device config (default: the office's)."""
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_PATH,
+        show_default=True,
+        help=help,
+    )
 
 
 class LazyGroup(click.Group):
@@ -78,14 +95,7 @@ def main() -> None:
 
 
 @main.command("run")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="Config file.",
-)
+@config_option("Config file.")
 def run(config_path: Path) -> None:
     """Run the daemon: inspect the bridge inline until SIGTERM (SIGHUP reloads)."""
     from appliance.service import run_daemon
@@ -126,14 +136,7 @@ def passwd(config_path: Path | None) -> None:
 
 
 @main.command("fault-leds")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="Config file (for the LED pins).",
-)
+@config_option("Config file (for the LED pins).")
 def fault_leds(config_path: Path) -> None:
     """Blink the fault pattern until stopped (run by watchpost-fault.service while the daemon
     is down)."""

@@ -8,21 +8,14 @@ from pathlib import Path
 
 import click
 
-from appliance.config import DEFAULT_PATH
+from appliance.cli import config_option
 from appliance.enrol import bundle as bundle_mod
 from appliance.enrol.device import Paths
 from appliance.enrol.device import enrol as run_enrol
 
 
 @click.command("enrol")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_PATH,
-    show_default=True,
-    help="The device config; [device] and [hub] are written into it.",
-)
+@config_option("The device config; [device] and [hub] are written into it.")
 @click.option(
     "--bundle",
     "bundles",
