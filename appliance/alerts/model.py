@@ -9,6 +9,7 @@ and counts, never payload bytes.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -127,3 +128,19 @@ def parse_eve_time(text: str) -> float:
 
 def now() -> float:
     return time.time()
+
+
+def service_port(eve: Mapping[str, Any]) -> int | None:
+    """The port of the service involved in an EVE alert: the lower of its two ports.
+
+    An alert's addresses follow the packet that raised it, so a DNS answer reads
+    resolver:53 → client:51000; clients use high ephemeral ports, so the lower one is the
+    service's whichever way the packet went. The page and the daily summary both count "ports
+    targeted" by this one rule.
+    """
+    ports = [
+        v
+        for v in (eve.get("src_port"), eve.get("dest_port"))
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0
+    ]
+    return min(ports) if ports else None

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.alerts.model import service_port
 from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class DailyReport:
         wp = eve.get("watchpost", {})
         n = int(wp.get("count", 1) or 1)
         alert = eve.get("alert", {})
-        port = eve.get("dest_port")
+        port = service_port(eve)
         with self._lock:
             self.alerts += n
             t = self.tallies

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.alerts.model import service_port
 from appliance.inventory.store import open_db
 from appliance.status.alerts import SEVERITY, _nets, describe
 
@@ -150,6 +151,7 @@ class AlertIndex:
         key = f"{sid}|{d['office_host']}|{d['remote']}"
         ts, n = float(d["time"]), int(d["count"])
         blocked = n if d["action"] == "blocked" else 0
+        port = service_port(eve)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO events(id, grp, ts, count, src, port, action) "
             "VALUES (?, 0, ?, ?, ?, ?, ?)",
@@ -158,9 +160,7 @@ class AlertIndex:
                 ts,
                 n,
                 str(eve.get("src_ip") or "?")[:64],
-                f"{eve.get('proto', '?')}/{eve.get('dest_port')}"
-                if eve.get("dest_port") is not None
-                else "",
+                f"{eve.get('proto', '?')}/{port}" if port is not None else "",
                 d["action"],
             ),
         )
@@ -176,7 +176,7 @@ class AlertIndex:
             "name=CASE WHEN excluded.name != '' THEN excluded.name ELSE name END",
             (
                 key, sid, d["signature"], d["category"], severity, detector, d["office_host"],
-                d["remote"], _port(eve.get("src_port"), eve.get("dest_port")), d["protocol"],
+                d["remote"], port, d["protocol"],
                 d["direction"], d["name"],
                 d["action"], ts, ts, n, blocked,
             ),
@@ -347,13 +347,6 @@ class AlertIndex:
             ],
             "devices": [{"ip": k, "alerts": v} for k, v in devices.most_common(TOP)],
         }
-
-
-def _port(*values: Any) -> int | None:
-    """The service's port: of the two, the lower one (clients use high ephemeral ports; an
-    answer from a server has the service's port as its source)."""
-    ports = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
-    return min(ports) if ports else None
 
 
 def _group(row: sqlite3.Row) -> dict[str, Any]:
