@@ -335,7 +335,12 @@ class HubConfig:
         path=True,
         local_why="would change who may command the device (local only)",
     )
-    outbox: str = setting("/var/lib/watchpost/outbox.sqlite", "The SQLite outbox.", path=True)
+    outbox: str = setting(
+        "",
+        "The SQLite outbox.",
+        path=True,
+        doc_default="`<device.state_dir>/outbox.sqlite`",
+    )
     outbox_max: int = setting(
         100_000,
         "Outbox bound; evicts lowest severity, then oldest (counted).",
@@ -424,6 +429,12 @@ class Config:
     # The hub's overlay this config includes (TOML-shaped; for never_block only the entries it
     # added). Not compared: two configs that run the same are equal.
     remote: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def outbox_path(self) -> str:
+        """`hub.outbox`, or the outbox in the state directory (its default): a config that moves
+        the state directory moves the outbox with it."""
+        return self.hub.outbox or str(Path(self.device.state_dir) / "outbox.sqlite")
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML-shaped form: what `save` writes and `get-config` reports."""

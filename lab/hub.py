@@ -188,12 +188,9 @@ def demo_setup(ctx: Any) -> None:
     ctx.serve(hub.proc)
     if hub.collector is not None:
         ctx.serve(hub.collector)
-    # The outbox lives in the demo's own state dir: each demo starts at seq 1 (the default,
-    # /var/lib/watchpost/outbox.sqlite, would carry one run's numbering into the next).
-    ctx.config["hub"] = {
-        **hub.hub_table,
-        "outbox": str(Path(ctx.workdir) / "state" / "outbox.sqlite"),
-    }
+    # The outbox (by default in the daemon's state dir, which is the demo's own) starts at
+    # seq 1 in every demo.
+    ctx.config["hub"] = dict(hub.hub_table)
     ctx.notes["hub"] = hub
     ctx.say(f"   hub broker at {hub.address}:{hub.port} (TLS, client certificates, per-site ACL)")
     ctx.say(f"   hub collector subscribed before the device connects, storing in {hub.store_url}")

@@ -127,7 +127,7 @@ class HubLink(SenderWindow, Telemetry):
         self.version = version
         self.outbox = outbox
         if self.outbox is None and config.hub.enabled:
-            self.outbox = Outbox(config.hub.outbox, config.hub.outbox_max)
+            self.outbox = Outbox(config.outbox_path, config.hub.outbox_max)
         if self.outbox is not None:
             self.outbox.on_record = self._on_record
         state_dir = Path(config.device.state_dir)
@@ -246,7 +246,7 @@ class HubLink(SenderWindow, Telemetry):
         if config.hub == old.hub and config.device == old.device:
             self.config = config
             return
-        if self.outbox is not None and config.hub.enabled and config.hub.outbox != old.hub.outbox:
+        if self.outbox is not None and config.hub.enabled and config.outbox_path != old.outbox_path:
             raise ConfigError("hub.outbox", "cannot move the outbox while running; restart")
         if config.device.state_dir != old.device.state_dir:
             raise ConfigError("device.state_dir", "takes effect after a restart")
@@ -259,7 +259,7 @@ class HubLink(SenderWindow, Telemetry):
             if pre.fatal:
                 raise ConfigError(*pre.fatal[0])
         if config.hub.enabled and self.outbox is None:
-            self.outbox = Outbox(config.hub.outbox, config.hub.outbox_max)
+            self.outbox = Outbox(config.outbox_path, config.hub.outbox_max)
             self.outbox.on_record = self._on_record
         self.config = config
         if self.outbox is not None:

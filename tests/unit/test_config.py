@@ -15,6 +15,7 @@ import appliance.detect.registry  # noqa: F401  (the detectors' declarations)
 from appliance import config as config_mod
 from appliance.config import (
     OPTIONS,
+    Config,
     ConfigError,
     RemoteRefused,
     apply_remote,
@@ -91,6 +92,14 @@ def test_hub_table_enables_hub() -> None:
     c = from_dict({"hub": {"host": "hub.example"}})
     assert c.hub.enabled and c.hub.host == "hub.example"
     assert not from_dict({"hub": {"host": "h", "enabled": False}}).hub.enabled
+
+
+def test_the_outbox_lives_in_the_state_dir_unless_set() -> None:
+    cfg = from_dict({"device": {"state_dir": "/srv/wp"}, "hub": {"host": "hub.example"}})
+    assert cfg.outbox_path == "/srv/wp/outbox.sqlite"
+    cfg = from_dict({"hub": {"host": "hub.example", "outbox": "/srv/o.sqlite"}})
+    assert cfg.outbox_path == "/srv/o.sqlite"
+    assert Config().outbox_path == "/var/lib/watchpost/outbox.sqlite"
 
 
 def test_merge_revalidates_and_save_roundtrips(tmp_path: Path) -> None:
