@@ -4,7 +4,6 @@ temp dir; no console errors. Skipped when Chromium, its driver or selenium is mi
 
 from __future__ import annotations
 
-import shutil
 import ssl
 import threading
 from pathlib import Path
@@ -16,15 +15,11 @@ from hub import correlate
 from hub.console import users
 from hub.console.app import create_app
 from hub.console.tls import ensure_cert
+from tests.e2e.browser import chromium, console_errors, needs_chromium
 from tests.unit.hub.offices import SCANNER, WEEK_START, filled_store
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver",
-)
+pytestmark = needs_chromium
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as ec  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -33,9 +28,6 @@ PW = "correct horse battery"
 
 
 def test_console_pages_desktop_and_phone(tmp_path: Path) -> None:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
     store = filled_store(tmp_path / "db")
     correlate.run(store, correlate.Policy(min_offices=3), WEEK_START + 3 * 86400)
     users.add(tmp_path / "users.json", "olga", PW, "operator")
@@ -47,16 +39,7 @@ def test_console_pages_desktop_and_phone(tmp_path: Path) -> None:
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     base = f"https://127.0.0.1:{server.server_address[1]}"
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--no-first-run", "--disable-background-networking", "--disable-sync",
-                "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'profile'}",
-                "--window-size=1280,900"):  # fmt: skip
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver = chromium(tmp_path / "profile")
     shots = tmp_path / "shots"
     shots.mkdir()
     try:
@@ -83,7 +66,7 @@ def test_console_pages_desktop_and_phone(tmp_path: Path) -> None:
         driver.find_element(By.XPATH, "//button[text()='Approve']").click()
         WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "indicators")))
         assert correlate.indicators(store)[0]["state"] == "approved"
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        errors = console_errors(driver)
         assert not errors, errors
     finally:
         driver.quit()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
-import shutil
 import socket
 import threading
 import time
@@ -28,19 +27,14 @@ from appliance.hublink.link import HubLink
 from appliance.leds import Leds
 from appliance.status.app import StatusPage
 from hub import provisioning as prov
+from tests.e2e.browser import chromium, needs_chromium
 from tests.fakes import FakeView
 from tests.unit.status.fakes import PASSWORD, base_numbers, make_config
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip(
     "selenium.webdriver", reason="selenium is not installed (pip install -e '.[dev]')"
 )
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="needs Debian's chromium and chromium-driver (apt install chromium chromium-driver)",
-)
+pytestmark = needs_chromium
 
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -130,28 +124,7 @@ def attacker(appliance: Appliance) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-        "--window-size=390,844",  # a phone
-    ):
-        opts.add_argument(arg)
-    opts.set_capability("acceptInsecureCerts", True)  # the page's own self-signed certificate
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"), 390, 844)  # a phone
     yield driver
     driver.quit()
 
