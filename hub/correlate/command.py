@@ -12,7 +12,7 @@ import click
 
 from hub import correlate
 from hub.collector.command import DEFAULT_STORE
-from hub.operator.commands import Requester, _push_chunks
+from hub.operator.commands import Requester, push_chunks
 from hub.operator.connection import EXIT_ERROR, Ctx, OperatorError, fail
 from hub.operator.group import hub
 from hub.store import Store, StoreError, open_store
@@ -132,7 +132,7 @@ def publish(
             chunks = bundle.chunk_args(uuid.uuid4().hex[:16], manifest, data,
                                        bundle.DEFAULT_CHUNK_BYTES)  # fmt: skip
             req = Requester(obj, conn, d["device"], d["site"])
-            final = _push_chunks(req, chunks, time.monotonic() + timeout, retries)
+            final = push_chunks(req, "intel-update", chunks, time.monotonic() + timeout, retries)
             out[d["device"]] = "timeout" if final is None else str(final["job"]["state"])
     finally:
         conn.close()

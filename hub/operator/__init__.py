@@ -25,6 +25,7 @@ from hub.operator.connection import (
 )
 from hub.operator.group import hub
 from hub.operator.tail import Dedup, GapTracker
+from hub.rollout import command as rollout_command  # push-update, rollout
 
 __all__ = [
     "EXIT_ERROR",
@@ -44,5 +45,6 @@ __all__ = [
     "hub",
     "load_settings",
     "renewal",
+    "rollout_command",
     "tail",
 ]

@@ -11,7 +11,7 @@ import sys
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +208,7 @@ def push_intel(
         site = find_site(obj, conn, device)
         req = Requester(obj, conn, device, site)
         deadline = time.monotonic() + timeout
-        final = _push_chunks(req, chunk_list, deadline, retries)
+        final = push_chunks(req, "intel-update", chunk_list, deadline, retries)
     except OperatorError as e:
         fail(str(e))
     finally:
@@ -220,14 +220,28 @@ def push_intel(
     sys.exit(0 if final["job"]["state"] == "succeeded" else EXIT_ERROR)
 
 
-def _push_chunks(
-    req: Requester, chunk_list: list[dict[str, Any]], deadline: float, retries: int
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def _echo(line: str, job: dict[str, Any]) -> None:
+    click.echo(line, err=True)
+
+
+def push_chunks(
+    req: Requester,
+    cmd: str,
+    chunk_list: list[dict[str, Any]],
+    deadline: float,
+    retries: int,
+    progress: Progress = _echo,
 ) -> dict[str, Any] | None:
-    """Send chunks one at a time (each waits for its answer); the terminal job answer or None."""
+    """Send a bundle's chunks as `cmd` envelopes (intel-update, update), one at a time, each
+    waiting for its answer; then wait for the job's end. The terminal answer, or None when none
+    came before `deadline`. `progress(line, job)` hears every answer that is not the end."""
     count = len(chunk_list)
     for args in chunk_list:
         for attempt in range(retries + 1):
-            env = req.send("intel-update", args, ttl=max(60, int(deadline - time.monotonic())))
+            env = req.send(cmd, args, ttl=max(60, int(deadline - time.monotonic())))
             answer = None
             for a in req.answers(deadline):
                 if a.get("id") == env["id"]:
@@ -240,10 +254,10 @@ def _push_chunks(
             if state in jobs.TERMINAL:
                 return answer
             if answer.get("ok"):
-                click.echo(f"chunk {args['index'] + 1}/{count}: {state}", err=True)
+                progress(f"chunk {args['index'] + 1}/{count}: {state}", job or {})
                 break
             # Refused before reaching the job (e.g. damaged in transit): send it again.
-            click.echo(f"chunk {args['index']}: {answer.get('error')}", err=True)
+            progress(f"chunk {args['index']}: {answer.get('error')}", job or {})
             if attempt == retries:
                 return {**answer, "job": {"state": "failed", "id": args["job"]}}
     # All chunks accepted: the last answer said in-progress; wait for the end.
@@ -252,7 +266,7 @@ def _push_chunks(
         if isinstance(job, dict) and job.get("id") == chunk_list[0]["job"]:
             if job.get("state") in jobs.TERMINAL:
                 return a
-            click.echo(f"job: {job.get('state')} {job.get('step', '')}".rstrip(), err=True)
+            progress(f"job: {job.get('state')} {job.get('step', '')}".rstrip(), job)
     return None
 
 

@@ -470,6 +470,13 @@ class Store:
         cur.execute(f"DELETE FROM alerts WHERE ts < {self.p}", (self._ts(cutoff),))
         return int(cur.rowcount or 0)
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """One transaction on this store's connection (a cursor; placeholders are `p`), for
+        the hub's own tables kept by other modules (hub/rollout/)."""
+        with self.lock, self._tx() as cur:
+            yield cur
+
     # -- queries (console, tests, `watchpost-hub` commands) -------------------------------------
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:

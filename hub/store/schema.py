@@ -54,6 +54,63 @@ _ALERT_COLUMNS = """
     PRIMARY KEY (id, ts)
 """
 
+# Staged firmware rollouts (hub/rollout/): one row per rollout (its release, targets' plan and
+# state), per wave (canaries are wave 0), per device (its job's state, versions, reason), and an
+# event log (who paused it, which wave failed and why).
+_ROLLOUTS = """CREATE TABLE rollouts (
+    id TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    artifact TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    wave_size INTEGER NOT NULL,
+    threshold_kind TEXT NOT NULL,
+    threshold_value {real} NOT NULL,
+    job_timeout {real} NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    driver TEXT,
+    driver_seen {real},
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL
+)"""
+
+_ROLLOUT_WAVES = """CREATE TABLE rollout_waves (
+    rollout TEXT NOT NULL REFERENCES rollouts (id),
+    wave INTEGER NOT NULL,
+    canary INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    started_at {real},
+    ended_at {real},
+    PRIMARY KEY (rollout, wave)
+)"""
+
+_ROLLOUT_DEVICES = """CREATE TABLE rollout_devices (
+    rollout TEXT NOT NULL REFERENCES rollouts (id),
+    device TEXT NOT NULL,
+    site TEXT NOT NULL,
+    wave INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    job TEXT,
+    version_before TEXT,
+    version TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    started_at {real},
+    updated_at {real},
+    PRIMARY KEY (rollout, device)
+)"""
+
+_ROLLOUT_EVENTS = """CREATE TABLE rollout_events (
+    id {id},
+    rollout TEXT NOT NULL REFERENCES rollouts (id),
+    at {real} NOT NULL,
+    device TEXT,
+    event TEXT NOT NULL
+)"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -160,6 +217,30 @@ MIGRATIONS: tuple[Migration, ...] = (
                     cleared_at DOUBLE PRECISION)""",
             ),
             "CREATE INDEX hub_alerts_open ON hub_alerts (device, kind, cleared_at)",
+        ),
+    ),
+    Migration(
+        2,
+        "rollouts: staged firmware rollouts, their waves, each device's job, events",
+        (
+            (
+                _ROLLOUTS.format(real="REAL"),
+                _ROLLOUTS.format(real="DOUBLE PRECISION"),
+            ),
+            (
+                _ROLLOUT_WAVES.format(real="REAL"),
+                _ROLLOUT_WAVES.format(real="DOUBLE PRECISION"),
+            ),
+            (
+                _ROLLOUT_DEVICES.format(real="REAL"),
+                _ROLLOUT_DEVICES.format(real="DOUBLE PRECISION"),
+            ),
+            (
+                _ROLLOUT_EVENTS.format(id="INTEGER PRIMARY KEY AUTOINCREMENT", real="REAL"),
+                _ROLLOUT_EVENTS.format(id="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION"),
+            ),
+            "CREATE INDEX rollout_devices_wave ON rollout_devices (rollout, wave, device)",
+            "CREATE INDEX rollout_events_rollout ON rollout_events (rollout, id)",
         ),
     ),
 )
