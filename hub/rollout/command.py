@@ -6,6 +6,7 @@ Exit codes as the other operator commands: 0 done (the update succeeded, the rol
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -98,23 +99,32 @@ def _say(line: str) -> None:
     click.echo(line, err=True)
 
 
-def _drive(obj: Ctx, store: Store, rid: str, parallel: int, chunk_size: int, retries: int) -> None:
-    """Run the driver on `rid` in this process; exit with the rollout's outcome."""
+def _drive(
+    obj: Ctx,
+    store: Store,
+    rid: str,
+    parallel: int,
+    chunk_size: int,
+    retries: int,
+    pusher: ReleasePusher | None = None,
+) -> None:
+    """Run the driver on `rid` in this process; exit with the rollout's outcome. The release is
+    the file the rollout was started with (checked then), unchanged (its sha256)."""
     rollouts = Rollouts(store)
     try:
         r = rollouts.get(rid)
     except RolloutError as e:
         fail(str(e))
-    path = Path(r.artifact)
-    try:
-        release = release_mod.Release(path, {"version": r.version}, path.read_bytes(), "")
-    except OSError as e:
-        fail(f"rollout {rid}: release {path}: {e.strerror or e}")
-    import hashlib
-
-    if hashlib.sha256(release.data).hexdigest() != r.sha256:
-        fail(f"rollout {rid}: release {path} has changed since the rollout started (sha256)")
-    pusher = _pusher(obj, release, chunk_size, retries)
+    if pusher is None:
+        path = Path(r.artifact)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            fail(f"rollout {rid}: release {path}: {e.strerror or e}")
+        if hashlib.sha256(data).hexdigest() != r.sha256:
+            fail(f"rollout {rid}: release {path} has changed since the rollout started (sha256)")
+        release = release_mod.Release(path, {"version": r.version}, data, r.sha256)
+        pusher = _pusher(obj, release, chunk_size, retries)
     try:
         final = Driver(rollouts, rid, pusher, parallel=parallel, say=_say).run()
     except RolloutError as e:
@@ -161,6 +171,10 @@ def _start(
     finally:
         conn.close()
     scope = "fleet" if fleet else f"site {site}" if site else f"devices {', '.join(devices)}"
+    # Everything that could stop the driver is checked before the rollout is stored.
+    pusher = _pusher(obj, release, chunk_size, retries) if run else None
+    if pusher is None:
+        obj.command_key()
     store = _open(store_url)
     try:
         try:
@@ -175,8 +189,10 @@ def _start(
         click.echo(rid)
         _say(f"rollout {rid}: release {release.version} to {len(targets)} devices ({scope})")
         if run:
-            _drive(obj, store, rid, parallel, chunk_size, retries)
+            _drive(obj, store, rid, parallel, chunk_size, retries, pusher)
     finally:
+        if pusher is not None:
+            pusher.close()
         store.close()
 
 
