@@ -18,6 +18,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +38,7 @@ from appliance.update.layout import Layout
 from hub import provisioning as prov
 from hub.cli import main
 from hub.release import write_artifact
-from hub.rollout.state import Rollouts
+from hub.rollout.state import DRIVER_STALE_S, Rollouts
 from hub.store import open_store
 from protocol import envelope as E
 from tests.integration.hublink.hubkit import PKI, Broker, Client, device_config, wait_for
@@ -133,12 +134,20 @@ class LabDevice:
             layout=self.layout, state_dir=self.handler.update.dir.parent,
             keys=E.load_public_keys(release_pub), machine=MACHINE, probe=self.daemon.probe,
             restart=self.daemon.restart, python=sys.executable, system_site_packages=False,
-            deadline_s=5.0, interval_s=0.05,
+            deadline_s=5.0, interval_s=0.05, hook=self._hook,
         )  # fmt: skip
         self.handler.update.launch = self._launch
         self.handler.update.poll_s = 0.05
         self.results: list[dict[str, Any]] = []
+        # A test may hold the updater when its job starts (cleared `go`), to act meanwhile.
+        self.go, self.held = threading.Event(), threading.Event()
+        self.go.set()
         self.link = HubLink(self.config, handler=self.handler, backoff=(0.2, 1.0), version=running)
+
+    def _hook(self, step: str) -> None:
+        if step == "verifying" and not self.go.is_set():
+            self.held.set()
+            self.go.wait(30)
 
     def _launch(self, artifact: Path, job: str, version: str) -> None:
         def apply() -> None:
@@ -281,8 +290,20 @@ def test_staged_rollout_pauses_on_a_failed_wave_and_resumes(
     assert "rolled-back" in lines["d3"] and "pending" in lines["d5"]
     assert "paused: wave 1" in status.output
 
-    # A new driver, later: resumed from the store, the failed wave accepted, wave 2 runs.
-    r = hub_cli(env, "rollout", "resume", rid)
+    # Resumed later; the driver that takes it is killed with d5 mid-job (its lease left behind,
+    # stale): `rollout run` continues from the store, asks d5's status, sends it again.
+    r = hub_cli(env, "rollout", "resume", rid, "--no-run")
+    assert r.exit_code == 0 and f"rollout {rid}: resumed" in r.output, r.output
+    store = open_store(env["WATCHPOST_HUB_STORE"])
+    try:
+        dead = Rollouts(store, clock=lambda: time.time() - 2 * DRIVER_STALE_S)
+        dead.claim(rid, "hub-dead:1")
+        dead.start_wave(rid, 2)
+        dead.set_device(rid, "d5", "pending", job="jdead")
+        dead.set_device(rid, "d5", "installing")
+    finally:
+        store.close()
+    r = hub_cli(env, "rollout", "run", rid)
     assert r.exit_code == 0, r.output
     assert f"rollout {rid}: done" in r.output
     assert reported_version(devices["d5"].layout.current) == NEW
@@ -294,3 +315,34 @@ def test_staged_rollout_pauses_on_a_failed_wave_and_resumes(
     r = hub_cli(env, "push-update", art, "--device", "d4", "--timeout", "30")
     assert r.exit_code == 1, r.output
     assert "error: d4: failed: refused: release 0.2.0 upgrades from 0.1.0" in r.output
+
+    # An operator's pause while a driver runs: d4's job (held at its start) finishes, d3 (the
+    # next wave) is never sent the release.
+    result: list[Any] = []
+    driver = threading.Thread(target=lambda: result.append(hub_cli(
+        env, "rollout", "start", art, "--device", "d4", "--device", "d3", "--canary", "0",
+        "--wave-size", "1", "--fail-threshold", "5", "--job-timeout", "60",
+    )))  # fmt: skip
+    d3_jobs = len(devices["d3"].results)
+    devices["d4"].go.clear()
+    driver.start()
+    wait_for(devices["d4"].held.is_set, 20, "d4's job")
+    store = open_store(env["WATCHPOST_HUB_STORE"])
+    try:
+        rollouts = Rollouts(store)
+        (second,) = [x.id for x in rollouts.rollouts() if x.id != rid]
+        r = hub_cli(env, "rollout", "pause", second)
+        assert r.exit_code == 0 and "paused (paused by operator)" in r.output
+        devices["d4"].go.set()
+        driver.join(60)
+        assert result and result[0].exit_code == 1, result
+        rows = {d["device"]: d["state"] for d in rollouts.devices(second)}
+        assert rows == {"d4": "failed", "d3": "pending"}
+        assert len(devices["d3"].results) == d3_jobs
+        assert rollouts.get(second).driver is None  # the lease is given back
+    finally:
+        store.close()
+    r = hub_cli(env, "rollout", "stop", second)
+    assert r.exit_code == 0 and "stopped (stopped by operator)" in r.output
+    r = hub_cli(env, "rollout", "resume", second)
+    assert r.exit_code == 2 and "is stopped; only a paused rollout resumes" in r.output
