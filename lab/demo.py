@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from lab.netns import Lab, LabDaemon, LabError, lab_config, require_root, stop
+from lab.netns import DEMO_INTEL, Lab, LabDaemon, LabError, lab_config, require_root, stop
 
 
 class DemoError(RuntimeError):
@@ -511,7 +511,7 @@ def run_demo(
             if step.phase == "setup":
                 _run_step(ctx, step)
         ctx.config.setdefault("status", {}).setdefault("listen", PAGE_LISTEN)
-        config = lab_config(tmp, **ctx.config)
+        config = lab_config(tmp, "monitor", DEMO_INTEL, **ctx.config)
         ctx.say(f"demo: config {config}, EVE alerts in {tmp / 'eve.json'}")
         tail = EveTail(tmp / "eve.json", lambda eve: ctx.say(format_alert(eve)))
         tail.start()

@@ -325,18 +325,18 @@ class Lab:
         for net, gw in INTERNET_GATEWAYS.items():
             self._ip("rtr", "addr", "add", f"{gw}/{net.split('/')[1]}", "dev", "inet")
         self._sysctl("rtr", "net.ipv4.ip_forward=1")
-        for h in (*OFFICE_HOSTS, *INTERNET_HOSTS):
-            addr = self.addr(h)
-            if h in OFFICE_HOSTS:
+        for name in (*OFFICE_HOSTS, *INTERNET_HOSTS):
+            addr = self.addr(name)
+            if name in OFFICE_HOSTS:
                 prefix_len, gw = "24", GATEWAY
             else:
                 net = next(n for n in INTERNET_GATEWAYS if _in_net(addr, n))
                 prefix_len, gw = net.split("/")[1], INTERNET_GATEWAYS[net]
-            self._ip(h, "addr", "add", f"{addr}/{prefix_len}", "dev", "eth0")
-            for extra in EXTRA_ADDRESSES.get(h, ()):
-                self._ip(h, "addr", "add", f"{extra}/{prefix_len}", "dev", "eth0")
-            self._ip(h, "link", "set", "eth0", "up")
-            self._ip(h, "route", "add", "default", "via", gw)
+            self._ip(name, "addr", "add", f"{addr}/{prefix_len}", "dev", "eth0")
+            for extra in EXTRA_ADDRESSES.get(name, ()):
+                self._ip(name, "addr", "add", f"{extra}/{prefix_len}", "dev", "eth0")
+            self._ip(name, "link", "set", "eth0", "up")
+            self._ip(name, "route", "add", "default", "via", gw)
         self._start_resolver()
 
     def _bridge(self, host: str, name: str, ports: Sequence[str]) -> None:
