@@ -21,12 +21,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.alerts import tally
 from appliance.alerts.model import service_port
 from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
 
-TOP = 10
+
 MAX_KEYS = 5000  # per tally: a scan from thousands of sources must not grow the file unbounded
 MAX_PENDING = 14  # finished reports kept while the hub is unreachable
 # Cumulative counters of the daemon's stats (appliance.service.Service.stats) whose daily change
@@ -77,9 +78,7 @@ class DailyReport:
         self.day = local_day(now)
         self.started = now
         self.alerts = 0
-        self.tallies: dict[str, Counter[str]] = {
-            k: Counter() for k in ("action", "detector", "severity", "source", "port", "signature")
-        }
+        self.tallies = tally.new_tallies()
         # Traffic counters: value at day start (or after a restart), carried-over deltas.
         self.base: dict[str, float] = {}
         self.last: dict[str, float] = {}
@@ -119,13 +118,16 @@ class DailyReport:
         with self._lock:
             self.alerts += n
             t = self.tallies
-            t["action"][str(alert.get("action", "allowed"))] += n
-            t["detector"][str(wp.get("detector", "?"))] += n
-            t["severity"][str(alert.get("severity", 3))] += n
-            t["signature"][f"{alert.get('signature_id', 0)} {alert.get('signature', '')}"] += n
-            t["source"][str(eve.get("src_ip", "?"))] += n
-            if port is not None:
-                t["port"][f"{eve.get('proto', '?')}/{port}"] += n
+            tally.count(
+                t,
+                n,
+                action=str(alert.get("action", "allowed")),
+                detector=str(wp.get("detector", "?")),
+                severity=str(alert.get("severity", 3)),
+                signature=f"{alert.get('signature_id', 0)} {alert.get('signature', '')}",
+                source=str(eve.get("src_ip", "?")),
+                port=f"{eve.get('proto', '?')}/{port}" if port is not None else "",
+            )
             for c in t.values():
                 if len(c) > MAX_KEYS:  # drop the smallest half: the top entries stay exact enough
                     for key, _ in c.most_common()[MAX_KEYS // 2 :]:
@@ -167,15 +169,7 @@ class DailyReport:
             "from": self.started,
             "to": now,
             "alerts": self.alerts,
-            "blocked": t["action"].get("blocked", 0),
-            "allowed": t["action"].get("allowed", 0),
-            "by_detector": dict(t["detector"].most_common()),
-            "by_severity": dict(sorted(t["severity"].items())),
-            "top_sources": [{"ip": k, "alerts": v} for k, v in t["source"].most_common(TOP)],
-            "top_ports": [{"port": k, "alerts": v} for k, v in t["port"].most_common(TOP)],
-            "top_signatures": [
-                {"signature": k, "alerts": v} for k, v in t["signature"].most_common(TOP)
-            ],
+            **tally.figures(t),
             "traffic": {k: int(v) if float(v).is_integer() else v for k, v in traffic.items()},
         }
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.alerts import tally
 from appliance.alerts.model import service_port
 from appliance.inventory.store import open_db
 from appliance.status.alerts import SEVERITY, _nets, describe
@@ -38,7 +39,7 @@ MAX_EVENTS = 50_000
 MAX_GROUPS = 5_000
 KEEP_DAYS = 35
 MAX_READ = 4 << 20  # bytes of EVE read per ingest (the first one starts this far from the end)
-TOP = 10
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (
@@ -315,37 +316,30 @@ class AlertIndex:
                 "WHERE e.ts >= ? AND e.ts < ? ORDER BY e.ts, e.rowid",
                 (since, until),
             ).fetchall()
-        t: dict[str, Counter[str]] = {
-            k: Counter() for k in ("action", "detector", "severity", "source", "port", "signature")
-        }
+        t = tally.new_tallies()
         devices: Counter[str] = Counter()
         alerts = 0
         for r in rows:
             n = int(r["n"])
             alerts += n
-            t["action"][str(r["action"])] += n
-            t["detector"][str(r["detector"] or "?")] += n
-            t["severity"][str(r["severity"])] += n
-            t["signature"][f"{r['sid']} {r['signature']}"] += n
-            t["source"][str(r["src"])] += n
-            if r["port"]:
-                t["port"][str(r["port"])] += n
+            tally.count(
+                t,
+                n,
+                action=str(r["action"]),
+                detector=str(r["detector"] or "?"),
+                severity=str(r["severity"]),
+                signature=f"{r['sid']} {r['signature']}",
+                source=str(r["src"]),
+                port=str(r["port"] or ""),
+            )
             if r["office"]:
                 devices[str(r["office"])] += n
         return {
             "from": since,
             "to": until,
             "alerts": alerts,
-            "blocked": t["action"].get("blocked", 0),
-            "allowed": t["action"].get("allowed", 0),
-            "by_detector": dict(t["detector"].most_common()),
-            "by_severity": dict(sorted(t["severity"].items())),
-            "top_sources": [{"ip": k, "alerts": v} for k, v in t["source"].most_common(TOP)],
-            "top_ports": [{"port": k, "alerts": v} for k, v in t["port"].most_common(TOP)],
-            "top_signatures": [
-                {"signature": k, "alerts": v} for k, v in t["signature"].most_common(TOP)
-            ],
-            "devices": [{"ip": k, "alerts": v} for k, v in devices.most_common(TOP)],
+            **tally.figures(t),
+            "devices": [{"ip": k, "alerts": v} for k, v in devices.most_common(tally.TOP)],
         }
 
 
