@@ -40,6 +40,12 @@ def test_ping_and_tcp_through_the_daemon_with_verdicts_in_conntrack(
     marks = [int(re.search(r" mark=(\d+)", ln).group(1)) for ln in http]
     assert all(m & MARK_MASK == MARK_PASS for m in marks)
     assert k["counters"]["verdicts"] >= 1
+    # Stealth probes (FIN: no connection, so no ct mark) still take the second jump and reach
+    # the daemon.
+    before = k["queues"][0]["id_sequence"]
+    lab.exec("atk", "hping3", "-q", "-F", "-p", "81", "-c", "5", "-i", "u20000",
+             lab.addr("pc2"), check=False, timeout=20)  # fmt: skip
+    assert kernel(lab)["queues"][0]["id_sequence"] >= before + 5
     d.stop()
     assert nothing_of_ours(ruleset(lab))
     assert ping(lab, "pc1", lab.addr("web")) == 3
