@@ -184,7 +184,14 @@ def check_config(path: Path) -> None:
 @click.option(
     "--progress", is_flag=True, help="A progress bar with packets/s on stderr (on a terminal)."
 )
-def replay(pcap: Path, config_path: Path | None, progress: bool) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processes to spread flows over (default: by file size, at most one per core); "
+    "the output is the same as with one.",
+)
+def replay(pcap: Path, config_path: Path | None, progress: bool, workers: int | None) -> None:
     """Run the engine over a pcap/pcapng file; EVE-JSON alerts on stdout, one per line."""
     from appliance.alerts.pipeline import stdout_sink
     from appliance.replay import ProgressBar, ReplayError
@@ -193,7 +200,7 @@ def replay(pcap: Path, config_path: Path | None, progress: bool) -> None:
     config = config_or_exit(config_path, required=False)
     bar = ProgressBar() if progress else None
     try:
-        result = run_replay(pcap, config, [stdout_sink], progress=bar)
+        result = run_replay(pcap, config, [stdout_sink], progress=bar, workers=workers)
     except ReplayError as e:
         if bar is not None:
             bar.finish()
@@ -206,7 +213,8 @@ def replay(pcap: Path, config_path: Path | None, progress: bool) -> None:
         click.echo(line, err=True)
     click.echo(
         f"replay: {result.packets} packets, {result.malformed} undecodable, "
-        f"{result.alerts} alerts{cut}",
+        f"{result.alerts} alerts{cut}, {result.workers} worker"
+        f"{'s' if result.workers > 1 else ''}",
         err=True,
     )
 

@@ -29,6 +29,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from lab.netns import Lab, LabDaemon, LabError, lab_config, stop
@@ -111,6 +113,31 @@ def iperf(lab: Lab, seconds: int) -> float:
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def iperf_lab(prefix: str, tmp_prefix: str) -> Iterator[tuple[Lab, str, list[Any]]]:
+    """A lab for iperf3 through the bridge: up, offloads off (1 500-byte frames, as on a Pi's
+    NIC), iperf3 listening on web; yields (lab, a temp dir, the server list to add to). Every
+    server is stopped, the lab taken down and the temp dir removed on the way out; a LabError
+    becomes a RuntimeError."""
+    lab = Lab(prefix)
+    tmp = tempfile.mkdtemp(prefix=tmp_prefix)
+    servers: list[Any] = []
+    try:
+        lab.up()
+        lab.set_offloads(False)
+        servers.append(lab.start_iperf3("web", IPERF_PORT))
+        yield lab, tmp, servers
+    except LabError as e:
+        raise RuntimeError(str(e)) from None
+    finally:
+        for p in servers:
+            stop(p, 3)
+        try:
+            lab.down()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ping_rtts(lab: Lab, count: int) -> tuple[list[float], int]:
     """Round-trip times (ms) of `count` pings 10 ms apart, and how many were lost."""
     res = lab.exec("pc1", "ping", "-n", "-c", str(count), "-i", "0.01", "-W", "1",
@@ -180,16 +207,10 @@ def run(quick: bool) -> dict[str, Any]:
     for tool, pkg in (("iperf3", "iperf3"), ("ethtool", "ethtool"), ("ping", "iputils-ping")):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise RuntimeError(f"bench.inline needs `{tool}`: apt install {pkg}")
-    lab = Lab(f"wpb{os.getpid()}")
-    tmp = tempfile.mkdtemp(prefix="watchpost-bench-")
-    servers = []
-    try:
-        _log(f"lab {lab.prefix} up, offloads off")
-        lab.up()
-        lab.set_offloads(False)
+    _log("lab up, offloads off")
+    with iperf_lab(f"wpb{os.getpid()}", "watchpost-bench-") as (lab, tmp, servers):
         # Short connections recycle ports fast: give the client the whole range.
         lab.exec("pc1", "sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=10000 65000")
-        servers.append(lab.start_iperf3("web", IPERF_PORT))
         servers.append(lab.start_sink("web", SINK_PORT, threads=2))
         config = lab_config(tmp)
         order = ["baseline", "daemon"] if quick else ["baseline", "daemon", "daemon", "baseline"]
@@ -217,15 +238,6 @@ def run(quick: bool) -> dict[str, Any]:
         finally:
             if daemon is not None:
                 daemon.stop()
-    except LabError as e:
-        raise RuntimeError(str(e)) from None
-    finally:
-        for p in servers:
-            stop(p, 3)
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     b, d = runs["baseline"], runs["daemon"]
     base_mbps, d_mbps = _median(b, "mbps"), _median(d, "mbps")
     base_p99, d_p99 = _median(b, "rtt_p99"), _median(d, "rtt_p99")

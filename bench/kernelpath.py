@@ -12,9 +12,14 @@ Stages (cumulative):
 4. ``queue_chain_unjudged``: plus the iptables-nft ``WATCHPOST`` queue chain (pkttype, connmark,
    physdev + connbytes, NFQUEUE with bypass) and no daemon: no flow ever gets a verdict, so every
    packet walks the queue rules (the "daemon crashed" case);
-5. ``daemon``: the daemon itself (monitor mode): flows are judged, their packets leave at the
-   connmark fast-accept rule;
-6. ``daemon_block``: block mode: the block chain and drop-set lookups on every packet too.
+5. ``daemon_before``: the daemon (monitor mode) with the rule order used before the judged
+   flow's fast path moved to the first rule (an unconditional jump to the queue chain, whose
+   second rule returns judged flows; the verdict chain's bridged checks before its mark test):
+   the baseline of the next stage, measured in the same run;
+6. ``daemon``: the daemon itself (monitor mode), rules as the firewall module renders them: a
+   judged flow's packets leave at the first rule of each chain (FORWARD's connmark test, the
+   verdict chain's mark test);
+7. ``daemon_block``: block mode: the block chain and drop-set lookups on every packet too.
 
 Order: the stages forward, then backward (ABBA), `rounds` times; each figure is the median of
 its runs divided by the median of the plain bridge, and the spread (min-max) of each is reported
@@ -28,16 +33,25 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from typing import Any
 
 from appliance.config import from_dict
-from appliance.inline.firewall import RulesetSpec, render_iptables, render_nft
-from bench.inline import IPERF_PORT, iperf
-from lab.netns import INLINE_CONFIG, Lab, LabDaemon, LabError, lab_config, stop
+from appliance.inline.firewall import (
+    CHAIN,
+    JUMPS,
+    MARK_BLOCK,
+    MARK_MASK,
+    MARK_PASS,
+    TABLE,
+    RulesetSpec,
+    render_iptables,
+    render_nft,
+)
+from bench.inline import iperf, iperf_lab
+from lab.netns import INLINE_CONFIG, Lab, LabDaemon, lab_config
 
-STAGES = ("plain", "br_netfilter", "conntrack", "nft_table", "queue_chain_unjudged", "daemon",
-          "daemon_block")  # fmt: skip
+STAGES = ("plain", "br_netfilter", "conntrack", "nft_table", "queue_chain_unjudged",
+          "daemon_before", "daemon", "daemon_block")  # fmt: skip
 
 
 def _log(msg: str) -> None:
@@ -76,7 +90,28 @@ def _apply(lab: Lab, stage: str, tmp: str) -> LabDaemon | None:
         return None
     mode = "block" if stage == "daemon_block" else "monitor"
     config = lab_config(os.path.join(tmp, stage), mode=mode)
-    return LabDaemon(lab, config).start()
+    daemon = LabDaemon(lab, config).start()
+    if stage == "daemon_before":
+        _order_before(lab)
+    return daemon
+
+
+def _order_before(lab: Lab) -> None:
+    """Put the daemon's rules back in the order they had before the fast path moved first."""
+    mask = f"0x{MARK_MASK:x}"
+    for tool in ("iptables", "ip6tables"):
+        old = [f"-D{j[2:]}" for j in JUMPS]
+        old += [f"-I {CHAIN} 2 -m connmark ! --mark 0x0/{mask} -j RETURN", f"-A FORWARD -j {CHAIN}"]
+        lab.exec("app", f"{tool}-restore", "--noflush", input="*filter\n" + "\n".join(old)
+                 + "\nCOMMIT\n")  # fmt: skip
+    m = f"0x{MARK_MASK:08x}"
+    keep = f"0x{~MARK_MASK & 0xFFFFFFFF:08x}"
+    rules = ['iifname != "br0" return', 'oifname != "br0" return', f"meta mark & {m} == 0 return"]
+    rules += [f"meta mark & {m} == {v:#010x} ct mark set ct mark & {keep} | {v:#010x} counter"
+              for v in (MARK_PASS, MARK_BLOCK)]  # fmt: skip
+    script = f"flush chain inet {TABLE} verdict\n"
+    script += "".join(f"add rule inet {TABLE} verdict {r}\n" for r in rules)
+    lab.exec("app", "nft", "-f", "-", input=script)
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -86,14 +121,8 @@ def run(quick: bool) -> dict[str, Any]:
         raise RuntimeError("bench.kernelpath needs `iperf3`: apt install iperf3")
     seconds = 1 if quick else 3
     rounds = 1 if quick else 2
-    lab = Lab(f"wpk{os.getpid() % 100000}")
-    tmp = tempfile.mkdtemp(prefix="watchpost-kpath-")
     mbps: dict[str, list[float]] = {s: [] for s in STAGES}
-    servers = []
-    try:
-        lab.up()
-        lab.set_offloads(False)
-        servers.append(lab.start_iperf3("web", IPERF_PORT))
+    with iperf_lab(f"wpk{os.getpid() % 100000}", "watchpost-kpath-") as (lab, tmp, _servers):
         order = [s for _ in range(rounds) for s in (*STAGES, *reversed(STAGES))]
         for stage in order:
             daemon = _apply(lab, stage, tmp)
@@ -103,15 +132,6 @@ def run(quick: bool) -> dict[str, Any]:
                 if daemon is not None:
                     daemon.stop()
             _log(f"{stage}: {mbps[stage][-1]:.0f} Mbit/s")
-    except LabError as e:
-        raise RuntimeError(str(e)) from None
-    finally:
-        for p in servers:
-            stop(p, 3)
-        try:
-            lab.down()
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(mbps["plain"])
     table = {
         s: {

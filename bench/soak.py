@@ -1,15 +1,22 @@
 """`make soak` (``python -m bench.soak``): a bounded soak run; NOT part of `make test`.
 
-Phase 1, inline (about 60 % of ``SOAK_SECONDS``, default 600): the daemon in the namespace lab
-under office traffic from pc1 (DNS lookups and HTTP requests in a bounded loop), an nmap SYN scan
-of pc2 from atk every 60 s, one bounded SYN flood (hping3, 20 000 packets) half-way, and a config
-reload (SIGHUP) every 30 s. Sampled every 2 s: the daemon's RSS and packets/s reaching the queue
-(kernel counters), fail-open events (queue and user drops), the daemon log's tracebacks.
+Phase 1, inline (about 60 % of ``SOAK_SECONDS``, default 600): the daemon in the namespace lab,
+reporting to the lab hub (mosquitto with TLS and the hub's collector with its store), under
+office traffic from pc1 (DNS lookups, listed names now and then, HTTP requests in a bounded
+loop), an nmap SYN scan of pc2 from atk every 60 s, one bounded SYN flood (hping3, 20 000
+packets) half-way, a config reload (SIGHUP) every 30 s, and a HUB OUTAGE: the broker is stopped
+from 25 % to 45 % of the phase (a scan runs meanwhile, so alerts wait in the device's outbox),
+then started again. Sampled every 2 s: the daemon's RSS and packets/s reaching the queue (kernel
+counters), fail-open events (queue and user drops), the daemon log's tracebacks. At the end the
+daemon is stopped (which reports every open aggregation window) and started once more, so its
+outbox drains: ``alerts_lost`` counts the alerts the device made (the seqs in its EVE log) that
+are not in the hub's store within 60 s (must be 0), ``hub_seq_gaps`` the store's open gaps.
 
 Phase 2, fuzz (``SOAK_FUZZ`` packets, default 1 000 000, bounded by the rest of the time): the
 honest office mix, truncated at random lengths, with random bytes flipped and headers spliced,
-through decode + engine + all detectors in this process; exceptions escaping decode or the engine
-and detector hook errors are counted; RSS and packets/s sampled.
+through decode + engine + all detectors, with 500 ET-style rules loaded (`bench.rules`), in this
+process; exceptions escaping decode or the engine and detector hook errors are counted; RSS and
+packets/s sampled.
 
 Writes ``soak.json`` and ``soak.png`` (RSS and packets/s over the run) into ``SOAK_OUT`` (default
 ``./soak-out``) and prints the JSON. Only lab addresses; every loop bounded in count and time.
@@ -17,10 +24,11 @@ Writes ``soak.json`` and ``soak.png`` (RSS and packets/s over the run) into ``SO
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
-import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,11 +41,14 @@ TRAFFIC = r"""
 import socket, sys, time, urllib.request
 end = time.monotonic() + float(sys.argv[1])
 names = ["www.example.com", "files.example.com", "example.com", "nx%d.example.com"]
+listed = ["c2.example.net", "login-update.example.org"]
 i = 0
 while time.monotonic() < end and i < 1_000_000:
     i += 1
     try:
         socket.getaddrinfo(names[i % 4].replace("%d", str(i)), 80)
+        if i % 50 == 0:
+            socket.getaddrinfo(listed[i // 50 % 2], 80)
     except OSError:
         pass
     try:
@@ -62,26 +73,64 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _eve_seqs(path: Path) -> list[int]:
+    """The seqs of the alerts in a daemon's EVE log (numbered by its outbox)."""
+    out = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                out.append(int(json.loads(line)["watchpost"]["seq"]))
+    return out
+
+
+def _broker_restart(lab: Any, hub: Any) -> None:
+    """Start the lab hub's mosquitto again with its config (persistent sessions survive)."""
+    conf = next(Path(hub.conf_dir).glob("*.conf"))
+    with open(hub.log, "ab") as out:
+        hub.proc = lab.popen("hub", "mosquitto", "-c", str(conf), stdout=out, stderr=out)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        res = lab.exec("hub", "ss", "-Hltn", f"sport = :{hub.port}", check=False)
+        if res.stdout.strip():
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the lab hub's broker did not come back")
+
+
 def inline_phase(seconds: float, samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
+    from lab.hub import start_lab_hub
     from lab.netns import Lab, LabDaemon, lab_config, stop
 
     lab = Lab(f"wps{os.getpid() % 100000}")
     tmp = tempfile.mkdtemp(prefix="watchpost-soak-")
     procs = []
     out: dict[str, Any] = {}
+    hub = None
     try:
         lab.up()
         procs.append(lab.start_http("web", 80))
-        daemon = LabDaemon(lab, lab_config(tmp)).start()
+        hub = start_lab_hub(lab, tmp)
+        state = Path(tmp) / "state"
+        config = lab_config(tmp, hub={**hub.hub_table, "outbox": str(state / "outbox.sqlite")},
+                            alerts={"rate_per_minute": 10_000, "burst": 10_000})  # fmt: skip
+        daemon = LabDaemon(lab, config).start()
         assert daemon.proc is not None
         pid = daemon.proc.pid
         procs.append(lab.popen("pc1", sys.executable, "-c", TRAFFIC, str(seconds),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
-        end = time.monotonic() + seconds
+        start = time.monotonic()
+        end = start + seconds
+        outage = (start + seconds * 0.25, start + seconds * 0.45)
         last_q, last_t = 0, time.monotonic()
         next_scan = next_reload = time.monotonic() + 10
-        flooded = False
-        reloads = scans = 0
+        flooded = hub_down = False
+        reloads = scans = outages = 0
+
+        def scan() -> None:
+            procs.append(lab.popen("atk", "nmap", "-n", "-Pn", "-sS", "-p", "1-300",
+                                   "--max-rate", "300", lab.addr("pc2"),
+                                   stdout=subprocess.DEVNULL))  # fmt: skip
+
         while time.monotonic() < end and daemon.alive():
             now = time.monotonic()
             if now >= next_reload:
@@ -89,11 +138,19 @@ def inline_phase(seconds: float, samples: list[dict[str, Any]], t0: float) -> di
                 reloads += 1
                 next_reload = now + 30
             if now >= next_scan:
-                procs.append(lab.popen("atk", "nmap", "-n", "-Pn", "-sS", "-p", "1-300",
-                                       "--max-rate", "300", lab.addr("pc2"),
-                                       stdout=subprocess.DEVNULL))  # fmt: skip
+                scan()
                 scans += 1
                 next_scan = now + 60
+            if not hub_down and not outages and now >= outage[0]:
+                _log("hub outage: broker stopped")
+                stop(hub.proc, 10)
+                hub_down, outages = True, 1
+                scan()  # alerts made while the hub is away
+                scans += 1
+            if hub_down and now >= outage[1]:
+                _broker_restart(lab, hub)
+                hub_down = False
+                _log("hub outage over: broker started")
             if not flooded and now >= end - seconds / 2:
                 procs.append(lab.popen("atk", "hping3", "-q", "-S", "-p", "80", "-i", "u200",
                                        "-c", "20000", lab.addr("pc2"), stdout=subprocess.DEVNULL,
@@ -107,21 +164,38 @@ def inline_phase(seconds: float, samples: list[dict[str, Any]], t0: float) -> di
             last_q, last_t = q, t
             out["fail_open_events"] = sum(x["queue_dropped"] + x["user_dropped"] for x in qs)
             time.sleep(2.0)
+        if hub_down:
+            _broker_restart(lab, hub)
         out["daemon_alive_at_end"] = daemon.alive()
-        daemon.stop()
+        daemon.stop()  # reports every open aggregation window into the outbox
         log = Path(tmp) / "daemon.log"
         text = log.read_text(errors="replace") if log.exists() else ""
         eve = Path(tmp) / "eve.json"
+        made = set(_eve_seqs(eve))
+        # Once more, so what the stop reported leaves the outbox too.
+        daemon = LabDaemon(lab, config).start()
+        deadline = time.monotonic() + 60
+        stored: set[int] = set()
+        while time.monotonic() < deadline:
+            stored = set(hub.stored()[1])
+            if made <= stored:
+                break
+            time.sleep(1.0)
+        daemon.stop()
         out.update({
             "reloads": reloads, "scans": scans, "syn_flood_packets": 20000 if flooded else 0,
+            "hub_outages": outages, "hub_outage_seconds": round(outage[1] - outage[0], 1),
             "daemon_tracebacks": text.count("Traceback"),
-            "alerts_eve_lines": len(eve.read_text().splitlines()) if eve.exists() else 0,
-            "queued_packets": last_q,
+            "alerts_eve_lines": len(made), "alerts_made": len(made),
+            "alerts_stored_at_hub": len(made & stored), "alerts_lost": len(made - stored),
+            "hub_seq_gaps": len(hub.stored()[2]), "queued_packets": last_q,
         })  # fmt: skip
     finally:
         for p in procs:
             if p.poll() is None:
                 stop(p, 3)
+        if hub is not None:
+            hub.stop()
         lab.down()
     return out
 
@@ -141,17 +215,26 @@ def _mutate(rng: random.Random, raw: bytes, other: bytes) -> bytes:
 
 def fuzz_phase(n: int, seconds: float, samples: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     from appliance.alerts.pipeline import AlertPipeline
+    from appliance.config import from_dict
     from appliance.detect.engine import Engine
     from appliance.packet.decode import DecodeStats, decode_ip
-    from bench.engine import _config, _intel
+    from bench.engine import _intel
     from bench.mix import office_mix_timed
+    from bench.rules import generate
 
-    with tempfile.TemporaryDirectory() as d:
+    d = tempfile.mkdtemp(prefix="watchpost-soak-fuzz-")
+    try:
         store = _intel(Path(d))
+        rules = Path(d) / "soak.rules"
+        rules.write_text(generate(500))
+        config = from_dict({"device": {"id": "soak", "site": "soak"},
+                            "inline": {"home_nets": ["198.18.0.0/24"]},
+                            "detect": {"rules": {"paths": [str(rules)]}}})  # fmt: skip
+        pipeline = AlertPipeline(config, [])
+        engine = Engine(config, store, pipeline)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
     base = office_mix_timed(40_000, seed=5)
-    config = _config()
-    pipeline = AlertPipeline(config, [])
-    engine = Engine(config, store, pipeline)
     engine.tickers.append(pipeline.tick)
     stats = DecodeStats()
     rng = random.Random(1)
@@ -178,7 +261,7 @@ def fuzz_phase(n: int, seconds: float, samples: list[dict[str, Any]], t0: float)
             if done % 10_000 == 0:
                 t = time.monotonic()
                 samples.append({"t": round(t - t0, 1), "phase": "fuzz",
-                                "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                                "rss_mb": _rss_mb(os.getpid()),
                                 "pps": (done - last_done) / max(1e-3, t - last_t)})  # fmt: skip
                 last_t, last_done = t, done
             if done >= n:
@@ -193,7 +276,13 @@ def fuzz_phase(n: int, seconds: float, samples: list[dict[str, Any]], t0: float)
         "fuzz_hook_errors": sum(engine.stats.hook_errors.values()),
         "fuzz_hook_errors_by_hook": dict(engine.stats.hook_errors),
         "fuzz_alerts": pipeline.emitted,
+        "fuzz_rules_loaded": len(engine_rules(engine)),
     }
+
+
+def engine_rules(engine: Any) -> list[Any]:
+    det = next(d for d in engine.detectors if d.name == "rules")
+    return list(det.ruleset.rules) if det.ruleset is not None else []
 
 
 def plot(samples: list[dict[str, Any]], path: Path) -> None:
@@ -208,7 +297,7 @@ def plot(samples: list[dict[str, Any]], path: Path) -> None:
         ax1.plot(xs, [s["rss_mb"] for s in samples if s["phase"] == phase], colour, label=phase)
         ax2.plot(xs, [s["pps"] for s in samples if s["phase"] == phase], colour, label=phase)
     ax1.set_ylabel("RSS (MB)")
-    ax1.set_title("watchpost soak: daemon RSS (inline), bench process peak RSS (fuzz)")
+    ax1.set_title("watchpost soak: daemon RSS (inline), fuzzing process RSS (fuzz)")
     ax2.set_ylabel("packets/s")
     ax2.set_xlabel("seconds")
     ax1.legend()
@@ -245,7 +334,11 @@ def main() -> int:
     (out_dir / "soak.json").write_text(json.dumps(result, indent=1))
     plot(samples, out_dir / "soak.png")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, sort_keys=True))
-    ok = result["fuzz_exceptions"] == 0 and result.get("daemon_tracebacks", 0) == 0
+    ok = (
+        result["fuzz_exceptions"] == 0
+        and result.get("daemon_tracebacks", 0) == 0
+        and result.get("alerts_lost", 0) == 0
+    )
     return 0 if ok else 1
 
 

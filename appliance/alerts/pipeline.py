@@ -62,6 +62,8 @@ class AlertPipeline:
             self.journal, "submit", self.journal.record
         )
         self.emitted = 0
+        # Alert ids (replay derives them from the capture, so its output is reproducible).
+        self.new_id: Callable[[], str] = lambda: str(uuid.uuid4())
         self.by_severity: Counter[int] = Counter()  # emitted alerts by severity (1 = high)
         self.aggregator = Aggregator(self._limit, window=config.alerts.window)
         self.configure(config)
@@ -94,7 +96,7 @@ class AlertPipeline:
             self._finish(alert)
 
     def _finish(self, alert: Alert) -> None:
-        alert.id = str(uuid.uuid4())
+        alert.id = self.new_id()
         alert.device = self.config.device.id
         alert.site = self.config.device.site
         eve = alert.to_eve()

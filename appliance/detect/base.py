@@ -74,6 +74,13 @@ class Detector:
 
     name: ClassVar[str] = ""
     signatures: ClassVar[tuple[Signature, ...]] = ()
+    # How the detector's state is keyed, so `replay --workers` can split flows over processes
+    # (appliance/replay/parallel.py): "flow" (only per flow), "client" (per flow client, e.g.
+    # a scanning source), "inbound-server" (per server of flows opened from outside), or
+    # "global" (anything else: replay then runs in one process and says so).
+    partition: str = "global"
+    # IP protocols whose packets the `packet` hook needs in every replay worker.
+    replicated: ClassVar[tuple[int, ...]] = ()
 
     @classmethod
     def load(cls, loader: Loader) -> None:

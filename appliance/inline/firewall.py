@@ -27,7 +27,10 @@ first packet was dropped (their conntrack entry is never confirmed, so it cannot
 
 Where the kernel lacks nft's ``queue`` expression (this build machine; ``nft`` says "No such file
 or directory"), only the queue rules go into our own iptables-nft chain ``WATCHPOST`` in the
-``filter`` table of each family, jumped to from ``FORWARD`` (``-j NFQUEUE --queue-bypass``,
+``filter`` table of each family, jumped to from ``FORWARD`` only by packets of flows without a
+verdict and by stealth probes (`JUMPS`: a judged flow's packets leave at the first rule of the
+hook's first chain, and the verdict chain lets them go at its first rule too)
+(``-j NFQUEUE --queue-bypass``,
 ``connbytes``, ``connmark`` and ``physdev`` through nft_compat); the rest stays in our table.
 That chain and its jump are replaced in one ``iptables-restore --noflush`` transaction and
 removed the same way. We detect which to use at start with ``nft --check`` on a throwaway table.
@@ -225,7 +228,6 @@ def render_nft(spec: RulesetSpec) -> str:
         q = _nft_queue(spec)
         lines = [
             "\t\tmeta pkttype != host return\n",
-            f"\t\tct mark & {mask} != 0x00000000 return\n",
             f"\t\tmeta l4proto {{ tcp, udp }} th dport {DNS_PORT} {q}\n",
             f"\t\tmeta l4proto {{ tcp, udp }} th sport {DNS_PORT} {q}\n",
         ]
@@ -238,12 +240,17 @@ def render_nft(spec: RulesetSpec) -> str:
             "\t\tct state invalid tcp flags & (syn | ack | rst) == 0 "
             f"limit rate {STEALTH_RATE}/second burst {STEALTH_BURST} packets {q}\n"
         )
+        # A flow with a verdict leaves at the first rule (stealth probes have no connection:
+        # `ct mark` does not match them, so they are let through to the stealth rule).
+        judged = f"\t\tct mark & {mask} != 0x00000000 return\n"
         out.append(
             f"\tchain heads {{\n\t\ttype filter hook forward priority {PRIO_QUEUE}; "
-            "policy accept;\n" + bridged + "".join(lines) + "\t}\n"
+            "policy accept;\n" + judged + bridged + "".join(lines) + "\t}\n"
         )
+    # Only a packet the daemon just answered carries a verdict mark: every other packet (all of a
+    # judged flow's) leaves at the first rule, before the bridged checks.
     verdict = [
-        f"\t\tmeta mark & {mask} == 0x00000000 return\n",
+        bridged,
         f"\t\tmeta mark & {mask} == 0x{MARK_PASS:08x} "
         f"ct mark set ct mark & {keep} | 0x{MARK_PASS:08x} counter\n",
         f"\t\tmeta mark & {mask} == 0x{MARK_BLOCK:08x} "
@@ -253,7 +260,9 @@ def render_nft(spec: RulesetSpec) -> str:
         verdict.append(f"\t\tct mark & {mask} == 0x{MARK_BLOCK:08x} counter drop\n")
     out.append(
         f"\tchain verdict {{\n\t\ttype filter hook forward priority {PRIO_VERDICT}; "
-        "policy accept;\n" + bridged + "".join(verdict) + "\t}\n"
+        f"policy accept;\n\t\tmeta mark & {mask} == 0x00000000 return\n"
+        + "".join(verdict)
+        + "\t}\n"
     )
     out.append("}\n")
     return "".join(out)
@@ -265,10 +274,8 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
         target = f"-j NFQUEUE --queue-num {spec.queue_first} --queue-bypass"
     else:
         target = f"-j NFQUEUE --queue-balance {spec.queue_first}:{spec.queue_last} --queue-bypass"
-    rules = [
-        f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN",
-        f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN",
-    ]
+    # (Flows with a verdict never get here: the jumps to this chain test the connmark.)
+    rules = [f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN"]
 
     def heads(n: int) -> str:
         return f"-m connbytes --connbytes 0:{n} --connbytes-dir both --connbytes-mode packets"
@@ -292,14 +299,21 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
     return rules
 
 
-# An unconditional jump: every match in it would run for every forwarded packet, and physdev is an
-# nft_compat match (slow). Our chain starts with native checks (pkttype, ct mark) that send a
-# judged flow's packets back at once; the physdev port matches run only for flow heads.
-JUMP = f"-A FORWARD -j {CHAIN}"
+# The jumps to our chain, cheapest first: a packet of a flow with a verdict fails the first (a
+# native `ct mark` test) and the second (a TCP flags test, failed by anything with ACK/SYN/RST,
+# and by all UDP at the protocol test) and leaves FORWARD without entering our chain. The second
+# one is there for stealth probes (FIN, NULL, Xmas): conntrack calls them invalid and gives
+# them no connection, so `ct mark` never matches them. The physdev port matches (nft_compat,
+# slow) run only for flow heads.
+JUMPS = (
+    f"-A FORWARD -m connmark --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}",
+    f"-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST,ACK NONE -m conntrack --ctstate INVALID "
+    f"-j {CHAIN}",
+)
 
 
 def render_iptables(spec: RulesetSpec, stale_jumps: Iterable[str] = ()) -> str:
-    """An ``iptables-restore --noflush`` script: (re)create our chain and exactly one jump.
+    """An ``iptables-restore --noflush`` script: (re)create our chain and exactly our jumps.
 
     Declaring the chain flushes it if it exists; `stale_jumps` are the FORWARD rules (as
     ``iptables -S`` prints them) that jump to it now, deleted in the same transaction.
@@ -307,7 +321,7 @@ def render_iptables(spec: RulesetSpec, stale_jumps: Iterable[str] = ()) -> str:
     lines = ["*filter", f":{CHAIN} - [0:0]"]
     lines += ["-D" + j[2:] for j in stale_jumps]
     lines += render_iptables_rules(spec)
-    lines.append(JUMP)
+    lines += JUMPS
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 

@@ -125,6 +125,8 @@ def _median(sorted_vals: list[float]) -> float:
 
 class BeaconDetector(Detector):
     name = "beacon"
+    # replay --workers (Detector.partition): state per client, server name or address, port.
+    partition = "client"
     signatures = (OUTBOUND, UNKNOWN)
 
     def __init__(self) -> None:

@@ -89,6 +89,8 @@ class _Pair:
 
 class BruteForceDetector(Detector):
     name = "bruteforce"
+    # replay --workers (Detector.partition): state per (client, server, port).
+    partition = "client"
     signatures = (INBOUND, OUTBOUND, INTERNAL, UNKNOWN)
 
     def __init__(self) -> None:

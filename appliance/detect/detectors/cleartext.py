@@ -84,6 +84,8 @@ def first_line_words(payload: bytes, n: int) -> list[bytes]:
 
 class CleartextDetector(Detector):
     name = "cleartext"
+    # replay --workers (Detector.partition): state only per flow.
+    partition = "flow"
     signatures = (FTP, TELNET, HTTP_BASIC, POP3, IMAP)
     # Head packets (both directions) the ruleset should queue on these ports: enough for a
     # banner, option negotiation and a login typed one character per packet (Telnet).

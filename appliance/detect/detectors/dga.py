@@ -200,6 +200,8 @@ class _Host:
 
 class DgaDetector(Detector):
     name = "dga"
+    # replay --workers (Detector.partition): state per office host asking.
+    partition = "client"
     signatures = (FAILED, STRONG, NXDOMAINS)
 
     def __init__(self) -> None:

@@ -148,6 +148,8 @@ class _Zone:
 
 class DnsTunnelDetector(Detector):
     name = "dns-tunnel"
+    # replay --workers (Detector.partition): state per (client, zone).
+    partition = "client"
     signatures = (ENCODED, UNIQUE, TXT_NULL, FLOOD)
 
     def __init__(self) -> None:

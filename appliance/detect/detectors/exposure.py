@@ -104,6 +104,8 @@ class _Service:
 
 class ExposureDetector(Detector):
     name = "exposure"
+    # replay --workers (Detector.partition): state per office server of inbound flows.
+    partition = "inbound-server"
     signatures = (REMOTE, FILES, DATABASE, PRINTER, OTHER, UNKNOWN)
 
     def __init__(self) -> None:

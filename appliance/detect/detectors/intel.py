@@ -58,6 +58,8 @@ MEMO_SIZE = 4096
 
 class IntelDetector(Detector):
     name = "intel"
+    # replay --workers (Detector.partition): state per flow (lookups memoised).
+    partition = "flow"
     signatures = (
         IP_HIT,
         DNS_QUERY,

@@ -243,6 +243,10 @@ class _Source:
 
 class PortScanDetector(Detector):
     name = "portscan"
+    # replay --workers (Detector.partition): state per scanning source.
+    partition = "client"
+    # ICMP time-exceeded notes name probes of any flow: every worker sees them.
+    replicated = (ICMP, ICMPV6)
     signatures = (IN_VERTICAL, IN_HORIZONTAL, OUT_VERTICAL, OUT_HORIZONTAL, VERTICAL, HORIZONTAL)
 
     def __init__(self) -> None:

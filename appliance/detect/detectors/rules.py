@@ -91,6 +91,8 @@ def parse_vars(opts: Options) -> dict[str, str]:
 
 class RulesDetector(Detector):
     name = "rules"
+    # replay --workers (Detector.partition): state per flow; "global" with threshold rules.
+    partition = "flow"
     signatures = ()  # one per loaded rule: see `watchpost rules check`
 
     def __init__(self) -> None:
@@ -157,6 +159,8 @@ class RulesDetector(Detector):
         self._sigs = {}
         self.tracker = Tracker()
         self._hooks = ruleset.hooks() if ruleset is not None else set()
+        thresholds = ruleset is not None and any(r.threshold for r in ruleset.rules)
+        self.partition = "global" if thresholds else "flow"
 
     # -- helpers ---------------------------------------------------------------------------------
 

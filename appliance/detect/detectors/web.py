@@ -280,6 +280,8 @@ def host_port(host: str) -> int:
 
 class WebDetector(Detector):
     name = "web"
+    # replay --workers (Detector.partition): state per client (path sweeps).
+    partition = "client"
     signatures = (SQLI, TRAVERSAL, CMDI, XSS, SCANNER, SWEEP, PROGRAM, IOT)
 
     def __init__(self) -> None:

@@ -11,7 +11,7 @@ import time
 import pytest
 from inlinekit import Daemons, kernel, nothing_of_ours, ping, ruleset, wait_for
 
-from appliance.inline.firewall import MARK_MASK, MARK_PASS
+from appliance.inline.firewall import JUMPS, MARK_MASK, MARK_PASS
 from lab.netns import Lab
 
 pytestmark = pytest.mark.root
@@ -40,6 +40,12 @@ def test_ping_and_tcp_through_the_daemon_with_verdicts_in_conntrack(
     marks = [int(re.search(r" mark=(\d+)", ln).group(1)) for ln in http]
     assert all(m & MARK_MASK == MARK_PASS for m in marks)
     assert k["counters"]["verdicts"] >= 1
+    # Stealth probes (FIN: no connection, so no ct mark) still take the second jump and reach
+    # the daemon.
+    before = k["queues"][0]["id_sequence"]
+    lab.exec("atk", "hping3", "-q", "-F", "-p", "81", "-c", "5", "-i", "u20000",
+             lab.addr("pc2"), check=False, timeout=20)  # fmt: skip
+    assert kernel(lab)["queues"][0]["id_sequence"] >= before + 5
     d.stop()
     assert nothing_of_ours(ruleset(lab))
     assert ping(lab, "pc1", lab.addr("web")) == 3
@@ -78,7 +84,7 @@ def test_kill9_loses_no_ping_and_a_restart_replaces_the_leftovers(
     for key in ("table", "ipt4", "ipt6"):
         assert _normal(after[key]) == _normal(before[key])
     for text in (after["ipt4"], after["ipt6"]):
-        assert text.count("-j WATCHPOST") == 1
+        assert text.count("-j WATCHPOST") == len(JUMPS)  # our jumps, each once
         assert text.count("-N WATCHPOST") == 1
     assert after["all"].count("table inet watchpost {") == 1
     # A clean stop leaves nothing of ours: a plain bridge.

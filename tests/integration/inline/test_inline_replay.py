@@ -61,6 +61,13 @@ def test_replay_of_a_lab_capture_matches_the_inline_alerts(
     replayed = {key(json.loads(line)) for line in res.stdout.splitlines() if line.strip()}
     assert any(k[0] == "intel" and k[3] == lab.addr("evil") for k in inline)
     assert replayed == inline
+    # Flows spread over two processes: the same output, byte for byte.
+    two = subprocess.run(
+        [sys.executable, "-m", "appliance", "replay", str(pcap), "--config", str(d.config),
+         "--workers", "2"], capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "2 workers" in two.stderr
+    assert two.stdout == res.stdout
 
 
 def test_capture_on_the_bridge_pauses_inspection(

@@ -10,7 +10,7 @@ import pytest
 
 from appliance.inline.firewall import (
     CHAIN,
-    JUMP,
+    JUMPS,
     MARK_BLOCK,
     MARK_MASK,
     MARK_PASS,
@@ -94,6 +94,9 @@ def test_block_mode_table_drops_sets_and_blocked_connections_of_bridged_traffic_
         assert rule in block
     verdict = text.split("chain verdict {", 1)[1].split("}", 1)[0]
     assert verdict.strip().endswith("ct mark & 0x0c000000 == 0x08000000 counter drop")
+    # Every packet without a fresh verdict mark (all of a judged flow's) leaves at rule one.
+    first = verdict.split("policy accept;\n", 1)[1].splitlines()[0].strip()
+    assert first == "meta mark & 0x0c000000 == 0x00000000 return"
 
 
 def test_table_script_replaces_atomically_and_touches_only_our_table() -> None:
@@ -118,8 +121,10 @@ def test_native_queue_chain_queues_dns_deep_ports_and_heads_with_bypass() -> Non
     assert "meta l4proto { tcp, udp } th sport 53 counter queue flags bypass to 2-3" in chain
     assert "tcp dport { 21 } ct packets <= 40 counter" in chain
     assert "ct packets <= 8 counter queue flags bypass to 2-3" in chain
-    # Flows with a verdict, broadcast and multicast are skipped before anything is queued.
-    assert chain.index("ct mark & 0x0c000000 != 0x00000000 return") < chain.index("queue flags")
+    # Flows with a verdict leave at the first rule; broadcast and multicast are skipped before
+    # anything is queued.
+    first = chain.split("policy accept;\n", 1)[1].splitlines()[0].strip()
+    assert first == "ct mark & 0x0c000000 != 0x00000000 return"
     assert chain.index("meta pkttype != host return") < chain.index("queue flags")
 
 
@@ -143,7 +148,11 @@ def test_iptables_rules_queue_both_directions_between_the_two_ports() -> None:
     # Broadcast and multicast are never queued: the bridge clones them (local delivery plus
     # forwarding), and the kernel drops a queued clone whose new connection is shared.
     assert rules[0] == f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN"
-    assert rules[1] == f"-A {CHAIN} -m connmark ! --mark 0x0/0xc000000 -j RETURN"
+    # Flows with a verdict never enter the chain: the jumps test the connmark (and stealth
+    # probes, which have no connection).
+    assert not any("connmark" in r for r in rules)
+    assert JUMPS[0] == f"-A FORWARD -m connmark --mark 0x0/0xc000000 -j {CHAIN}"
+    assert "--ctstate INVALID" in JUMPS[1] and "--tcp-flags SYN,RST,ACK NONE" in JUMPS[1]
     queued = [r for r in rules if "NFQUEUE" in r]
     assert all(r.endswith("-j NFQUEUE --queue-num 0 --queue-bypass") for r in queued)
     out = [r for r in queued if "--physdev-in office --physdev-out uplink" in r]
@@ -172,20 +181,20 @@ def test_iptables_balance_and_deep_ports_in_chunks_of_fifteen() -> None:
 
 
 def test_iptables_script_recreates_chain_and_replaces_stale_jumps() -> None:
-    stale = [JUMP, "-A FORWARD -i eth9 -j WATCHPOST"]
+    stale = ["-A FORWARD -j WATCHPOST", "-A FORWARD -i eth9 -j WATCHPOST"]
     script = render_iptables(spec(), stale).splitlines()
     assert script[0] == "*filter" and script[-1] == "COMMIT"
     assert script[1] == f":{CHAIN} - [0:0]"  # declaring the chain flushes it
     assert "-D FORWARD -j WATCHPOST" in script
     assert "-D FORWARD -i eth9 -j WATCHPOST" in script
-    assert script.count(JUMP) == 1
-    assert script.index("-D FORWARD -i eth9 -j WATCHPOST") < script.index(JUMP)
+    assert [line for line in script if line.startswith("-A FORWARD")] == list(JUMPS)
+    assert script.index("-D FORWARD -i eth9 -j WATCHPOST") < script.index(JUMPS[0])
 
 
 def test_iptables_removal_script() -> None:
     assert render_iptables_removal([], chain_exists=False) is None
-    script = render_iptables_removal([JUMP], chain_exists=True)
-    assert script == (f"*filter\n-D FORWARD -j WATCHPOST\n-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n")
+    script = render_iptables_removal([JUMPS[0]], chain_exists=True)
+    assert script == (f"*filter\n-D{JUMPS[0][2:]}\n-F {CHAIN}\n-X {CHAIN}\nCOMMIT\n")
 
 
 def test_parse_set_elements_json() -> None:

@@ -1,0 +1,249 @@
+"""`watchpost replay --workers N`: flows spread over worker processes, output as one process.
+
+Partition: a flow belongs to worker ``crc32(client) % N`` when its client is an office host
+(direction outbound or internal), and to worker 0 otherwise (inbound and unknown-direction flows,
+whose clients are outside). Every detector declares how its state is keyed
+(`Detector.partition`): per flow, per flow client, or per server of flows opened from outside
+(exposure); all three keep whole under this partition. A detector that declares "global" (or
+none) cannot be split, and replay then runs in one process and says why.
+
+Every worker reads and decodes the whole capture and keeps the whole flow table (so ticks, flow
+ageing and the flow bound are those of one process), but runs dissectors and detector hooks
+only for its own flows. Engine state that spans flows is kept whole in every worker: DNS
+answers are dissected and believed everywhere (the name cache, the resolvers the block guard
+protects); detectors name the IP protocols whose packets their hook needs in every worker
+(`Detector.replicated`: portscan's ICMP time-exceeded notes).
+
+Order: alerts a packet's hooks raise come from the one worker owning the packet, in hook order;
+alerts raised in a tick are put in a canonical order (detector, then the alert's fields) in
+one process and in N alike, so the merged stream fed to the one alert pipeline (aggregation,
+rate limit, ids) is the same alert for alert. Per-partition bounds (a detector's table cap,
+the engine's partial-hello holders) are reached later with N workers: the run reports it when
+the engine's bound was reached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+from appliance.alerts.model import Alert
+from appliance.config import Config
+from appliance.detect.base import HOOKS, Detector
+from appliance.detect.engine import Engine
+from appliance.detect.intel import IntelStore
+from appliance.packet.decode import DecodeStats, Packet
+from appliance.packet.flows import DIR_INTERNAL, DIR_OUTBOUND, Flow
+
+# Partition keys a detector may declare (Detector.partition).
+COMPATIBLE = frozenset({"flow", "client", "inbound-server"})
+# One worker per this many bytes of capture (up to the number of cores).
+BYTES_PER_WORKER = 32 << 20
+
+TICK, PACKET = 0, 1
+_LAST = (float("inf"),)  # sorts after every alert of its tick
+
+
+def split_problems(detectors: list[Detector], config: Config) -> list[str]:
+    """Why this engine's detectors cannot be spread over workers (empty: they can)."""
+    out = []
+    if config.inline.mode == "block":
+        out.append("block mode (the block guard's cap counts blocks over all flows)")
+    for d in detectors:
+        if not config.detect.get(d.name, {}).get("enabled", True):
+            continue
+        key = getattr(d, "partition", "global")
+        if key not in COMPATIBLE:
+            out.append(f"detector {d.name}: state keyed {key!r}")
+    return out
+
+
+def default_workers(size: int) -> int:
+    """Workers for a capture of `size` bytes: one per BYTES_PER_WORKER, at most one per core."""
+    return max(1, min(os.cpu_count() or 1, size // BYTES_PER_WORKER))
+
+
+def canonical(alert: Alert) -> tuple[Any, ...]:
+    """An order for alerts raised in one tick that does not depend on which process raised them."""
+    return (
+        alert.timestamp,
+        alert.signature.sid,
+        alert.src_ip,
+        alert.dest_ip,
+        -1 if alert.src_port is None else alert.src_port,
+        -1 if alert.dest_port is None else alert.dest_port,
+        alert.proto,
+        alert.first_seen,
+        alert.count,
+        json.dumps([alert.details, alert.app], sort_keys=True, default=str),
+    )
+
+
+class TickOrder:
+    """Single-process replay: the engine's sink, putting the alerts of each tick in canonical
+    order before the pipeline's own tick (install with `install`)."""
+
+    def __init__(self, engine: Engine, sink: Callable[[Alert], None]) -> None:
+        self.sink = sink
+        self.order = {d.name: i for i, d in enumerate(engine.detectors)}
+        self.held: list[Alert] | None = None
+        self._tick = engine.tick
+
+    def install(self, engine: Engine, pipeline_tick: Callable[[float], None]) -> None:
+        engine.sink = self
+        engine.tick = self.tick  # type: ignore[method-assign]
+        engine.tickers[:] = [self.flush, pipeline_tick]
+
+    def __call__(self, alert: Alert) -> None:
+        if self.held is None:
+            self.sink(alert)
+        else:
+            self.held.append(alert)
+
+    def tick(self, now: float) -> None:
+        self.held = []
+        try:
+            self._tick(now)
+        finally:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        held, self.held = self.held, None
+        if held:
+            order = self.order
+            for alert in sorted(held, key=lambda a: (order.get(a.detector, -1), canonical(a))):
+                self.sink(alert)
+
+
+class PartitionEngine(Engine):
+    """One worker's engine: the whole flow table, hooks only for its own flows."""
+
+    def __init__(
+        self, config: Config, store: IntelStore, part: int, parts: int, record: list[Any]
+    ) -> None:
+        self.part, self.parts = part, parts
+        self.record = record  # (packet index, phase, order..., alert) and tick marks
+        self.index = 0  # the current packet's index (1-based; ticks happen before it)
+        self.phase = PACKET
+        self.seq = 0
+        super().__init__(config, store, self._sink)
+        self.order = {d.name: i for i, d in enumerate(self.detectors)}
+        self._own = self._hooks
+        self._none: dict[str, list[Any]] = {name: [] for name in HOOKS}
+        self._replicated: dict[int, dict[str, list[Any]]] = {}
+        for d in self.detectors:
+            for proto in getattr(d, "replicated", ()):
+                hooks = self._replicated.setdefault(proto, {name: [] for name in HOOKS})
+                hooks["packet"] += [h for h in self._own["packet"] if h[0] == d.name]
+        self._mine = True
+        inner = self.flows.lookup
+
+        def lookup(pkt: Packet) -> tuple[Flow, bool]:
+            flow, from_client = inner(pkt)
+            self._mine = mine = self.owner(flow) == part
+            self._hooks = self._own if mine else self._replicated.get(pkt.proto, self._none)
+            return flow, from_client
+
+        self.flows.lookup = lookup  # type: ignore[method-assign]
+
+    def owner(self, flow: Flow) -> int:
+        if flow.direction == DIR_OUTBOUND or flow.direction == DIR_INTERNAL:
+            return zlib.crc32(flow.client) % self.parts
+        return 0
+
+    def _sink(self, alert: Alert) -> None:
+        self.seq += 1
+        if self.phase == TICK:
+            key: tuple[Any, ...] = (self.order.get(alert.detector, -1), canonical(alert))
+        else:
+            key = (self.seq,)
+        self.record.append((self.index, self.phase, key, alert))
+
+    def _dissect(self, pkt: Packet, flow: Flow, from_client: bool) -> None:
+        if self._mine or pkt.sport == 53 or pkt.dport == 53:  # DNS: the names every worker knows
+            super()._dissect(pkt, flow, from_client)
+
+    def tick(self, now: float) -> None:
+        self._hooks = self._own
+        self.phase = TICK
+        try:
+            super().tick(now)
+        finally:
+            self.phase = PACKET
+        if self.part == 0:
+            self.record.append((self.index, TICK, _LAST, now))
+
+
+# The job a forked worker runs (set in the parent just before the workers start).
+_JOB: dict[str, Any] = {}
+
+
+def _worker(part: int) -> dict[str, Any]:
+    from appliance.replay import read_capture
+
+    job = _JOB
+    record: list[Any] = []
+    engine = PartitionEngine(job["config"], job["store"], part, job["parts"], record)
+    stats = DecodeStats()
+    readers: list[Any] = []
+    progress = job["progress"] if part == 0 else None
+    process = engine.process
+    n = 0
+    for pkt in read_capture(job["path"], stats, progress, readers):
+        n += 1
+        engine.index = n
+        process(pkt)
+    if n:
+        engine.index = n + 1
+        engine.tick(engine.now + 1e9)
+    return {
+        "record": record,
+        "packets": stats.ok + stats.malformed,
+        "decoded": stats.ok,
+        "malformed": stats.malformed,
+        "truncated_at": readers[0].truncated_at if readers else None,
+        "holds_given_up": engine.stats.holds_given_up,
+        "hook_errors": dict(engine.stats.hook_errors),
+    }
+
+
+def run_workers(
+    path: str, config: Config, store: IntelStore, parts: int, progress: Any
+) -> list[dict[str, Any]]:
+    """Run `parts` forked workers over the capture; their results, worker 0 first."""
+    _JOB.update(path=path, config=config, store=store, parts=parts, progress=progress)
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(parts) as pool:
+            return pool.map(_worker, range(parts), chunksize=1)
+    finally:
+        _JOB.clear()
+
+
+def merged(results: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Every worker's alerts and worker 0's tick marks in one-process order."""
+    rows = [row for r in results for row in r["record"]]
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    return rows
+
+
+def replay_ids(path: str, size: int) -> Callable[[], str]:
+    """Alert ids for a replay: derived from the capture (its size and first 64 KiB) and the
+    alert's number, so a replay gives the same output each time, with any number of workers."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    ns = uuid.UUID(bytes=hashlib.sha256(head + str(size).encode()).digest()[:16])
+    n = 0
+
+    def new_id() -> str:
+        nonlocal n
+        n += 1
+        return str(uuid.uuid5(ns, str(n)))
+
+    return new_id
