@@ -39,6 +39,7 @@ MAX_CHUNKS = math.ceil(MAX_BUNDLE_BYTES / 1024)
 META_NAME = ".bundles.json"
 MANIFEST_FIELDS = ("kind", "name", "version", "size", "sha256", "sig")
 CHUNK_FIELDS = ("job", "manifest", "index", "count", "chunk_size", "data")
+MAX_RANGES = 64  # missing-chunk ranges named in one answer
 
 
 class BundleError(ValueError):
@@ -183,7 +184,13 @@ def parse_chunk(args: Mapping[str, Any]) -> tuple[str, dict[str, Any], int, int,
 
 
 class Transfer:
-    """One bundle being reassembled into a hidden staging file next to its final place."""
+    """One bundle being reassembled into a hidden staging file next to its final place.
+
+    With `resumable`, the indexes of the chunks received are appended to a journal next to the
+    staging file (``<staging>.idx``: a JSON header line, then one index a line, each written
+    after its chunk's bytes are synced), so a Transfer made again for the same job, manifest and
+    chunking (after a restart or a power cut) continues with the chunks it already has.
+    """
 
     def __init__(
         self,
@@ -193,6 +200,8 @@ class Transfer:
         chunk_size: int,
         intel_dir: Path,
         now: float,
+        *,
+        resumable: bool = False,
     ) -> None:
         size = manifest["size"]
         expected = max(1, math.ceil(size / chunk_size))
@@ -210,7 +219,22 @@ class Transfer:
         self.last_activity = now
         intel_dir.mkdir(parents=True, exist_ok=True)
         self.staging = intel_dir / f".{manifest['name']}.{job}.part"
-        self._fd = os.open(self.staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.journal: Path | None = self.staging.with_name(self.staging.name + ".idx")
+        self._jfd = -1
+        header = {"job": job, "manifest": self.manifest, "count": count, "chunk_size": chunk_size}
+        if resumable:
+            self.received = _read_journal(self.journal, header, count)
+        self.resumed = len(self.received)  # chunks found from before (0: a fresh transfer)
+        flags = os.O_RDWR | os.O_CREAT | (0 if self.received else os.O_TRUNC)
+        self._fd = os.open(self.staging, flags, 0o644)
+        if not resumable:
+            self.journal.unlink(missing_ok=True)
+            self.journal = None
+        elif not self.received:
+            line = json.dumps(header, sort_keys=True) + "\n"
+            atomic_write(self.journal, line.encode(), 0o600)
+        if self.journal is not None:
+            self._jfd = os.open(self.journal, os.O_WRONLY | os.O_APPEND)
 
     def expected_len(self, index: int) -> int:
         if index < self.count - 1:
@@ -229,6 +253,10 @@ class Transfer:
                 raise BundleError(f"chunk {index} arrived twice with different content")
             return False
         os.pwrite(self._fd, data, offset)
+        if self._jfd >= 0:
+            os.fdatasync(self._fd)  # the bytes first: a journalled index is always on disk
+            os.write(self._jfd, f"{index}\n".encode())
+            os.fdatasync(self._jfd)
         self.received.add(index)
         return True
 
@@ -238,6 +266,11 @@ class Transfer:
 
     def missing(self) -> list[int]:
         return [i for i in range(self.count) if i not in self.received]
+
+    def missing_ranges(self, limit: int = MAX_RANGES) -> list[list[int]]:
+        """The chunks still wanted as ``[[first, last], ...]`` (at most `limit` ranges, the
+        first ones: a sender resends those, and the next answer names the rest)."""
+        return missing_ranges(self.received, self.count, limit)
 
     def finish(self) -> Path:
         """Check size and hash of the staged file; return its path (still staged)."""
@@ -255,16 +288,63 @@ class Transfer:
         if digest.hexdigest() != self.manifest["sha256"]:
             raise BundleError("reassembled bundle does not match the manifest's sha256")
         self._close()
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
         return self.staging
 
     def _close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._jfd >= 0:
+            os.close(self._jfd)
+            self._jfd = -1
+
+    def close(self) -> None:
+        """Let go of the files but keep them (a resumable transfer continues from them)."""
+        self._close()
 
     def discard(self) -> None:
         self._close()
         self.staging.unlink(missing_ok=True)
+        if self.journal is not None:
+            self.journal.unlink(missing_ok=True)
+
+
+def missing_ranges(received: set[int], count: int, limit: int = 0) -> list[list[int]]:
+    """``[[first, last], ...]`` of the indexes below `count` not in `received` (all ranges when
+    `limit` is 0)."""
+    out: list[list[int]] = []
+    i = 0
+    while i < count and (not limit or len(out) < limit):
+        if i in received:
+            i += 1
+            continue
+        j = i
+        while j + 1 < count and j + 1 not in received:
+            j += 1
+        out.append([i, j])
+        i = j + 1
+    return out
+
+
+def _read_journal(path: Path, header: Mapping[str, Any], count: int) -> set[int]:
+    """The indexes a journal of the same transfer holds (empty: none, or another transfer)."""
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        return set()
+    try:
+        if json.loads(lines[0]) != json.loads(json.dumps(header)):
+            return set()
+    except ValueError:
+        return set()
+    got: set[int] = set()
+    # The last line may be cut short by a power cut: only whole lines (ending in \n) count.
+    for line in lines[1:-1]:
+        if line.isdigit() and int(line) < count:
+            got.add(int(line))
+    return got
 
 
 def _ranges(indexes: Sequence[int]) -> str:

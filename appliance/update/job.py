@@ -9,8 +9,9 @@ unit, which it restarts). Every state is written to ``<state_dir>/update/job.jso
 fsynced) BEFORE the step's work starts, so `boot_check` (run at boot, before the daemon) knows
 where a power cut fell:
 
-- before the switch (downloading, verifying, installing): the half-made release and unpacked
-  wheels are removed, the job `failed`; `current` never moved;
+- queued, downloading: kept; the daemon resumes the download from its chunk journal;
+- before the switch (verifying, installing): the half-made release and unpacked wheels are
+  removed, the job `failed`; `current` never moved;
 - during the switch or the health check: `current` is put back on the release it pointed at
   before and the job is `rolled-back` (the new release never proved healthy);
 - `succeeded`: left as is (pruning is finished if it was cut short).
@@ -88,6 +89,42 @@ class JobStore:
 
     def save(self, job: dict[str, Any]) -> None:
         atomic_write(self.path, json.dumps(job, sort_keys=True).encode(), 0o600)
+
+
+def job_summary(doc: dict[str, Any] | None) -> dict[str, Any]:
+    """What `status` shows of a job file: id, state, version, from, reason, at (the time of
+    its latest state), migration (id, state); ``{}`` when there never was a job."""
+    if not doc:
+        return {}
+    out = {k: doc[k] for k in ("id", "state", "version", "from", "reason") if doc.get(k)}
+    history = doc.get("history") or []
+    if history and isinstance(history[-1], list) and len(history[-1]) == 2:
+        out["at"] = history[-1][1]
+    migration = doc.get("migration")
+    if isinstance(migration, dict):
+        out["migration"] = {k: migration[k] for k in ("id", "state") if k in migration}
+    return out
+
+
+class JobView:
+    """The latest job's summary for the daemon's once-a-second snapshot: the job file is read
+    again only when it changed (one stat a call)."""
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.store = JobStore(state_dir)
+        self._key: tuple[int, int] | None = None
+        self._summary: dict[str, Any] = {}
+
+    def summary(self) -> dict[str, Any]:
+        try:
+            st = self.store.path.stat()
+            key: tuple[int, int] | None = (st.st_mtime_ns, st.st_ino)
+        except OSError:
+            key = None
+        if key != self._key:
+            self._key = key
+            self._summary = job_summary(self.store.load()) if key else {}
+        return dict(self._summary)
 
 
 def hook_from_env(state_dir: Path) -> Callable[[str], None]:
@@ -277,8 +314,12 @@ class Updater:
             return job
         if state in TERMINAL:
             return job
+        if state in (QUEUED, DOWNLOADING):
+            # The daemon's download: its chunk journal lets the next chunk resume it (nothing
+            # outside the state dir was touched yet).
+            return job
         old = job.get("from")
-        if state in (QUEUED, DOWNLOADING, VERIFYING, INSTALLING) or (
+        if state in (VERIFYING, INSTALLING) or (
             state == SWITCHING and self.layout.current_version() == old
         ):
             for part in (p for p in self.layout.releases.glob("*.partial") if p.is_dir()):
