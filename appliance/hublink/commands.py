@@ -502,6 +502,7 @@ class CommandHandler:
             "clock_synced": self.clock_synced(),
         }
         status["intel_bundles"] = bundle.installed(self.intel_dir)
+        status["update"] = self.update.progress()  # live download counts, else the job file
         return status
 
     def _get_config(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:

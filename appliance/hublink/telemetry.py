@@ -92,7 +92,11 @@ class Telemetry:
 
     def _status_key(self) -> tuple[Any, ...]:
         s = self._service_stats
-        return (s.get("mode"), s.get("intel_version"), str(s.get("leds")), self.problem)
+        job = s.get("update") or {}
+        return (
+            s.get("mode"), s.get("intel_version"), str(s.get("leds")), self.problem,
+            job.get("id"), job.get("state"),
+        )  # fmt: skip
 
     def _status_state(self) -> str:
         return "ready" if self._ready else "init"
@@ -109,6 +113,7 @@ class Telemetry:
             "uptime": int(time.monotonic() - self._started_mono),
             "intel_version": s.get("intel_version", ""),
             "leds": s.get("leds"),
+            "update": s.get("update") or {},  # the latest firmware update job
             "link": {"problem": self.problem, "since": self.since},
             "ts": self.clock(),
         }

@@ -56,6 +56,7 @@ from appliance.service.protect import protected_addresses
 from appliance.service.queues import QueueSet, queue_numbers, queue_set
 from appliance.service.view import ServiceView
 from appliance.service.wiring import Wiring
+from appliance.update.job import JobView
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Service:
         self.engine: Engine | None = None
         self.queues: QueueSet | None = None
         self.last_snapshot: dict[str, Any] = {}
+        self.update_view: JobView | None = None  # the firmware update job (status, page)
         self.running = False
         # Inspection paused (no queue rules) while the bridge is promiscuous: see `_watch_bridge`.
         self.paused = False
@@ -521,6 +523,9 @@ class Service:
             "block_protected": agg["block_protected"],
             "dns_untrusted": agg["dns_untrusted"],
         }
+        if self.update_view is None:
+            self.update_view = JobView(cfg.device.state_dir)
+        core["update"] = self.update_view.summary()
         return merged(core, extra)
 
     def _status_line(self) -> str:

@@ -125,7 +125,42 @@ def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> 
         "leds_present": bool(leds),
         "unacked_alerts": unacked,
         "fault": fault,
+        "update": update_text(_section(stats, "update"), now),
     }
+
+
+UPDATE_STEPS = {
+    "queued": "waiting to download",
+    "downloading": "downloading",
+    "verifying": "checking its signature",
+    "installing": "installing",
+    "switching": "switching over",
+    "checking": "checking the new software works",
+}
+
+
+def update_text(job: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The latest firmware update job for the page: its fields and one plain sentence."""
+    if not job:
+        return {"state": "", "text": ""}
+    state = str(job.get("state") or "")
+    version = str(job.get("version") or "?")
+    old = str(job.get("from") or "")
+    reason = str(job.get("reason") or "")
+    at = job.get("at")
+    when = f" ({ago(now - float(at))})" if isinstance(at, int | float) else ""
+    if state == "succeeded":
+        text = f"Updated to {version}" + (f" from {old}" if old else "") + when + "."
+    elif state == "rolled-back":
+        text = f"Update to {version} undone{when}: {old or 'the previous version'} kept ({reason})."
+    elif state == "failed":
+        text = f"Update to {version} not applied{when}: {reason}."
+    else:
+        text = f"Updating to {version}: {UPDATE_STEPS.get(state, state)}."
+    return {
+        "state": state, "version": version, "from": old, "reason": reason,
+        "id": str(job.get("id") or ""), "text": text,
+    }  # fmt: skip
 
 
 def led_text(name: str, shown: str) -> str:

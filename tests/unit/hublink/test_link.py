@@ -206,13 +206,15 @@ def test_a_stop_during_the_backoff_wait_ends_it_at_once(pki: Path, tmp_path: Pat
 def test_status_and_telemetry_payloads(pki: Path, tmp_path: Path) -> None:
     link = HubLink(config(tmp_path))
 
-    numbers = {"mode": "block", "intel_version": "2026-11-26.1", "leds": {"green": "on"}}
+    numbers = {"mode": "block", "intel_version": "2026-11-26.1", "leds": {"green": "on"},
+               "update": {"id": "u1", "state": "checking", "version": "0.2.0"}}  # fmt: skip
     view = FakeView(config(tmp_path), {**numbers, "packets": 10}, [link])
     view.tick(1_800_000_000.0)  # not started: nothing is published, the snapshot is kept
     st = link._status("ready")
     assert st["state"] == "ready" and st["mode"] == "block"
     assert st["intel_version"] == "2026-11-26.1" and st["leds"] == {"green": "on"}
     assert st["version"] and "problem" in st["link"] and "since" in st["link"]
+    assert st["update"] == {"id": "u1", "state": "checking", "version": "0.2.0"}
     tel = link.telemetry()
     assert tel["counters"]["packets"] == 10 and tel["counters"]["outbox_depth"] == 0
     assert "temperature_c" in tel["system"] and "cpu_percent" in tel["system"]

@@ -491,3 +491,15 @@ def test_mode_switch_says_what_block_mode_does_and_applies_in_the_main_loop(rig:
 
     overlay = remote_path(rig.config.device.state_dir).read_text()
     assert 'mode = "block"' in overlay
+
+
+def test_the_status_view_shows_the_update_job(rig: Rig) -> None:
+    logged_in(rig.client)
+    rig.view.numbers["update"] = {"id": "u1", "state": "failed", "version": "0.2.0",
+                                  "reason": "refused: bad signature"}  # fmt: skip
+    rig.view.tick(time.time())  # the page keeps the latest tick's snapshot
+    html = rig.client.get("/").data.decode()
+    assert 'id="update" data-state="failed"' in html
+    assert "Update to 0.2.0 not applied: refused: bad signature." in html
+    api = rig.client.get("/api/status").get_json()
+    assert api["update"]["state"] == "failed" and api["update"]["version"] == "0.2.0"

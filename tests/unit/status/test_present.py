@@ -74,3 +74,20 @@ def test_metrics_text_is_well_formed() -> None:
     assert r'intel_version="v\"1\"\\\nx"' in text
     assert 'watchpost_led{led="red",state="off"} 1' in text
     assert metrics(None, None) == "# TYPE watchpost_up gauge\nwatchpost_up 0\n"
+
+
+def test_the_update_job_in_words() -> None:
+    now = 1_800_000_000.0
+    job = {"id": "u1", "state": "rolled-back", "version": "0.2.0", "from": "0.1.0",
+           "reason": "the daemon never reached the hub", "at": int(now) - 120}  # fmt: skip
+    s = overview({**base_numbers(), "update": job}, 1.0, now)
+    assert s["update"]["state"] == "rolled-back"
+    assert s["update"]["text"] == (
+        "Update to 0.2.0 undone (2 min ago): 0.1.0 kept (the daemon never reached the hub)."
+    )
+    ok = overview({**base_numbers(), "update": {**job, "state": "succeeded"}}, 1.0, now)
+    assert ok["update"]["text"] == "Updated to 0.2.0 from 0.1.0 (2 min ago)."
+    busy = overview({**base_numbers(), "update": {**job, "state": "installing"}}, 1.0, now)
+    assert busy["update"]["text"] == "Updating to 0.2.0: installing."
+    assert overview(base_numbers(), 1.0, now)["update"] == {"state": "", "text": ""}
+    assert overview({**base_numbers(), "update": "junk"}, 1.0, now)["update"]["text"] == ""
