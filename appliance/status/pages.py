@@ -768,7 +768,11 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Any:
-        if page.setup_problem:
+        # The device itself (loopback: the updater's health check, a local scraper) reads its
+        # numbers also before anyone set the page up (a broken hash in the config still stops
+        # everything); anyone else needs a login.
+        early = not page.config.status.password_hash and is_loopback(request.remote_addr)
+        if page.setup_problem and not early:
             return setup_response()
         if not (is_loopback(request.remote_addr) or logged_in()):
             return Response(

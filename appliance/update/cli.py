@@ -41,7 +41,7 @@ def _common(f):
                      show_default=True, help="seconds to become healthy")(f)  # fmt: skip
     f = click.option("--interval", type=float, default=health.DEFAULT_INTERVAL_S,
                      show_default=True, help="seconds between health samples")(f)  # fmt: skip
-    f = click.option("--metrics-url", default="http://127.0.0.1:8080/metrics", show_default=True,
+    f = click.option("--metrics-url", default="https://127.0.0.1:8080/metrics", show_default=True,
                      help="the status page's /metrics (asked from loopback)")(f)  # fmt: skip
     f = click.option("--system-site-packages/--no-system-site-packages", default=True,
                      help="release venvs see the system's lgpio")(f)  # fmt: skip

@@ -503,3 +503,14 @@ def test_the_status_view_shows_the_update_job(rig: Rig) -> None:
     assert "Update to 0.2.0 not applied: refused: bad signature." in html
     api = rig.client.get("/api/status").get_json()
     assert api["update"]["state"] == "failed" and api["update"]["version"] == "0.2.0"
+
+
+def test_metrics_from_the_device_itself_before_setup(fresh: tuple[StatusPage, Any]) -> None:
+    """The updater's health check reads /metrics on loopback, also on a page nobody set up."""
+    page, lan = fresh
+    page.view.tick(time.time())  # type: ignore[union-attr]
+    assert lan.get("/metrics").status_code == 503  # the office side: set the page up first
+    local = https(page.app.test_client())
+    local.environ_base["REMOTE_ADDR"] = "127.0.0.1"
+    resp = local.get("/metrics")
+    assert resp.status_code == 200 and "watchpost_packets_total 123456" in resp.data.decode()
