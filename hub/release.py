@@ -41,6 +41,7 @@ def write_artifact(
     min_from: str = "0.0.0",
     downgrade: bool = False,
     built_at: int | None = None,
+    migration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the signed artifact tar: manifest.json first, then wheels/<machine>/<wheel>."""
     files: dict[str, Path] = {}
@@ -48,7 +49,9 @@ def write_artifact(
         for p in paths:
             files[f"wheels/{machine}/{p.name}"] = p
     entries = {n: {"sha256": _sha256(p), "size": p.stat().st_size} for n, p in files.items()}
-    doc = rel.make_manifest(version, min_from, entries, int(built_at or time.time()), downgrade)
+    doc = rel.make_manifest(
+        version, min_from, entries, int(built_at or time.time()), downgrade, migration
+    )
     signed = rel.sign(doc, key)
     data = json.dumps(signed, sort_keys=True, indent=1).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +79,14 @@ def read_artifact(path: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, blobs
 
 
-def resign(path: Path, key: Ed25519PrivateKey, downgrade: bool | None = None) -> dict[str, Any]:
-    """Sign an artifact again (another key, or marked as a downgrade); hashes recomputed."""
+def resign(
+    path: Path,
+    key: Ed25519PrivateKey,
+    downgrade: bool | None = None,
+    migration: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Sign an artifact again (another key, marked as a downgrade, or with a config migration;
+    otherwise its own migration is kept); hashes recomputed."""
     manifest, blobs = read_artifact(path)
     import tempfile
 
@@ -95,6 +104,7 @@ def resign(path: Path, key: Ed25519PrivateKey, downgrade: bool | None = None) ->
             path, manifest["version"], wheels, key, min_from=manifest["min_from"],
             downgrade=manifest["downgrade"] if downgrade is None else downgrade,
             built_at=manifest["built_at"],
+            migration=migration if migration is not None else manifest.get("migration"),
         )  # fmt: skip
 
 

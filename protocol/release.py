@@ -5,7 +5,8 @@ An artifact is an uncompressed tar holding ``manifest.json`` and ``wheels/<machi
 (the firmware and protocol wheels built from the tree plus every pinned dependency wheel for
 that machine, e.g. ``x86_64`` or ``aarch64``, so a device installs with no package index). The
 manifest is ``{"kind", "version", "min_from", "downgrade", "built_at", "machines", "files",
-"sig"}``: ``files`` maps every other member's path to ``{"sha256", "size"}``; ``sig`` is an
+"sig"}`` and optionally ``"migration"`` (see `check_migration`): ``files`` maps every other
+member's path to ``{"sha256", "size"}``; ``sig`` is an
 Ed25519 signature (`protocol.envelope.sign_document`) by the RELEASE key, a key apart from the
 hub's command key. Over MQTT the tar travels as a chunked bundle (`protocol.bundle`) of kind
 `KIND`, whose own manifest is signed by the command key.
@@ -35,6 +36,12 @@ MANIFEST_FIELDS = (
     "files",
     "sig",
 )
+OPTIONAL_FIELDS = ("migration",)
+MIGRATION_OPS = {"set": ("value",), "rename": ("to",), "delete": ()}
+MAX_MIGRATION_STEPS = 100
+_MIGRATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STATE_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}\.(toml|json)$")
+_KEY_PART = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _VERSION = re.compile(r"^(\d{1,6})(\.\d{1,6}){0,4}$")
 _PATH = re.compile(r"^wheels/([A-Za-z0-9_]{1,32})/([A-Za-z0-9_.+!-]{1,200}\.whl)$")
 
@@ -67,6 +74,7 @@ def make_manifest(
     files: Mapping[str, Mapping[str, Any]],
     built_at: int,
     downgrade: bool = False,
+    migration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The unsigned manifest; `check_shape` holds for it."""
     machines = sorted({m[0] for p in files if (m := wheel_path(p))})
@@ -79,6 +87,8 @@ def make_manifest(
         "machines": machines,
         "files": {p: {"sha256": f["sha256"], "size": f["size"]} for p, f in sorted(files.items())},
     }
+    if migration is not None:
+        doc["migration"] = dict(migration)
     check_shape({**doc, "sig": ""})
     return doc
 
@@ -92,7 +102,7 @@ def check_shape(doc: Any) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise ReleaseError("release manifest must be a JSON object")
     missing = [f for f in MANIFEST_FIELDS if f not in doc]
-    extra = sorted(set(doc) - set(MANIFEST_FIELDS))
+    extra = sorted(set(doc) - set(MANIFEST_FIELDS) - set(OPTIONAL_FIELDS))
     if missing or extra:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
             [f"unexpected {', '.join(extra)}"] if extra else []
@@ -123,7 +133,44 @@ def check_shape(doc: Any) -> dict[str, Any]:
     have = sorted({m[0] for p in files if (m := wheel_path(p))})
     if machines != have:
         raise ReleaseError(f"release manifest machines {machines!r} do not match its files {have}")
+    if "migration" in doc:
+        check_migration(doc["migration"])
     return dict(doc)
+
+
+def check_migration(mig: Any) -> dict[str, Any]:
+    """A config migration: ``{"id", "steps": [{"op", "file", "key", ...}]}``, run once after the
+    switch on files of the device's state dir (``remote.toml``, the hub's overlay, or another
+    ``*.toml`` / ``*.json`` there) and undone on rollback. Ops: ``set`` (``value``), ``rename``
+    (``to``, another dotted key), ``delete``; keys are dotted paths into the file's tables.
+    ReleaseError naming the first problem."""
+    what = "release manifest migration"
+    if not isinstance(mig, dict) or set(mig) != {"id", "steps"}:
+        raise ReleaseError(f"{what} must be an object of id and steps")
+    if not isinstance(mig["id"], str) or not _MIGRATION_ID.match(mig["id"]):
+        raise ReleaseError(f"{what} id {mig['id']!r}: 1-64 letters, digits, '.', '_', '-'")
+    steps = mig["steps"]
+    if not isinstance(steps, list) or not 0 < len(steps) <= MAX_MIGRATION_STEPS:
+        raise ReleaseError(f"{what} steps must be a list of 1-{MAX_MIGRATION_STEPS} steps")
+    for i, step in enumerate(steps):
+        where = f"{what} steps[{i}]"
+        if not isinstance(step, dict) or step.get("op") not in MIGRATION_OPS:
+            raise ReleaseError(f"{where}: op must be one of {', '.join(MIGRATION_OPS)}")
+        want = {"op", "file", "key", *MIGRATION_OPS[step["op"]]}
+        if set(step) != want:
+            raise ReleaseError(
+                f"{where}: a {step['op']} step has exactly {', '.join(sorted(want))}"
+            )
+        f = step["file"]
+        if not isinstance(f, str) or not _STATE_FILE.match(f):
+            raise ReleaseError(f"{where}: file {f!r} is not a *.toml or *.json in the state dir")
+        for k in ("key", "to") if "to" in step else ("key",):
+            parts = step[k].split(".") if isinstance(step[k], str) else []
+            if not 0 < len(parts) <= 8 or not all(_KEY_PART.match(p) for p in parts):
+                raise ReleaseError(f"{where}: {k} {step[k]!r} is not a dotted key")
+        if step["op"] == "set" and step["value"] is None and f.endswith(".toml"):
+            raise ReleaseError(f"{where}: TOML has no null (use delete)")
+    return dict(mig)
 
 
 def verify(doc: Any, keys: Sequence[Ed25519PublicKey]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Build a signed firmware release artifact (`make release`).
 
     python release/build_release.py --key release-key.pem [--out dist] [--min-from V]
-        [--downgrade] [--machine M ...] [--deps-cache DIR]
+        [--downgrade] [--machine M ...] [--deps-cache DIR] [--migration FILE.json]
 
 The artifact (`dist/watchpost-<version>.tar`, format in `protocol.release`) holds, per machine,
 the firmware and protocol wheels built from this tree (`release/build_wheels.py`) and every
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as md
+import json
 import platform
 import re
 import shutil
@@ -116,7 +117,19 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"machines to carry wheels for (default: {default})")  # fmt: skip
     ap.add_argument("--require-all", action="store_true", help="fail if a machine lacks wheels")
     ap.add_argument("--deps-cache", type=Path, default=None, help="keep dependency wheels here")
+    ap.add_argument("--migration", type=Path, default=None,
+                    help="a config migration (JSON, docs/updates.md), signed in")  # fmt: skip
     args = ap.parse_args(argv)
+    migration = None
+    if args.migration is not None:
+        from protocol.release import ReleaseError, check_migration
+
+        try:
+            migration = check_migration(json.loads(args.migration.read_text()))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"release: --migration {args.migration}: {e}") from None
+        except ReleaseError as e:
+            raise SystemExit(f"release: --migration {args.migration}: {e}") from None
     try:
         key = envelope.load_private_key(args.key)
     except envelope.KeyFileError as e:
@@ -143,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("release: no machine has all its wheels")
         out = args.out / f"watchpost-{version}.tar"
         doc = write_artifact(
-            out, version, wheels, key, min_from=args.min_from, downgrade=args.downgrade
-        )
+            out, version, wheels, key, min_from=args.min_from, downgrade=args.downgrade,
+            migration=migration,
+        )  # fmt: skip
     print(f"{out} ({', '.join(doc['machines'])}; {len(doc['files'])} files)")
     return 0
 

@@ -18,7 +18,12 @@ where a power cut fell:
 
 `WATCHPOST_UPDATE_TEST_HOOK` (tests and labs only) is ``step:action[,step:action]`` with action
 `pause` (touch ``update/paused-<step>`` and wait to be killed) or `die` (SIGKILL itself) at a
-named step: the job states and ``installing.venv``, ``installing.built``, ``switching.linked``.
+named step: the job states and ``installing.venv``, ``installing.built``, ``switching.linked``,
+``switching.migrated``.
+
+A release may carry a config migration (`appliance.update.migrate`): it runs once after the link
+and before the restart, its files backed up first; every rollback (here or at boot) restores
+them before the old release starts again.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance.update import artifact, health, install
+from appliance.update import artifact, health, install, migrate
 from appliance.update.layout import Layout
 from protocol import release as rel
 from protocol.files import atomic_write
@@ -237,6 +242,13 @@ class Updater:
             self.layout.keep_previous(current)
         self.layout.switch(version)
         self.hook("switching.linked")
+        mig = verified.manifest.get("migration")
+        if mig:
+            try:
+                self._migrate(job, mig)
+            except (migrate.MigrationError, OSError) as e:
+                return self.rollback(job, f"config migration {mig['id']} failed: {e}")
+            self.hook("switching.migrated")
         try:
             self.restart()
         except OSError as e:
@@ -271,9 +283,30 @@ class Updater:
                 f"this device runs {current}"
             )
 
+    def _migrate(self, job: dict[str, Any], mig: dict[str, Any]) -> None:
+        """Run the release's config migration once (backed up first, see `migrate`)."""
+        info: dict[str, Any] = {"id": mig["id"], "state": "pending"}
+        job["migration"] = info
+
+        def saved(state: str) -> None:
+            info["state"] = state
+            self.store.save(job)
+
+        info["state"] = migrate.run_once(self.state_dir, self.store.dir, str(job["id"]), mig, saved)
+        self.store.save(job)
+
+    def _undo_migration(self, job: dict[str, Any]) -> None:
+        """Put the files a migration changed back (before the old release starts again)."""
+        info = job.get("migration")
+        if isinstance(info, dict) and info.get("state") in ("backed-up", "applied"):
+            migrate.undo(self.state_dir, self.store.dir, str(job["id"]), str(info["id"]))
+            info["state"] = "undone"
+            self.store.save(job)
+
     def finish(self, job: dict[str, Any]) -> None:
         """After success: prune older releases, drop the artifact."""
         self.layout.prune()
+        migrate.prune_backups(self.store.dir, str(job.get("id")))
         art = job.get("artifact")
         if art:
             Path(art).unlink(missing_ok=True)
@@ -284,6 +317,7 @@ class Updater:
         """Switch back to the release that ran before, restart it, report why."""
         old = job.get("from")
         new = job.get("version")
+        self._undo_migration(job)
         if old and self.layout.complete(old):
             self.layout.switch(old)
         prev = job.get("previous_before")
@@ -337,6 +371,7 @@ class Updater:
     def _boot_rollback(self, job: dict[str, Any], state: str) -> dict[str, Any]:
         old = job.get("from")
         reason = f"interrupted while {state} before the health check passed (power cut or crash)"
+        self._undo_migration(job)
         if old and self.layout.complete(old):
             self.layout.switch(old)
         prev = job.get("previous_before")
