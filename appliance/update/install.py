@@ -84,16 +84,16 @@ def install(
     if final.exists() and layout.current_version() != version:
         shutil.rmtree(final)  # unstamped: a power cut between the rename and the stamp
     layout.releases.mkdir(parents=True, exist_ok=True)
-    # No pip inside the release: the running release's pip installs into it (`pip --python`).
-    cmd = [python, "-m", "venv", "--without-pip"]
+    # Each release has its own pip (ensurepip's bundled wheel, offline): the release that runs
+    # the next update needs one, and the system's python3 has none on the image.
+    cmd = [python, "-m", "venv"]
     if system_site_packages:
         cmd.append("--system-site-packages")
     _run([*cmd, str(partial)], "python -m venv")
     hook("installing.venv")
     _run(
         [
-            python, "-m", "pip", "--python", str(partial / "bin" / "python"), "install",
-            "--isolated", "--quiet",
+            str(partial / "bin" / "python"), "-m", "pip", "install", "--isolated", "--quiet",
             "--no-index", "--no-cache-dir", "--disable-pip-version-check",
             "--find-links", str(wheels), f"watchpost=={version}",
         ],
