@@ -6,7 +6,9 @@
   `failed`, or a restart counter that moved since the switch, means it crashed on start;
 - it judges packets: the packet counter grows (when it grew before the update; a quiet office
   with no traffic is not held against the release);
-- the hub link is in the state it was in before the update (connected before -> connected now).
+- the hub link is in the state it was in before the update (connected before -> connected now);
+- it is a new start of the daemon (the restart is asked without waiting: until then the old
+  process answers), when the probe tells starts apart (systemd's main PID start time).
 
 `wait_healthy` samples until every check passes or the deadline passes, and returns the reason
 of the last failing check. A crash is final at once: there is no point in waiting it out.
@@ -38,6 +40,7 @@ class Sample:
     restarts: int = 0
     packets: int | None = None
     hub_connected: bool | None = None
+    started: str | None = None  # which start of the unit this is (its main PID's start time)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Baseline:
     packets: int | None = None
     packets_growing: bool = False
     hub_connected: bool | None = None
+    started: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class Baseline:
             "packets": self.packets,
             "packets_growing": self.packets_growing,
             "hub_connected": self.hub_connected,
+            "started": self.started,
         }
 
     @classmethod
@@ -64,6 +69,7 @@ class Baseline:
             packets=d.get("packets"),
             packets_growing=bool(d.get("packets_growing")),
             hub_connected=d.get("hub_connected"),
+            started=d.get("started"),
         )
 
 
@@ -71,7 +77,7 @@ def baseline(first: Sample, second: Sample) -> Baseline:
     growing = (
         first.packets is not None and second.packets is not None and second.packets > first.packets
     )
-    return Baseline(second.restarts, second.packets, growing, second.hub_connected)
+    return Baseline(second.restarts, second.packets, growing, second.hub_connected, second.started)
 
 
 class Crashed(Exception):
@@ -89,6 +95,9 @@ def judge(before: Baseline, first: Sample | None, sample: Sample) -> str | None:
         )
     if sample.active_state != "active":
         return f"the daemon is not ready (systemd ActiveState={sample.active_state})"
+    if before.started is not None and sample.started == before.started:
+        # A restart is asked without waiting: until the new process runs, the old one answers.
+        return "the daemon has not restarted yet (the old process still runs)"
     if before.packets_growing:
         start = first.packets if first is not None else None
         if sample.packets is None:
@@ -172,7 +181,8 @@ class SystemdProbe:
 
     def __call__(self) -> Sample:
         res = subprocess.run(
-            ["systemctl", "show", "-p", "ActiveState", "-p", "NRestarts", self.unit],
+            ["systemctl", "show", "-p", "ActiveState", "-p", "NRestarts", "-p",
+             "ExecMainStartTimestampMonotonic", self.unit],
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
         if res.returncode != 0:
@@ -185,8 +195,13 @@ class SystemdProbe:
                 packets, hub = parse_metrics(r.read().decode("utf-8", "replace"))
         except (OSError, ValueError):
             pass  # not up yet: the checks say what is missing
+        started = props.get("ExecMainStartTimestampMonotonic") or None
         return Sample(
-            props.get("ActiveState", "unknown"), int(props.get("NRestarts") or 0), packets, hub
+            props.get("ActiveState", "unknown"),
+            int(props.get("NRestarts") or 0),
+            packets,
+            hub,
+            None if started in (None, "0") else started,
         )
 
     def restart(self) -> None:
@@ -212,6 +227,7 @@ class FileProbe:
             int(d.get("restarts") or 0),
             d.get("packets"),
             d.get("hub_connected"),
+            None if d.get("pid") is None else str(d.get("pid")),
         )
 
     def restart(self) -> None:
