@@ -27,6 +27,7 @@ MODULES: tuple[str, ...] = (
     "bench.detectors",
     "bench.hostile",
     "bench.rules",
+    "bench.update",
 )
 
 
