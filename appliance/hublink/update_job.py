@@ -42,7 +42,7 @@ from protocol import release as rel
 log = logging.getLogger(__name__)
 
 Reply = Callable[[dict[str, Any]], None]
-Launch = Callable[[Path, str, str, Path], None]
+Launch = Callable[[Path, str, str], None]
 FOLLOW_S = 3600.0
 
 
@@ -92,14 +92,15 @@ class UpdateJob:
         self,
         keys: Sequence[Ed25519PublicKey],
         state_dir: str | os.PathLike[str],
-        launch: Launch = systemd_launch,
+        launch: Launch | None = None,
         poll_s: float = 0.5,
     ) -> None:
         self.keys = list(keys)
         self.state_dir = Path(state_dir)
         self.store = JobStore(state_dir)
         self.dir = update_dir(state_dir)
-        self.launch = launch
+        # How the updater is started (tests pass their own): its own unit, by default.
+        self.launch: Launch = launch or (lambda a, j, v: systemd_launch(a, j, v, self.state_dir))
         self.poll_s = poll_s
         self.transfer: bundle.Transfer | None = None
         self._file_state: tuple[str, str] | None = None  # (job, state) last saved by us
@@ -223,7 +224,7 @@ class UpdateJob:
         self.transfer = None
         version = t.manifest["version"]
         try:
-            self.launch(artifact, job, version, self.state_dir)
+            self.launch(artifact, job, version)
         except OSError as e:
             self._save(
                 job, FAILED, version=version, reason=f"update: cannot start the updater: {e}"

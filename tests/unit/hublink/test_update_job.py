@@ -27,7 +27,7 @@ def test_update_transfers_then_follows_the_updater(rig: Rig, tmp_path: Path) -> 
     state_dir = rig.device.config.device.state_dir
     store = JobStore(state_dir)
 
-    def launch(artifact: Path, job: str, version: str, state: Path) -> None:
+    def launch(artifact: Path, job: str, version: str) -> None:
         launched.append((artifact, job, version))
         # The updater (another process in real life) writes its states as it goes.
         for state in ("verifying", "installing", "switching", "checking"):
@@ -84,7 +84,7 @@ def test_a_download_cut_by_a_restart_resumes_from_the_chunk_journal(rig: Rig) ->
     # A new daemon: the job and its chunks are picked up before any chunk arrives.
     rig.restart_handler()
 
-    def launch(artifact: Path, job: str, version: str, state: Path) -> None:
+    def launch(artifact: Path, job: str, version: str) -> None:
         launched.append(artifact.read_bytes())
 
     job = UpdateJob(rig.handler.keys, state_dir, launch, poll_s=0.01)
