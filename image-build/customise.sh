@@ -7,9 +7,10 @@
 #   - the files of overlay/ with the modes and owners of manifest.txt (networkd bridge, units,
 #     sysctl, modules-load, udev rule, the default config; a config already there is kept),
 #   - the firmware release (watchpost + watchpost-protocol): its own venv in
-#     /opt/watchpost/releases/<version>/venv, from the wheels in wheelhouse/ only (no index), with
+#     /opt/watchpost/releases/<version> (the release folder is the venv, as the updater makes
+#     it: appliance/update/layout.py), from the wheels in wheelhouse/ only (no index), with
 #     /opt/watchpost/current -> releases/<version> (what an update switches) and
-#     /opt/watchpost/bin -> current/venv/bin (what the units run),
+#     /opt/watchpost/bin -> current/bin (what the units run),
 #   - the group `watchpost` (may read config and logs), a locked root password,
 #   - enabled units (watchpost, the bridge MAC, first-boot enrolment, systemd-networkd/resolved/
 #     timesyncd), NetworkManager
@@ -89,7 +90,7 @@ if [ "$PYTHON_STEP" = 1 ]; then
   version=$(basename "${wheels[0]}" | cut -d- -f2)
   [[ "$version" =~ ^[0-9][0-9A-Za-z.+!]*$ ]] || die "cannot read a version from ${wheels[0]}"
   release=/opt/watchpost/releases/$version
-  venv=$release/venv
+  venv=$release
   if [ -f "$release/.complete" ] && [ "$("$venv/bin/watchpost" --version 2>/dev/null)" = "watchpost, version $version" ]; then
     say "release $version already installed"
   else
@@ -100,7 +101,6 @@ if [ "$PYTHON_STEP" = 1 ]; then
     for v in "${!PIP_@}"; do unset "$v"; done
     export PIP_CONFIG_FILE=/dev/null
     # System site packages: gpiozero finds the Pi archive's python3-lgpio there.
-    mkdir -p "$release"
     python3 -m venv --system-site-packages "$venv"
     "$venv/bin/pip" install --quiet --no-index --no-cache-dir --disable-pip-version-check \
       --find-links "$wheelhouse" "watchpost==$version" \
@@ -113,9 +113,9 @@ if [ "$PYTHON_STEP" = 1 ]; then
   # Switch atomically: a new symlink renamed over the old one.
   ln -sfn "releases/$version" /opt/watchpost/.current.new
   mv -T /opt/watchpost/.current.new /opt/watchpost/current
-  ln -sfn current/venv/bin /opt/watchpost/.bin.new
+  ln -sfn current/bin /opt/watchpost/.bin.new
   mv -T /opt/watchpost/.bin.new /opt/watchpost/bin
-  ln -sfn /opt/watchpost/current/venv/bin/watchpost /usr/local/bin/watchpost
+  ln -sfn /opt/watchpost/bin/watchpost /usr/local/bin/watchpost
 fi
 
 # -- units ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from appliance.update.layout import Layout
 from tests.image.conftest import IMAGE_BUILD
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.usefixtures("needs_root")]
@@ -135,21 +136,24 @@ def test_release_layout_and_version(
     version = next((root / "tmp/watchpost-payload/wheelhouse").glob("watchpost-*.whl")).name
     version = version.split("-")[1]
     assert os.readlink(root / "opt/watchpost/current") == f"releases/{version}"
-    assert os.readlink(root / "opt/watchpost/bin") == "current/venv/bin"
-    cfg = (root / f"opt/watchpost/releases/{version}/venv/pyvenv.cfg").read_text()
+    assert os.readlink(root / "opt/watchpost/bin") == "current/bin"
+    # The layout the updater switches: it sees the image's release as current and complete.
+    layout = Layout(root / "opt/watchpost")
+    assert layout.current_version() == version and layout.complete(version)
+    cfg = (root / f"opt/watchpost/releases/{version}/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in cfg
     r = in_root(root, "/opt/watchpost/bin/watchpost", "--version")
     assert (r.returncode, r.stdout.strip()) == (0, f"watchpost, version {version}"), r.stderr
     # The compiled dependencies load against the root's own libraries (libnetfilter-queue1).
     r = in_root(
-        root, "/opt/watchpost/current/venv/bin/python", "-c", "import netfilterqueue, cryptography"
+        root, "/opt/watchpost/current/bin/python", "-c", "import netfilterqueue, cryptography"
     )
     assert r.returncode == 0, r.stderr
     # The firmware release holds the firmware and the protocol, never the hub or the lab.
-    r = in_root(root, "/opt/watchpost/current/venv/bin/python", "-c", "import appliance, protocol")
+    r = in_root(root, "/opt/watchpost/current/bin/python", "-c", "import appliance, protocol")
     assert r.returncode == 0, r.stderr
     for pkg in ("hub", "lab"):
-        r = in_root(root, "/opt/watchpost/current/venv/bin/python", "-c", f"import {pkg}")
+        r = in_root(root, "/opt/watchpost/current/bin/python", "-c", f"import {pkg}")
         assert r.returncode == 1 and "ModuleNotFoundError" in r.stderr, pkg
 
 
