@@ -20,13 +20,16 @@ from appliance.detect import dnstrust, registry
 from appliance.detect.base import HOOKS, Detector, Options, check_hooks, hook, validate_options
 from appliance.detect.blockguard import BLOCK_LIMIT, BlockGuard
 from appliance.detect.dissect import Dissectors
+from appliance.detect.dissect.sniff import server_greeting
 from appliance.detect.intel import IntelStore
 from appliance.detect.records import DnsMessage
 from appliance.packet.addrset import AddrSet, packed_address
 from appliance.packet.decode import TCP, UDP, Packet, ip_to_str
 from appliance.packet.flows import (
+    DEEP_ANY_PORT,
     DIRECTION_NAMES,
     VERDICT_BLOCK,
+    VERDICT_DEEP,
     VERDICT_NONE,
     VERDICT_PASS,
     Flow,
@@ -37,8 +40,13 @@ log = logging.getLogger(__name__)
 
 # A TCP flow is judged (no more packets to Python) once its first client payload was dissected
 # (a ClientHello split over segments: once it is whole); detectors that need more of a flow
-# (cleartext logins) list their ports in `Detector.deep_ports` and the ruleset queues longer heads
-# there. A split hello is held for at most this many segments / bytes.
+# (cleartext logins, every request of a keep-alive HTTP connection) name protocols in
+# `Detector.app_heads` (protocol -> head packets, both directions) and their usual ports in
+# `Detector.deep_ports` (port -> head packets). A flow whose protocol is found by content (an
+# HTTP request line, an FTP/SMTP/POP3/IMAP greeting, Telnet negotiation) on any port gets
+# VERDICT_DEEP, so the kernel keeps queueing it, until its protocol's head is seen; then it is
+# passed. A TLS or unknown flow is passed at its first client payload as before.
+# A split hello is held for at most this many segments / bytes.
 HELLO_SEGMENTS = 4
 HELLO_BYTES = 16384
 # Bounds under hostile traffic: a dissector reads at most HEAD_BYTES of one segment or datagram
@@ -248,7 +256,8 @@ class Engine:
         self._hooks: dict[str, list[tuple[str, Callable[..., None], Context]]] = {}
         self.guard = BlockGuard(self._home, self._never_block)
         self._holding: OrderedDict[int, Flow] = OrderedDict()  # flows holding a partial hello
-        self._deep: dict[int, int] = {}
+        self._deep: dict[int, int] = {}  # port -> head packets (the ports' protocols)
+        self._app_heads: dict[str, int] = {}  # protocol -> head packets
         self._next_tick = 0.0
         # Called on every tick after the detectors (the alert pipeline's aggregation windows).
         self.tickers: list[Callable[[float], None]] = []
@@ -293,7 +302,7 @@ class Engine:
         self.flows.home = self._home
         self.guard.configure(home, never_block)
         enabled = [d for d, opts, _ in staged if opts.enabled]
-        self._deep = self.deep_ports()
+        self._deep, self._app_heads = _heads(enabled)
         self._hooks = {
             name: [
                 (d.name, fn, self.contexts[d.name])
@@ -324,12 +333,23 @@ class Engine:
         }
 
     def deep_ports(self) -> dict[int, int]:
-        """Ports whose flows detectors want to see further into: port → head packets."""
-        out: dict[int, int] = {}
-        for d in self.detectors:
-            for port, n in getattr(d, "deep_ports", {}).items():
-                out[port] = max(n, out.get(port, 0))
+        """Ports whose flows detectors want to see further into: port → head packets; under
+        `DEEP_ANY_PORT` the longest head of a protocol found by content (the kernel's bound for
+        flows with VERDICT_DEEP)."""
+        out = dict(self._deep)
+        if self._app_heads:
+            out[DEEP_ANY_PORT] = max(self._app_heads.values())
         return out
+
+    def _judge_head(self, flow: Flow) -> None:
+        """A flow without a verdict after a payload: DEEP while its protocol's head goes on
+        (the packet count is the kernel's `ct packets`: both directions), else PASS."""
+        head = self._app_heads.get(flow.app, 0) or self._deep.get(flow.server_port, 0)
+        if head and flow.pkts_c + flow.pkts_s < head:
+            if flow.app:  # found by content: the kernel queues it past inline.head_packets
+                flow.verdict = VERDICT_DEEP
+        else:
+            flow.verdict = VERDICT_PASS
 
     # -- the packet path -----------------------------------------------------------------------
 
@@ -368,7 +388,15 @@ class Engine:
                     self.stats.dns_untrusted += 1
                 self._run("dns", pkt, flow, msg)
             return
-        if not from_client or flow.verdict != VERDICT_NONE:
+        verdict = flow.verdict
+        if verdict and verdict != VERDICT_DEEP:
+            return
+        if not from_client:
+            if pkt.proto == TCP:
+                if not flow.app and self._app_heads:  # a server that greets first
+                    flow.app = server_greeting(pkt.payload[:200])
+                if flow.app or verdict or flow.server_port in self._deep:
+                    self._judge_head(flow)
             return
         if pkt.proto == TCP:
             payload = pkt.payload
@@ -378,6 +406,13 @@ class Engine:
                 payload = payload[:HEAD_BYTES]
             if held is not None:
                 self._more_hello(pkt, flow, held, payload)
+            elif verdict == VERDICT_DEEP:
+                # Further into a cleartext flow's head: every HTTP request of a keep-alive
+                # connection; other protocols are read by the detectors' packet hooks.
+                if flow.app == "http" and 0x41 <= payload[0] <= 0x5A:
+                    req = d.http(payload)
+                    if req is not None:
+                        self._run("http", pkt, flow, req)
             elif payload[0] == 0x16:
                 hello = d.tls(payload)
                 if hello is not None and hello.partial:
@@ -394,12 +429,8 @@ class Engine:
                 if req is not None:
                     flow.app = "http"
                     self._run("http", pkt, flow, req)
-            if (
-                flow.verdict == VERDICT_NONE
-                and flow.server_port not in self._deep
-                and not (eng and "hello" in eng)
-            ):
-                flow.verdict = VERDICT_PASS
+            if flow.verdict in (VERDICT_NONE, VERDICT_DEEP) and not (eng and "hello" in eng):
+                self._judge_head(flow)
         elif pkt.proto == UDP and pkt.dport == 443 and pkt.data[pkt.payload_off] & 0xC0 == 0xC0:
             self._quic(pkt, flow)
 
@@ -515,6 +546,18 @@ class Engine:
     def protect(self, addr: str, why: str) -> None:
         """Never block `addr` automatically (the office gateway, the hub)."""
         self.guard.protect(addr, why)
+
+
+def _heads(detectors: list[Detector]) -> tuple[dict[int, int], dict[str, int]]:
+    """The longest head each port and each protocol is asked for by `detectors`."""
+    ports: dict[int, int] = {}
+    apps: dict[str, int] = {}
+    for d in detectors:
+        for port, n in getattr(d, "deep_ports", {}).items():
+            ports[port] = max(n, ports.get(port, 0))
+        for app, n in getattr(d, "app_heads", {}).items():
+            apps[app] = max(n, apps.get(app, 0))
+    return ports, apps
 
 
 def _addresses(key: str, entries: tuple[str, ...]) -> AddrSet:

@@ -36,7 +36,9 @@ That chain and its jump are replaced in one ``iptables-restore --noflush`` trans
 removed the same way. We detect which to use at start with ``nft --check`` on a throwaway table.
 
 What gets queued: the first ``inline.head_packets`` packets of each connection (both directions
-counted together), longer heads on the ports detectors ask for (`Engine.deep_ports`), all DNS
+counted together), longer heads on the ports detectors ask for (`Engine.deep_ports`) and on
+connections whose conntrack mark says DEEP (the engine found a cleartext protocol by content;
+up to the longest protocol head, port 0 of `Engine.deep_ports`), all DNS
 (UDP and TCP port 53), and nothing of a connection that already has a verdict. Every queue rule
 has bypass, so with no daemon listening traffic flows on. Only unicast is queued: the bridge
 clones a broadcast or multicast frame (local delivery plus forwarding), the clones share the
@@ -60,6 +62,7 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.packet.addrset import AddrSet
+from appliance.packet.flows import DEEP_ANY_PORT
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,9 @@ PROBE_TABLE = "watchpost_probe"
 MARK_MASK = 0x0C000000
 MARK_PASS = 0x04000000
 MARK_BLOCK = 0x08000000
+# Both bits: no verdict yet, but queue this flow up to `RulesetSpec.deep_any` packets (a
+# cleartext protocol the engine found by content on a port without a deep rule).
+MARK_DEEP = MARK_PASS | MARK_BLOCK
 
 # Priorities of our base chains on the forward hook (iptables' filter table sits at 0).
 PRIO_BLOCK = -10
@@ -106,6 +112,8 @@ class RulesetSpec:
     native_queue: bool
     # Port → head packets for flows detectors want to see further into (TCP).
     deep: tuple[tuple[int, int], ...] = ()
+    # Head packets of flows marked DEEP (0: the engine marks none).
+    deep_any: int = 0
     # Drop-set elements carried over from the ruleset being replaced: (address, seconds; 0 = no
     # timeout).
     blocked: tuple[tuple[str, int], ...] = ()
@@ -123,7 +131,9 @@ class RulesetSpec:
     ) -> RulesetSpec:
         inl = config.inline
         head = inl.head_packets
-        deep = tuple(sorted((p, n) for p, n in (deep_ports or {}).items() if n > head))
+        ports = dict(deep_ports or {})
+        deep_any = ports.pop(DEEP_ANY_PORT, 0)
+        deep = tuple(sorted((p, n) for p, n in ports.items() if n > head))
         for port, n in deep:
             if not 0 < port < 65536 or n < 1:
                 raise FirewallError(f"deep port {port} with {n} packets is out of range")
@@ -137,6 +147,7 @@ class RulesetSpec:
             block_mode=inl.mode == "block",
             native_queue=native_queue,
             deep=deep,
+            deep_any=max(deep_any, head) if deep_any > 0 else 0,
             blocked=tuple(blocked),
             queueing=queueing,
         )
@@ -243,6 +254,11 @@ def render_nft(spec: RulesetSpec) -> str:
         # A flow with a verdict leaves at the first rule (stealth probes have no connection:
         # `ct mark` does not match them, so they are let through to the stealth rule).
         judged = f"\t\tct mark & {mask} != 0x00000000 return\n"
+        if spec.deep_any:  # a flow marked DEEP (bridged: only the daemon marks it) goes on
+            judged = (
+                f"\t\tct mark & {mask} == 0x{MARK_DEEP:08x} ct packets <= {spec.deep_any} {q}\n"
+                + judged
+            )
         out.append(
             f"\tchain heads {{\n\t\ttype filter hook forward priority {PRIO_QUEUE}; "
             "policy accept;\n" + judged + bridged + "".join(lines) + "\t}\n"
@@ -255,6 +271,8 @@ def render_nft(spec: RulesetSpec) -> str:
         f"ct mark set ct mark & {keep} | 0x{MARK_PASS:08x} counter\n",
         f"\t\tmeta mark & {mask} == 0x{MARK_BLOCK:08x} "
         f"ct mark set ct mark & {keep} | 0x{MARK_BLOCK:08x} counter\n",
+        f"\t\tmeta mark & {mask} == 0x{MARK_DEEP:08x} "
+        f"ct mark set ct mark & {keep} | 0x{MARK_DEEP:08x} counter\n",
     ]
     if spec.block_mode:
         verdict.append(f"\t\tct mark & {mask} == 0x{MARK_BLOCK:08x} counter drop\n")
@@ -274,11 +292,16 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
         target = f"-j NFQUEUE --queue-num {spec.queue_first} --queue-bypass"
     else:
         target = f"-j NFQUEUE --queue-balance {spec.queue_first}:{spec.queue_last} --queue-bypass"
-    # (Flows with a verdict never get here: the jumps to this chain test the connmark.)
-    rules = [f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN"]
+    # (Flows with a verdict get here only when marked DEEP: the jumps test the connmark.)
 
     def heads(n: int) -> str:
         return f"-m connbytes --connbytes 0:{n} --connbytes-dir both --connbytes-mode packets"
+
+    rules = [f"-A {CHAIN} -m pkttype ! --pkt-type unicast -j RETURN"]
+    if spec.deep_any:  # (a DEEP mark is only ever set on bridged flows: no physdev match)
+        mark = f"-m connmark --mark 0x{MARK_DEEP:x}/0x{MARK_MASK:x}"
+        rules.append(f"-A {CHAIN} {mark} {heads(spec.deep_any)} {target}")
+    rules.append(f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN")
 
     for pin, pout in ((spec.office, spec.uplink), (spec.uplink, spec.office)):
         phys = f"-m physdev --physdev-in {pin} --physdev-out {pout}"
@@ -307,6 +330,8 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
 # slow) run only for flow heads.
 JUMPS = (
     f"-A FORWARD -m connmark --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}",
+    # A flow the engine marked DEEP (a cleartext protocol found by content): queued on.
+    f"-A FORWARD -m connmark --mark 0x{MARK_DEEP:x}/0x{MARK_MASK:x} -j {CHAIN}",
     f"-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST,ACK NONE -m conntrack --ctstate INVALID "
     f"-j {CHAIN}",
 )

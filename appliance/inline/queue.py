@@ -34,9 +34,9 @@ from typing import Any
 
 from appliance.config import Config
 from appliance.inline.contract import EngineFactory, PacketEngine, WorkerEngine
-from appliance.inline.firewall import MARK_BLOCK, MARK_MASK, MARK_PASS
+from appliance.inline.firewall import MARK_BLOCK, MARK_DEEP, MARK_MASK, MARK_PASS
 from appliance.packet.decode import SIDE_INTERNET, SIDE_OFFICE, SIDE_UNKNOWN, DecodeStats, decode_ip
-from appliance.packet.flows import VERDICT_BLOCK, VERDICT_PASS
+from appliance.packet.flows import VERDICT_BLOCK, VERDICT_DEEP, VERDICT_PASS
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +310,8 @@ class QueueWorker:
                 # connection and drops the packet (see firewall.py).
                 stats.blocked += 1
                 nfpkt.set_mark((nfpkt.mark & ~MARK_MASK) | MARK_BLOCK)
+            elif verdict == VERDICT_DEEP:  # keep queueing past the head (firewall.py)
+                nfpkt.set_mark((nfpkt.mark & ~MARK_MASK) | MARK_DEEP)
             nfpkt.accept()
         except Exception:
             stats.errors += 1

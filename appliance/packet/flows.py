@@ -38,7 +38,11 @@ DIRECTION_NAMES = {
 }
 
 # What the engine decided about a flow; the queue worker copies it into the conntrack mark.
-VERDICT_NONE, VERDICT_PASS, VERDICT_BLOCK = 0, 1, 2
+# DEEP: no verdict yet, and the flow (a cleartext protocol found by content) wants a longer head
+# than `inline.head_packets`: the kernel queues it up to the deep bound (port DEEP_ANY_PORT of
+# `Engine.deep_ports`), the engine passes it once its protocol's head is seen.
+VERDICT_NONE, VERDICT_PASS, VERDICT_BLOCK, VERDICT_DEEP = 0, 1, 2, 3
+DEEP_ANY_PORT = 0
 
 # Idle seconds before an entry is forgotten.
 IDLE_TIMEOUT = {TCP: 120.0, ICMP: 30.0, ICMPV6: 30.0}

@@ -12,8 +12,8 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from appliance.config import ConfigError
-from appliance.detect.detectors.cleartext import CleartextDetector, telnet_text
-from appliance.packet.flows import VERDICT_NONE
+from appliance.detect.detectors.cleartext import HEADS, telnet_text
+from appliance.packet.flows import DEEP_ANY_PORT, VERDICT_DEEP, VERDICT_NONE
 from tests.helpers import Harness, at, make_config, replay_alerts, run_packets, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
@@ -117,11 +117,16 @@ def test_ftp_login_is_reported_without_the_credentials() -> None:
 
 
 def test_ftp_flows_stay_unjudged_until_the_login() -> None:
-    """Port 21 is a deep port: the engine does not pass the flow after its first payload."""
-    assert CleartextDetector.deep_ports == {21: 40, 23: 60, 110: 30, 143: 30}
+    """Port 21 is a deep port: the engine does not pass the flow after its first payload (the
+    greeting makes it DEEP: still no verdict, queued on)."""
+    assert HEADS == {"ftp": 40, "telnet": 60, "pop3": 30, "imap": 30, "smtp": 30, "http": 24}
     h = run(session(ftp_login(), 21))
-    assert set(h.verdicts) == {VERDICT_NONE}
-    assert h.engine.deep_ports()[21] >= 40
+    assert set(h.verdicts) == {VERDICT_NONE, VERDICT_DEEP}
+    deep = h.engine.deep_ports()
+    assert (deep[21], deep[23], deep[110], deep[143], deep[25], deep[587]) == (
+        40, 60, 30, 30, 30, 30
+    )
+    assert deep[DEEP_ANY_PORT] == 60  # the kernel's bound for flows found by content
 
 
 def test_inbound_ftp_logins_count_up_per_connection() -> None:
@@ -162,7 +167,7 @@ def test_telnet_iac_stripping() -> None:
 def test_telnet_login_is_reported(per_char: bool) -> None:
     talk = telnet_login(per_char)
     pkts = session(talk, 23)
-    assert len(pkts) <= CleartextDetector.deep_ports[23]  # fits in the queued head
+    assert len(pkts) <= HEADS["telnet"]  # fits in the queued head
     h = run(pkts)
     assert sids(h) == [8109002]
     assert h.by_detector("cleartext")[0]["watchpost"]["details"]["protocol"] == "Telnet"
