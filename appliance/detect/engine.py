@@ -344,9 +344,10 @@ class Engine:
     def _judge_head(self, flow: Flow) -> None:
         """A flow without a verdict after a payload: DEEP while its protocol's head goes on
         (the packet count is the kernel's `ct packets`: both directions), else PASS."""
-        head = self._app_heads.get(flow.app, 0) or self._deep.get(flow.server_port, 0)
+        app = flow.app  # known by content (TLS: no head, whatever the port), else the port's
+        head = self._app_heads.get(app, 0) if app else self._deep.get(flow.server_port, 0)
         if head and flow.pkts_c + flow.pkts_s < head:
-            if flow.app:  # found by content: the kernel queues it past inline.head_packets
+            if app:  # found by content: the kernel queues it past inline.head_packets
                 flow.verdict = VERDICT_DEEP
         else:
             flow.verdict = VERDICT_PASS

@@ -16,10 +16,20 @@ listed domain blocks the addresses on its name chain. The engine's block guard
 the resolvers or the hub, and capped.
 Signature ids are stable (8100001..8100011); the alert's category and severity come from the
 indicator, the details say what was listed and by whom.
+
+Context: an alert about a listed address (8100001, 8100004) carries the names its flow showed:
+the DNS question asked of a listed resolver, the HTTP host and URL, the TLS or QUIC SNI (the
+``dns``/``http``/``tls``/``quic`` object, and ``details.query``/``host``/``sni``). The address
+is seen on a flow's first packet and the names come later in its head (a SYN before the
+ClientHello), so the alert is held on the flow until the first name arrives (often the same
+packet: a DNS query, a QUIC Initial) or `context_wait` seconds of packet time pass, then sent
+once, with whatever context there was; at most HELD_MAX alerts wait at once (the oldest goes
+out first). In block mode with blocking on, nothing is held: the flow ends at its first packet.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
@@ -54,6 +64,18 @@ DNS_BLOCKED = Signature(
 A, AAAA, CNAME = 1, 28, 5
 _MISS = object()
 MEMO_SIZE = 4096
+HELD_MAX = 4096  # address alerts waiting for their flow's names
+
+
+class _Held:
+    """An address alert waiting on its flow for context (the ``ctx.alert`` arguments)."""
+
+    __slots__ = ("args", "deadline", "flow")
+
+    def __init__(self, flow: Flow, deadline: float, args: dict[str, Any]) -> None:
+        self.flow = flow
+        self.deadline = deadline
+        self.args = args
 
 
 class IntelDetector(Detector):
@@ -83,6 +105,8 @@ class IntelDetector(Detector):
         # query, its answer, the SNI of the connection that follows).
         self._memo: dict[str, Indicator | None] = {}
         self._memo_store: object = None
+        self.context_wait = 1.0
+        self._held: OrderedDict[int, _Held] = OrderedDict()  # id(flow) -> held, oldest first
 
     @classmethod
     def load(cls, loader: Loader) -> None:
@@ -109,11 +133,22 @@ class IntelDetector(Detector):
             "Alert on connections to addresses that DNS returned for a listed domain.",
             remote=True,
         )
+        loader.add_option(
+            "context_wait",
+            float,
+            1.0,
+            "Seconds an alert about a listed address waits for its flow to show a name (DNS "
+            "question, HTTP host and URL, TLS/QUIC SNI), so it is sent once with that context "
+            "(0: sent at once, without).",
+            range=(0.0, 10.0),
+            remote=True,
+        )
 
     def configure(self, opts: Options) -> None:
         self.block = opts.block
         self.block_fingerprints = opts.block_fingerprints
         self.domain_addresses = opts.domain_addresses
+        self.context_wait = opts.context_wait
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -157,7 +192,56 @@ class IntelDetector(Detector):
 
     # -- hooks ----------------------------------------------------------------------------------
 
+    def _address_alert(
+        self, ctx: Context, pkt: Packet, flow: Flow, sig: Signature, details: dict, listed: str
+    ) -> None:
+        """Alert about a listed address at once (block mode: the flow ends here) or hold it on
+        the flow until its names arrive (`_fold`) or `context_wait` passes (`_release`)."""
+        block = listed if self.block else None
+        if (block and ctx.block_mode) or self.context_wait <= 0:
+            ctx.alert(sig, pkt=pkt, flow=flow, details=details, block=block)
+            return
+        args: dict[str, Any] = {
+            "at": ctx.now,
+            "src": pkt.src_ip,
+            "dst": pkt.dst_ip,
+            "proto": pkt.proto_name,
+            "src_port": pkt.sport if pkt.proto in (6, 17) else None,
+            "dest_port": pkt.dport if pkt.proto in (6, 17) else None,
+            "signature": sig,
+            "details": details,
+        }
+        held = self._held
+        while len(held) >= HELD_MAX:
+            self._send(ctx, held.popitem(last=False)[1])
+        held[id(flow)] = _Held(flow, ctx.now + self.context_wait, args)
+
+    def _fold(self, ctx: Context, flow: Flow, app: dict[str, Any], **names: str) -> None:
+        """The flow showed a name: send its held address alert with it (once)."""
+        h = self._held.pop(id(flow), None)
+        if h is None or h.flow is not flow:
+            return
+        h.args["app"] = app
+        h.args["details"].update({k: v for k, v in names.items() if v})
+        self._send(ctx, h)
+
+    def _release(self, ctx: Context, now: float) -> None:
+        """Send the held alerts whose wait is over, without context."""
+        held = self._held
+        while held:
+            h = held[next(iter(held))]
+            if h.deadline > now:
+                return
+            held.popitem(last=False)
+            self._send(ctx, h)
+
+    def _send(self, ctx: Context, h: _Held) -> None:
+        args = h.args
+        ctx.alert(args.pop("signature"), flow=h.flow, **args)
+
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
+        if self._held:
+            self._release(ctx, ctx.now)
         # Judge each flow once, on its first packet: later head packets add nothing.
         if flow.pkts_c + flow.pkts_s != 1:
             return
@@ -166,13 +250,8 @@ class IntelDetector(Detector):
             ind = intel.match_ip(addr)
             if ind is not None:
                 listed = pkt.dst_ip if addr is pkt.dst else pkt.src_ip
-                ctx.alert(
-                    self._sig(IP_HIT, ind),
-                    pkt=pkt,
-                    flow=flow,
-                    details=self._details(ind, listed=listed, domain=ctx.names.get(addr)),
-                    block=listed if self.block else None,
-                )
+                details = self._details(ind, listed=listed, domain=ctx.names.get(addr))
+                self._address_alert(ctx, pkt, flow, self._sig(IP_HIT, ind), details, listed)
                 return
         if not self.domain_addresses:
             return
@@ -180,16 +259,17 @@ class IntelDetector(Detector):
         if name:
             ind = self._domain(ctx, name)
             if ind is not None:
-                ctx.alert(
-                    self._sig(NAME_ADDR, ind),
-                    pkt=pkt,
-                    flow=flow,
-                    details=self._details(ind, domain=name, address=pkt.dst_ip),
-                    block=pkt.dst_ip if self.block else None,
-                )
+                details = self._details(ind, domain=name, address=pkt.dst_ip)
+                self._address_alert(ctx, pkt, flow, self._sig(NAME_ADDR, ind), details, pkt.dst_ip)
+
+    def tick(self, ctx: Context, now: float) -> None:
+        if self._held:
+            self._release(ctx, now)
 
     def dns(self, ctx: Context, pkt: Packet, flow: Flow, msg: DnsMessage) -> None:
         intel = ctx.intel
+        if self._held and not msg.response:  # a listed resolver asked: the question
+            self._fold(ctx, flow, msg.eve(), query=msg.qname)
         if not msg.response:
             ind = self._domain(ctx, msg.qname)
             if ind is not None:
@@ -241,6 +321,8 @@ class IntelDetector(Detector):
     def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
         intel = ctx.intel
         proto = "QUIC" if hello.quic else "TLS"
+        if self._held:
+            self._fold(ctx, flow, hello.eve(), sni=hello.sni)
         if hello.sni:
             ind = self._domain(ctx, hello.sni)
             if ind is not None:
@@ -270,6 +352,8 @@ class IntelDetector(Detector):
 
     def http(self, ctx: Context, pkt: Packet, flow: Flow, req: HttpRequest) -> None:
         intel = ctx.intel
+        if self._held:
+            self._fold(ctx, flow, req.eve(), host=req.host)
         target = req.path
         if target.startswith(("http://", "https://")):  # absolute form (a proxy request)
             url = target

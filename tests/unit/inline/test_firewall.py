@@ -387,3 +387,29 @@ def test_apply_carries_blocks_but_not_never_block_or_nested_ones(tmp_path: Path)
     assert "elements = { 203.0.113.0/24 }" in b4  # the wider block covers the single one
     assert "198.18.0.7" not in table
     assert "elements = { 2001:db8::1 timeout 12s }" in b6
+
+
+def test_deep_flows_are_queued_to_the_engines_longest_head_on_both_paths() -> None:
+    """Port 0 of `Engine.deep_ports` is the bound for flows the engine marks DEEP (found by
+    content): queued before the "has a verdict" return, saved like PASS/BLOCK; none without."""
+    s = RulesetSpec.from_config(
+        make_config(inline=LAB), native_queue=True, deep_ports={0: 60, 21: 40}
+    )
+    assert (s.deep_any, s.deep) == (60, ((21, 40),))
+    text = render_nft(s)
+    chain = text.split("chain heads {", 1)[1].split("}\n\tchain", 1)[0]
+    deep = "ct mark & 0x0c000000 == 0x0c000000 ct packets <= 60 counter queue"
+    assert deep in chain
+    assert chain.index(deep) < chain.index("ct mark & 0x0c000000 != 0x00000000 return")
+    assert "meta mark & 0x0c000000 == 0x0c000000 ct mark set" in text.split("chain verdict", 1)[1]
+    rules = render_iptables_rules(s)
+    assert rules[1] == (
+        f"-A {CHAIN} -m connmark --mark 0xc000000/0xc000000 -m connbytes --connbytes 0:60 "
+        "--connbytes-dir both --connbytes-mode packets -j NFQUEUE --queue-num 0 --queue-bypass"
+    )
+    assert rules[2] == f"-A {CHAIN} -m connmark ! --mark 0x0/0xc000000 -j RETURN"
+    # A bound below inline.head_packets still queues the whole ordinary head of a DEEP flow.
+    low = RulesetSpec.from_config(make_config(inline=LAB), native_queue=False, deep_ports={0: 3})
+    assert low.deep_any == 8
+    none = RulesetSpec.from_config(make_config(inline=LAB), native_queue=True, deep_ports={})
+    assert none.deep_any == 0 and "0x0c000000 ct packets" not in render_nft(none)

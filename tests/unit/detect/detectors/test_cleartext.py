@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP
 
 from appliance.config import ConfigError
 from appliance.detect.detectors.cleartext import HEADS, telnet_text
-from appliance.packet.flows import DEEP_ANY_PORT, VERDICT_DEEP, VERDICT_NONE
+from appliance.packet.flows import DEEP_ANY_PORT, VERDICT_DEEP, VERDICT_NONE, VERDICT_PASS
 from tests.helpers import Harness, at, make_config, replay_alerts, run_packets, write_pcap
 
 PC1, PC2 = "198.18.0.11", "198.18.0.12"
@@ -123,9 +123,8 @@ def test_ftp_flows_stay_unjudged_until_the_login() -> None:
     h = run(session(ftp_login(), 21))
     assert set(h.verdicts) == {VERDICT_NONE, VERDICT_DEEP}
     deep = h.engine.deep_ports()
-    assert (deep[21], deep[23], deep[110], deep[143], deep[25], deep[587]) == (
-        40, 60, 30, 30, 30, 30
-    )
+    ports = {p: deep[p] for p in (21, 23, 110, 143, 25, 587)}
+    assert ports == {21: 40, 23: 60, 110: 30, 143: 30, 25: 30, 587: 30}
     assert deep[DEEP_ANY_PORT] == 60  # the kernel's bound for flows found by content
 
 
@@ -316,3 +315,115 @@ def test_odd_payloads_never_break_the_detector() -> None:
         talk += [(True, b"USER x\r\n"), (True, bytes((IAC, SB)) + r.randbytes(20))]
         pkts += session(talk, port, T0 + i, sport=20000 + i)
     run(pkts)  # asserts that no hook raised
+
+
+# -- more of each flow's head: found by content on any port, keep-alive HTTP, SMTP AUTH ----------
+
+
+def http_401_then_basic(pad: int = 0) -> list[tuple[bool, bytes]]:
+    """A keep-alive exchange: a request, the server's 401, `pad` more server segments, and the
+    request repeated with Basic credentials (what curl --anyauth does)."""
+    req = "GET /private/ HTTP/1.1\r\nHost: nas.office.example:8080\r\nUser-Agent: curl/8.5\r\n"
+    challenge = b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm="nas"\r\n'
+    talk = [(True, (req + "\r\n").encode()), (False, challenge + b"Content-Length: 0\r\n\r\n")]
+    talk += [(False, b"x" * 10)] * pad
+    talk.append((True, (req + "Authorization: Basic YWxpY2UubzpzM2NyZXQ=\r\n\r\n").encode()))
+    return talk
+
+
+def test_http_basic_after_a_401_on_a_keepalive_connection_on_8080() -> None:
+    """The second request of the connection is seen (port 8080 is no deep port: the request
+    line made the flow DEEP); the alert says the server had asked with a 401."""
+    h = run(session(http_401_then_basic(), 8080, server=PC2))
+    assert sids(h) == [8109003]
+    a = h.by_detector("cleartext")[0]
+    assert a["watchpost"]["details"]["after"] == "401" and a["dest_port"] == 8080
+    assert a["http"]["url"] == "/private/" and a["app_proto"] == "http"
+    assert h.verdicts[3:] == [VERDICT_DEEP] * (len(h.verdicts) - 3)  # the first request on
+    assert_no_secrets(h, "YWxpY2UubzpzM2NyZXQ=", "s3cret")
+
+
+def test_http_credentials_past_the_head_are_not_seen_and_the_flow_passes() -> None:
+    """Just past `http_head_packets` (24): the kernel queues no more, the engine neither."""
+    fits, past = session(http_401_then_basic(pad=18), 8080), session(http_401_then_basic(19), 8080)
+    assert (len(fits), len(past)) == (24, 25)
+    assert sids(run(fits)) == [8109003]
+    h = run(past)
+    assert sids(h) == []
+    assert h.verdicts[23] == VERDICT_PASS  # the 24th packet ends the head
+    cfg = make_config(detect={"cleartext": {"http_head_packets": 25}})
+    assert sids(run(past, cfg)) == [8109003]
+
+
+def test_tls_flows_pass_at_their_hello_whatever_the_heads() -> None:
+    """Longer heads cost nothing on TLS bulk flows: they pass at the ClientHello, on any port."""
+    from scapy.layers.tls.handshake import TLSClientHello
+    from scapy.layers.tls.record import TLS
+
+    hello = bytes(TLS(msg=[TLSClientHello(ciphers=[0x1301])]))
+    for port in (443, 8080, 21):
+        h = run(session([(True, hello), (False, b"\x16\x03\x03" + b"s" * 40)] * 3, port))
+        assert h.verdicts[3] == VERDICT_PASS, port
+        assert VERDICT_DEEP not in h.verdicts
+
+
+def test_ftp_on_8021_is_found_by_its_greeting() -> None:
+    h = run(session(ftp_login(), 8021))
+    assert sids(h) == [8109001]
+    assert h.by_detector("cleartext")[0]["app_proto"] == "ftp"
+    assert h.verdicts[3] == VERDICT_DEEP  # the greeting: queued on past inline.head_packets
+
+
+def test_a_non_cleartext_server_on_8021_passes_at_the_first_client_payload() -> None:
+    talk = [(False, b"SSH-2.0-OpenSSH_9.6\r\n"), (True, b"SSH-2.0-OpenSSH_9.6\r\n")]
+    talk += [(True, f"USER {USER}\r\n".encode()), (True, f"PASS {PASSWORD}\r\n".encode())]
+    h = run(session(talk, 8021))
+    assert sids(h) == [] and h.verdicts[3:5] == [VERDICT_NONE, VERDICT_PASS]
+
+
+def smtp(auth: list[bytes], starttls: bool = False) -> list[tuple[bool, bytes]]:
+    talk = [(False, b"220 mail.office.example ESMTP Postfix\r\n"), (True, b"EHLO pc1\r\n")]
+    talk.append((False, b"250-mail.office.example\r\n250-AUTH PLAIN LOGIN\r\n250 STARTTLS\r\n"))
+    if starttls:
+        talk += [(True, b"STARTTLS\r\n"), (False, b"220 2.0.0 Ready\r\n"), (True, b"\x16\x03\x01")]
+    for line in auth:
+        talk += [(True, line + b"\r\n"), (False, b"334 \r\n")]
+    return talk
+
+
+PLAIN = b"AGFsaWNlLm8AVHIwdWI0ZG9yJjMtc2VjcmV0"
+
+
+@pytest.mark.parametrize("port", [587, 25, 2525])
+def test_smtp_auth_plain_and_login_are_reported(port: int) -> None:
+    """On the submission ports and, found by its greeting, on any other."""
+    h = run(session(smtp([b"AUTH PLAIN " + PLAIN]), port))
+    assert sids(h) == [8109006]
+    assert h.by_detector("cleartext")[0]["watchpost"]["details"]["protocol"] == "SMTP"
+    h = run(session(smtp([b"AUTH LOGIN", b"YWxpY2Uubw==", b"VHIwdWI0ZG9y"]), port, sport=40001))
+    assert sids(h) == [8109006]
+    assert_no_secrets(h, PLAIN.decode(), "YWxpY2Uubw==", "VHIwdWI0ZG9y")
+
+
+def test_smtp_without_credentials_on_the_wire_is_not_reported() -> None:
+    for i, auth in enumerate(([b"AUTH CRAM-MD5", b"YWxpY2UgZGVhZGJlZWY="], [b"AUTH LOGIN", b"*"])):
+        assert sids(run(session(smtp(auth), 587, sport=41000 + i))) == []
+    assert sids(run(session(smtp([b"AUTH PLAIN " + PLAIN], starttls=True), 587))) == []
+    off = make_config(detect={"cleartext": {"protocols": ["ftp"]}})
+    assert sids(run(session(smtp([b"AUTH PLAIN " + PLAIN]), 587), off)) == []
+
+
+def test_more_of_the_head_replays_to_the_same_alerts(tmp_path: Path) -> None:
+    pkts = session(http_401_then_basic(), 8080, server=PC2)
+    pkts += session(ftp_login(), 8021, T0 + 2, sport=40002)
+    pkts += session(smtp([b"AUTH PLAIN " + PLAIN]), 2525, T0 + 4, sport=40004)
+    pkts += session(http_401_then_basic(pad=19), 8080, T0 + 6, sport=40006)  # just past
+    pcap = write_pcap(pkts, tmp_path / "heads.pcap")
+    inline = run(list(pkts)).by_detector("cleartext")
+    replayed = replay_alerts(pcap, "cleartext")
+
+    def key(a: dict) -> tuple:
+        return (a["alert"]["signature_id"], a["dest_port"], a["watchpost"]["details"])
+
+    assert sorted(map(key, inline)) == sorted(map(key, replayed))
+    assert sorted(k[0] for k in map(key, inline)) == [8109001, 8109003, 8109006]

@@ -3,6 +3,7 @@ left alone; block mode drops what is listed and nothing on the allow-list."""
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 from typing import Any
@@ -487,3 +488,115 @@ def test_reaching_the_block_cap_is_said_once(tmp_path: Path) -> None:
     limits = [a for a in h.by_detector("intel") if a["alert"]["signature_id"] == 8100011]
     assert len(limits) == 1 and limits[0]["watchpost"]["details"]["cap"] == 1
     assert h.engine.guard.refused["cap"] == 2
+
+
+# -- context: an alert about a listed address carries the names its flow showed ------------------
+
+
+def one(alerts: list[dict], sid: int = 8100001) -> dict:
+    (a,) = [x for x in alerts if x["alert"]["signature_id"] == sid]
+    return a
+
+
+def test_listed_address_alert_waits_for_the_sni_and_is_sent_once(feeds: list[Path]) -> None:
+    pkts = tcp_flow(PC1, EVIL, 443, hello("files.example.net"), ts=T0)
+    _, alerts = run(feeds, pkts)
+    a = one(alerts)
+    assert sids(alerts) == [8100001]  # one alert, with the context: not an alert and a record
+    assert a["tls"]["sni"] == "files.example.net" and a["app_proto"] == "tls"
+    assert a["watchpost"]["details"]["sni"] == "files.example.net"
+    assert a["timestamp"].startswith("2027-01-15T08:00:00.000000")  # the SYN's time
+    assert (a["src_ip"], a["dest_ip"], a["src_port"], a["dest_port"]) == (PC1, EVIL, 40000, 443)
+
+
+def test_listed_address_alert_carries_the_http_host_and_url(feeds: list[Path]) -> None:
+    pkts = tcp_flow(EVIL, PC2, 8080, http_get(f"{PC2}:8080", "/cgi-bin/luci?token=s3cr3t"))
+    _, alerts = run(feeds, pkts, privacy={"pseudonymize": True, "key": "k" * 32})
+    a = one(alerts)
+    assert a["http"]["url"] == "/cgi-bin/luci?token=" and a["http"]["http_method"] == "GET"
+    host = a["watchpost"]["details"]["host"]
+    assert host.startswith("office-") and host.endswith(":8080") and a["http"]["hostname"] == host
+    assert PC2 not in json.dumps(a) and "s3cr3t" not in json.dumps(a)  # privacy scrub applies
+
+
+def test_a_listed_resolver_alert_carries_the_question_from_the_same_packet(
+    feeds: list[Path],
+) -> None:
+    q = IP(src=PC1, dst=EVIL) / UDP(sport=53001, dport=53) / DNS(id=9, qd=DNSQR(qname="a.test"))
+    _, alerts = run(feeds, [at(q, T0)], detect={"intel": {"context_wait": 5.0}})
+    a = one(alerts)
+    assert a["dns"]["rrname"] == "a.test" and a["watchpost"]["details"]["query"] == "a.test"
+
+
+def test_quic_initial_to_a_listed_address_names_its_sni(feeds: list[Path]) -> None:
+    pkt = IP(src=PC1, dst=EVIL) / UDP(sport=50000, dport=443) / quic_initial("h3.example.org")
+    _, alerts = run(feeds, [at(pkt, T0)])
+    assert one(alerts)["quic"]["sni"] == "h3.example.org"
+
+
+def test_a_name_after_the_wait_is_not_folded_and_nothing_is_sent_twice(feeds: list[Path]) -> None:
+    """Just past `context_wait`: the alert went out without context at the wait's end (on the
+    next packet of any flow), and the late hello adds no second alert."""
+    late = tcp_flow(PC1, EVIL, 443, ts=T0)
+    seg = IP(src=PC1, dst=EVIL) / TCP(sport=40000, dport=443, flags="PA") / hello("x.example")
+    late.append(at(seg, T0 + 1.01))
+    _, alerts = run(feeds, late)
+    assert sids(alerts) == [8100001] and "tls" not in alerts[0]
+    assert "sni" not in alerts[0]["watchpost"]["details"]
+    in_time = tcp_flow(PC1, EVIL, 443, ts=T0)
+    in_time.append(at(seg.copy(), T0 + 0.99))
+    _, alerts = run(feeds, in_time)
+    assert one(alerts)["tls"]["sni"] == "x.example"
+
+
+def test_flows_without_names_and_the_end_of_a_capture_release_held_alerts(
+    feeds: list[Path],
+) -> None:
+    ssh = tcp_flow(PC1, EVIL, 22, b"SSH-2.0-OpenSSH_9.6\r\n")
+    h, alerts = run(feeds, ssh)  # the capture ends 3 ms later: `finish` ticks, it goes out
+    assert sids(alerts) == [8100001] and "tls" not in alerts[0]
+    h = Harness(make_config(), intel_paths=feeds)
+    h.feed(ssh)
+    assert h.by_detector("intel") == []  # still waiting for a name
+    h.engine.tick(T0 + 0.5)
+    assert h.by_detector("intel") == []
+    h.engine.tick(T0 + 1.0)
+    assert sids(h.by_detector("intel")) == [8100001]
+
+
+def test_no_wait_in_block_mode_or_with_context_wait_zero(feeds: list[Path]) -> None:
+    for cfg in ({"inline": {"mode": "block"}}, {"detect": {"intel": {"context_wait": 0.0}}}):
+        h = Harness(make_config(**cfg), intel_paths=feeds)
+        h.engine.blocker = FakeBlocker()
+        h.feed(tcp_flow(PC1, EVIL, 443)[:1])
+        assert sids(h.by_detector("intel")) == [8100001], cfg
+
+
+def test_address_of_a_listed_domain_also_waits_for_the_sni(feeds: list[Path]) -> None:
+    pkts = dns_exchange(PC1, "www.evil.example", [("A", "198.51.100.99")])
+    pkts += tcp_flow(PC1, "198.51.100.99", 443, hello("www.evil.example"), ts=T0 + 1)
+    _, alerts = run(feeds, pkts)
+    a = one(alerts, 8100004)
+    assert a["tls"]["sni"] == "www.evil.example" and a["watchpost"]["details"]["domain"]
+    assert sorted(sids(alerts)) == [8100002, 8100004, 8100005]  # the listed SNI is its own
+
+
+def test_context_replays_to_the_same_alerts(feeds: list[Path], tmp_path: Path) -> None:
+    pkts = tcp_flow(PC1, EVIL, 443, hello("files.example.net"), ts=T0)
+    pkts += tcp_flow(EVIL, PC2, 8080, http_get("nas", "/login"), ts=T0 + 2, sport=40001)
+    pkts += tcp_flow(PC1, EVIL, 22, b"SSH-2.0-x\r\n", ts=T0 + 4, sport=40002)
+    pcap = write_pcap(pkts, tmp_path / "context.pcap")
+    _, inline = run(feeds, pkts)
+    replayed = replay_alerts(pcap, "intel", make_config(intel={"paths": [str(p) for p in feeds]}))
+
+    def key(a: dict) -> tuple:
+        return (
+            a["timestamp"],
+            a["dest_port"],
+            a.get("tls"),
+            a.get("http"),
+            a["watchpost"]["details"],
+        )
+
+    assert sorted(map(key, inline), key=str) == sorted(map(key, replayed), key=str)
+    assert len(inline) == 3
