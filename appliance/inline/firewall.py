@@ -301,7 +301,7 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
     if spec.deep_any:  # (a DEEP mark is only ever set on bridged flows: no physdev match)
         mark = f"-m connmark --mark 0x{MARK_DEEP:x}/0x{MARK_MASK:x}"
         rules.append(f"-A {CHAIN} {mark} {heads(spec.deep_any)} {target}")
-    rules.append(f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN")
+        rules.append(f"-A {CHAIN} -m connmark ! --mark 0x0/0x{MARK_MASK:x} -j RETURN")
 
     for pin, pout in ((spec.office, spec.uplink), (spec.uplink, spec.office)):
         phys = f"-m physdev --physdev-in {pin} --physdev-out {pout}"
@@ -330,10 +330,10 @@ def render_iptables_rules(spec: RulesetSpec) -> list[str]:
 # slow) run only for flow heads.
 JUMPS = (
     f"-A FORWARD -m connmark --mark 0x0/0x{MARK_MASK:x} -j {CHAIN}",
-    # A flow the engine marked DEEP (a cleartext protocol found by content): queued on.
-    f"-A FORWARD -m connmark --mark 0x{MARK_DEEP:x}/0x{MARK_MASK:x} -j {CHAIN}",
     f"-A FORWARD -p tcp -m tcp --tcp-flags SYN,RST,ACK NONE -m conntrack --ctstate INVALID "
     f"-j {CHAIN}",
+    # A flow the engine marked DEEP (a cleartext protocol followed to its head): queued on.
+    f"-A FORWARD -m connmark --mark 0x{MARK_DEEP:x}/0x{MARK_MASK:x} -j {CHAIN}",
 )
 
 
