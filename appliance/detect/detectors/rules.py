@@ -28,7 +28,8 @@ from appliance.config import Config
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.rules.addresses import SpecError, check_variables, default_vars
 from appliance.detect.rules.matcher import HOOK_DNS, HOOK_HTTP, HOOK_PACKET, HOOK_TLS, Rule
-from appliance.detect.rules.ruleset import RulesError, RuleSet, load_files
+from appliance.detect.rules.prefilter import Prefilter
+from appliance.detect.rules.ruleset import OTHER_PROTO, RulesError, RuleSet, load_files
 from appliance.detect.rules.threshold import Tracker
 from appliance.packet.flows import DIR_INBOUND, DIR_OUTBOUND, VERDICT_NONE
 
@@ -101,6 +102,7 @@ class RulesDetector(Detector):
         self._vars: dict[str, str] = {}
         self._sigs: dict[int, Signature] = {}
         self._hooks: set[str] = set()
+        self._packet_groups: dict[int, Prefilter | None] | None = None
 
     @classmethod
     def load(cls, loader: Loader) -> None:
@@ -161,6 +163,10 @@ class RulesDetector(Detector):
         self._hooks = ruleset.hooks() if ruleset is not None else set()
         thresholds = ruleset is not None and any(r.threshold for r in ruleset.rules)
         self.partition = "global" if thresholds else "flow"
+        self._packet_groups = (
+            ruleset.groups[HOOK_PACKET] if ruleset is not None and HOOK_PACKET in self._hooks
+            else None
+        )  # fmt: skip
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -218,23 +224,30 @@ class RulesDetector(Detector):
             ctx.alert(self._signature(r), pkt=pkt, flow=flow, app=app, details=details,
                       block=block)  # fmt: skip
 
-    def _skip(self, ctx: Context, flow: Flow) -> bool:
-        """A packet the bridge would not have queued (judged flow, past the head)."""
-        return (
-            flow.verdict != VERDICT_NONE
-            or flow.pkts_c + flow.pkts_s > ctx.config.inline.head_packets
-        )
-
     # -- hooks -------------------------------------------------------------------------------------
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
-        rs = self.ruleset
-        if rs is None or HOOK_PACKET not in self._hooks:
+        # The cheap tests first: most packets are past their flow's head (or of a judged flow)
+        # and most of the rest are of a protocol no packet rule names.
+        if (
+            (
+                flow.verdict != VERDICT_NONE
+                or flow.pkts_c + flow.pkts_s > ctx.config.inline.head_packets
+            )
+            and pkt.sport != 53
+            and pkt.dport != 53
+        ):
             return
-        if self._skip(ctx, flow) and not (pkt.sport == 53 or pkt.dport == 53):
+        groups = self._packet_groups
+        if groups is None:
+            return
+        pf = groups.get(pkt.proto, groups[OTHER_PROTO])
+        if pf is None:
             return
         self._bind_home(ctx)
-        hits = rs.match(HOOK_PACKET, pkt, flow, from_client, None, self.tracker)
+        rs = self.ruleset
+        assert rs is not None
+        hits = rs.match_group(pf, pkt, flow, from_client, None, self.tracker)
         if hits:
             self._report(ctx, pkt, flow, hits, {})
 
