@@ -32,6 +32,7 @@ from protocol.envelope import EnvelopeError, sign_document, verify_document
 from protocol.files import atomic_write
 
 KIND = "watchpost-intel"
+RULES_KIND = "watchpost-rules"  # a Suricata-format rule file (`rules-update`)
 MAX_BUNDLE_BYTES = 64 * 1024 * 1024
 MAX_CHUNK_BYTES = 44 * 1024  # base64 of this plus the envelope stays under 64 KiB
 DEFAULT_CHUNK_BYTES = 32 * 1024

@@ -57,6 +57,8 @@ from appliance.hublink.replay_state import (
     Undo,
     system_clock_synced,
 )
+from appliance.hublink.rules_job import make_transfer as rules_transfer
+from appliance.hublink.rules_job import rules_dir_for
 from appliance.hublink.update_job import UpdateJob
 from appliance.packet.addrset import AddrSet
 from protocol import bundle
@@ -258,6 +260,9 @@ class CommandHandler:
             self.counters,
             timeout=transfer_timeout,
         )
+        self.rules = rules_transfer(
+            self.keys, lambda: self.device.config, self.counters, timeout=transfer_timeout
+        )
         self.update = UpdateJob(self.keys, Path(state_path).parent)
         self.desired = DesiredConfig(self)
         self.desired.publish = publish
@@ -271,6 +276,7 @@ class CommandHandler:
             "set-config": self._set_config,
             "set-mode": self._set_mode,
             "intel-update": self._intel_update,
+            "rules-update": self._rules_update,
             "update": lambda env, reply: self.update.handle(env, reply, self.clock()),
             "block": self._block,
             "unblock": self._unblock,
@@ -367,6 +373,7 @@ class CommandHandler:
         self._worker = None
         with self._lock:
             self.intel.discard()
+            self.rules.discard()
 
     def tick(self, now: float) -> None:
         """Fail an intel transfer that has waited too long for its missing chunks."""
@@ -375,6 +382,7 @@ class CommandHandler:
             return
         try:
             self.intel.tick(now)
+            self.rules.tick(now)
         finally:
             self._lock.release()
 
@@ -503,6 +511,7 @@ class CommandHandler:
         }
         status["intel_bundles"] = bundle.installed(self.intel_dir)
         status["update"] = self.update.progress()  # live download counts, else the job file
+        status["rules_bundles"] = bundle.installed(rules_dir_for(self.device.config))
         return status
 
     def _get_config(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -672,6 +681,14 @@ class CommandHandler:
         assert undo is not None
         try:
             self.intel.handle(env, reply, self.clock(), refuse=lambda: self.state.undo(undo))
+        except BadChunk as e:
+            raise CommandFailed(INVALID, str(e)) from None
+
+    def _rules_update(self, env: dict[str, Any], reply: Reply) -> None:
+        undo = self._undo
+        assert undo is not None
+        try:
+            self.rules.handle(env, reply, self.clock(), refuse=lambda: self.state.undo(undo))
         except BadChunk as e:
             raise CommandFailed(INVALID, str(e)) from None
 

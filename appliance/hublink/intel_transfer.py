@@ -1,5 +1,7 @@
 """The `intel-update` job: a signed, versioned intel bundle sent in chunks, each chunk its own
-command envelope; job states queued → in-progress → succeeded / failed / rejected.
+command envelope; job states queued → in-progress → succeeded / failed / rejected. The
+`rules-update` job is the same transfer with its own bundle kind, folder and `check` (the rules
+are parsed before they are swapped in: see `appliance.hublink.rules_job`).
 
 One transfer at a time: a new job supersedes (fails) the one in progress; a job whose missing
 chunks do not come within `timeout` seconds fails. The bundle is checked against its signed
@@ -56,7 +58,7 @@ def answer(
 
 
 class IntelTransfer:
-    """The intel-update job in progress (at most one)."""
+    """The intel-update (or rules-update) job in progress (at most one)."""
 
     def __init__(
         self,
@@ -66,7 +68,16 @@ class IntelTransfer:
         counters: Counter[str],
         *,
         timeout: float = TRANSFER_TIMEOUT_S,
+        kind: str = bundle.KIND,
+        label: str = "intel-update",
+        check: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
+        """`check(staged, manifest)` (if given) looks at the reassembled bundle before it is
+        swapped in: it returns what the answer reports, or raises BundleError to refuse it."""
+        self.kind = kind
+        self.label = label
+        self.prefix = label.split("-")[0]  # counters: intel_updates, rules_failures, ...
+        self.check = check
         self.keys = list(keys)
         self.intel_dir = intel_dir
         self.reload_intel = reload_intel
@@ -86,27 +97,27 @@ class IntelTransfer:
         try:
             job, manifest, index, count, chunk_size, data = bundle.parse_chunk(env["args"])
         except bundle.BundleError as e:
-            raise BadChunk(f"intel-update: {e}") from None
+            raise BadChunk(f"{self.label}: {e}") from None
         jobinfo: dict[str, Any] = {"id": job}
         t = self.transfer
         new_job = t is None or self.job_id != job
         if new_job:
             try:
-                manifest = bundle.check_manifest(manifest, self.keys)
+                manifest = bundle.check_manifest(manifest, self.keys, self.kind)
                 fresh = bundle.Transfer(job, manifest, count, chunk_size, self.intel_dir, now)
             except bundle.BundleError as e:
-                self._reject(reply, eid, jobinfo, f"intel-update: {e}", refuse)
+                self._reject(reply, eid, jobinfo, f"{self.label}: {e}", refuse)
                 return
             except OSError as e:
-                self._reject(reply, eid, jobinfo, f"intel-update: staging: {e}", refuse)
+                self._reject(reply, eid, jobinfo, f"{self.label}: staging: {e}", refuse)
                 return
             if t is not None:
-                self.end("failed", f"intel-update: superseded by job {job}", None, None)
+                self.end("failed", f"{self.label}: superseded by job {job}", None, None)
             self.transfer, self.job_id, t = fresh, job, fresh
         else:
             assert t is not None
             if manifest != t.manifest or count != t.count or chunk_size != t.chunk_size:
-                message = f"intel-update: chunk {index} does not match job {job}"
+                message = f"{self.label}: chunk {index} does not match job {job}"
                 self._reject(reply, eid, jobinfo, message, refuse)
                 return
         self.reply = reply
@@ -116,10 +127,10 @@ class IntelTransfer:
             fresh_chunk = t.add(index, data, now)
         except bundle.BundleError as e:
             # Signed but inconsistent: the job cannot be trusted to finish correctly.
-            self.end("failed", f"intel-update: {e}", eid, reply)
+            self.end("failed", f"{self.label}: {e}", eid, reply)
             return
         except OSError as e:
-            self.end("failed", f"intel-update: staging: {e}", eid, reply)
+            self.end("failed", f"{self.label}: staging: {e}", eid, reply)
             return
         progress = {"received": len(t.received), "count": t.count, "version": t.manifest["version"]}
         state = "queued" if new_job and not t.complete else "in-progress"
@@ -143,15 +154,18 @@ class IntelTransfer:
         )
         try:
             staged = t.finish()
+            checked = self.check(staged, t.manifest) if self.check is not None else {}
             store_version = bundle.install(self.intel_dir, staged, t.manifest, self.reload_intel)
         except (bundle.BundleError, OSError) as e:
-            self.end("failed", f"intel-update: {e}", eid, reply)
+            self.end("failed", f"{self.label}: {e}", eid, reply)
             return
         self.transfer = None
         self.job_id = None
         self.reply = None
-        self.counters["intel_updates"] += 1
-        log.info("intel bundle %s %s installed", t.manifest["name"], t.manifest["version"])
+        self.counters[f"{self.prefix}_updates"] += 1
+        log.info(
+            "%s bundle %s %s installed", self.prefix, t.manifest["name"], t.manifest["version"]
+        )
         reply(
             answer(
                 eid,
@@ -159,7 +173,7 @@ class IntelTransfer:
                 result={
                     "name": t.manifest["name"],
                     "version": t.manifest["version"],
-                    "store_version": store_version,
+                    **({"store_version": store_version} if self.check is None else checked),
                 },
                 job={**jobinfo, "state": "succeeded", **progress},
             )
@@ -175,7 +189,7 @@ class IntelTransfer:
     ) -> None:
         refuse()
         self.counters[f"rejected:{REFUSED}"] += 1
-        log.warning("intel-update %s rejected: %s", eid, message)
+        log.warning("%s %s rejected: %s", self.label, eid, message)
         reply(answer(eid, False, error=message, code=REFUSED, job={**jobinfo, "state": "rejected"}))
 
     def end(self, state: str, message: str, eid: str | None, reply: Reply | None) -> None:
@@ -188,8 +202,8 @@ class IntelTransfer:
         self.transfer = None
         self.job_id = None
         self.reply = None
-        self.counters["intel_failures"] += 1
-        log.warning("intel-update job %s %s: %s", t.job, state, message)
+        self.counters[f"{self.prefix}_failures"] += 1
+        log.warning("%s job %s %s: %s", self.label, t.job, state, message)
         if reply is not None:
             reply(
                 answer(
@@ -215,7 +229,7 @@ class IntelTransfer:
         missing = bundle._ranges(t.missing())
         self.end(
             "failed",
-            f"intel-update: no chunk for {self.timeout:g} s, missing {missing}",
+            f"{self.label}: no chunk for {self.timeout:g} s, missing {missing}",
             self.eid,
             None,
         )

@@ -1,9 +1,9 @@
 """`watchpost hub …` (also `watchpost-hub …`): the hub operator's side of remote management.
 
 One module per job: ``connection`` (settings, the MQTT 5 client, retained reads), ``commands``
-(keygen, send, push-intel, set-config), ``devices`` and ``tail``; the collector's ``collect`` and
-``fleet`` live in hub/collector/. Importing the package registers every command on the ``hub``
-group.
+(keygen, send, push-intel, set-config), ``rules`` (push-rules), ``devices`` and ``tail``; the
+collector's ``collect`` and ``fleet`` live in hub/collector/. Importing the package registers
+every command on the ``hub`` group.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from hub import renewal  # registers `renewals`
 from hub.collector import command as collector_command  # registers `collect`, `fleet`
 from hub.console import command as console_command  # console, export, report, indicators
-from hub.operator import commands, devices, tail
+from hub.operator import commands, devices, rules, tail
 from hub.operator.connection import (
     EXIT_ERROR,
     EXIT_TIMEOUT,
@@ -46,5 +46,6 @@ __all__ = [
     "load_settings",
     "renewal",
     "rollout_command",
+    "rules",
     "tail",
 ]

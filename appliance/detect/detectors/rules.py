@@ -11,6 +11,12 @@ matches a flow silences the rules for the rest of that flow.
 Packets of a flow that already has a verdict, or beyond `inline.head_packets`, are not looked
 at: inline they would not reach Python, and `replay` must say what the bridge would.
 
+Rule bundles from the hub (``watchpost-hub push-rules``) are installed by the hub link as
+``<device.state_dir>/rules/*.rules`` (checked there before they are swapped in) and loaded with
+``paths`` unless ``hub = false``: every engine looks at that folder once a second (`tick`), loads
+the new set beside the running one (a thread; the first time, before the first packet) and swaps
+it in whole; a set that fails to load leaves the running rules in place.
+
 Loading: see `appliance.detect.rules`. Rules with syntax errors and rules outside the subset
 are skipped and logged (file:line and why, with counts); a file that cannot be read or is not
 text refuses the config, naming `detect.rules.paths`. Parsed rule sets are cached by file
@@ -21,14 +27,26 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.alerts.model import Signature
 from appliance.config import Config
 from appliance.detect.base import Detector, Loader, Options
 from appliance.detect.rules.addresses import SpecError, check_variables, default_vars
+from appliance.detect.rules.classification import load as load_classes
 from appliance.detect.rules.matcher import HOOK_DNS, HOOK_HTTP, HOOK_PACKET, HOOK_TLS, Rule
-from appliance.detect.rules.ruleset import RulesError, RuleSet, load_files
+from appliance.detect.rules.parser import Parser
+from appliance.detect.rules.prefilter import Prefilter
+from appliance.detect.rules.ruleset import (
+    OTHER_PROTO,
+    LoadReport,
+    RulesError,
+    RuleSet,
+    load_files,
+    parse_text,
+)
 from appliance.detect.rules.threshold import Tracker
 from appliance.packet.flows import DIR_INBOUND, DIR_OUTBOUND, VERDICT_NONE
 
@@ -43,6 +61,60 @@ log = logging.getLogger(__name__)
 MAX_LOGGED = 20  # syntax errors / skipped rules logged one by one (all are counted)
 
 _cache: dict[tuple, RuleSet] = {}
+_cache_lock = threading.Lock()
+HUB_DIR = "rules"  # under device.state_dir: the rule bundles the hub installed
+HUB_SUFFIX = ".rules"
+_UNCHECKED = ("unchecked",)
+
+
+def rules_dir_for(config: Config) -> Path:
+    """Where the hub link installs rule bundles (``<device.state_dir>/rules``)."""
+    return Path(config.device.state_dir) / HUB_DIR
+
+
+def hub_files(rules_dir: str | os.PathLike[str]) -> list[str]:
+    """The installed rule bundles: visible ``*.rules`` files (staging files are hidden)."""
+    try:
+        names = os.listdir(rules_dir)
+    except OSError:
+        return []
+    return [
+        os.path.join(rules_dir, n)
+        for n in sorted(names)
+        if n.endswith(HUB_SUFFIX) and not n.startswith(".")
+    ]
+
+
+def _hub_signature(rules_dir: str | os.PathLike[str]) -> tuple:
+    return tuple(_file_key(p) for p in hub_files(rules_dir))
+
+
+def rule_variables(config: Config) -> dict[str, str]:
+    """The rule variables `config` gives (HOME_NET from inline.home_nets unless set)."""
+    opts = config.detect.get("rules") or {}
+    variables = default_vars(config.inline.home_nets)
+    for item in opts.get("vars", ()):
+        name, _, value = item.partition("=")
+        variables[name.strip().lstrip("$")] = value.strip()
+    return variables
+
+
+def check_text(config: Config, text: str, source: str) -> LoadReport:
+    """Parse rule text as the running config's rules detector would (its variables and
+    classification): the report of loaded, skipped and syntax errors (``source:line``)."""
+    opts = config.detect.get("rules") or {}
+    classification = opts.get("classification") or None
+    try:
+        classes = load_classes(classification)
+    except (OSError, ValueError) as e:
+        raise RulesError(f"detect.rules.classification: {e}") from None
+    parser = Parser(rule_variables(config), classes)
+    report = LoadReport()
+    report.files.append(source)
+    into: dict[tuple[int, int], Any] = {}
+    parse_text(text, source, parser, report, into)
+    report.loaded = len(into)
+    return report
 
 
 def _file_key(path: str) -> tuple:
@@ -59,8 +131,9 @@ def load_cached(paths: tuple[str, ...], variables: dict[str, str], classificatio
     got = _cache.get(key)
     if got is None:
         got = load_files(paths, variables, classification or None)
-        _cache.clear()
-        _cache[key] = got
+        with _cache_lock:
+            _cache.clear()
+            _cache[key] = got
         _log_report(got)
     return got
 
@@ -101,6 +174,14 @@ class RulesDetector(Detector):
         self._vars: dict[str, str] = {}
         self._sigs: dict[int, Signature] = {}
         self._hooks: set[str] = set()
+        self._packet_groups: dict[int, Prefilter | None] | None = None
+        self._opts: Options | None = None
+        self._hub_paths: tuple[str, ...] = ()
+        self._hub_sig: tuple = _UNCHECKED
+        self._pending: threading.Thread | None = None
+        self._loaded: list[tuple[Options, tuple, tuple[str, ...], RuleSet | None, str]] = []
+        self.reloads = 0  # hub bundle sets taken in
+        self.reloads_failed = 0
 
     @classmethod
     def load(cls, loader: Loader) -> None:
@@ -119,6 +200,13 @@ class RulesDetector(Detector):
             "inline.home_nets, EXTERNAL_NET to !$HOME_NET, the rest to Suricata's defaults.",
         )
         loader.add_option(
+            "hub",
+            bool,
+            True,
+            "Also load the rule bundles the hub pushed (watchpost-hub push-rules), installed in "
+            "<device.state_dir>/rules; they are picked up live, within a second.",
+        )
+        loader.add_option(
             "classification",
             str,
             "",
@@ -134,7 +222,9 @@ class RulesDetector(Detector):
         cls._load(opts)
 
     @classmethod
-    def _load(cls, opts: Options) -> tuple[RuleSet | None, dict[str, str]]:
+    def _load(
+        cls, opts: Options, extra: tuple[str, ...] = ()
+    ) -> tuple[RuleSet | None, dict[str, str]]:
         own = parse_vars(opts)
         variables = default_vars(Config().inline.home_nets)
         variables.update(own)
@@ -143,10 +233,11 @@ class RulesDetector(Detector):
             raise opts.error("vars", problem)
         if opts.classification and not os.path.isfile(opts.classification):
             raise opts.error("classification", f"{opts.classification}: no such file")
-        if not opts.paths:
+        paths = tuple(opts.paths) + extra
+        if not paths:
             return None, own
         try:
-            return load_cached(tuple(opts.paths), variables, opts.classification), own
+            return load_cached(paths, variables, opts.classification), own
         except RulesError as e:
             raise opts.error("paths", str(e)) from None
         except ValueError as e:  # a bad classification file
@@ -154,13 +245,94 @@ class RulesDetector(Detector):
 
     def configure(self, opts: Options) -> None:
         ruleset, own = self._load(opts)
-        self.ruleset = ruleset
+        extra: tuple[str, ...] = ()
+        if opts.hub and self._hub_paths:
+            # The hub's bundles loaded last time stay in (one load, not one without them first).
+            try:
+                ruleset, own = self._load(opts, self._hub_paths)
+                extra = self._hub_paths
+            except Exception:
+                log.exception("rules: the hub's rule bundles failed to load again; without them")
+                self._hub_sig = _UNCHECKED
+        self._opts = opts
+        self._take(ruleset, extra)
         self._vars = own
+
+    def _take(self, ruleset: RuleSet | None, hub_paths: tuple[str, ...]) -> None:
+        self.ruleset = ruleset
+        self._hub_paths = hub_paths
         self._sigs = {}
         self.tracker = Tracker()
         self._hooks = ruleset.hooks() if ruleset is not None else set()
         thresholds = ruleset is not None and any(r.threshold for r in ruleset.rules)
         self.partition = "global" if thresholds else "flow"
+        self._packet_groups = (
+            ruleset.groups[HOOK_PACKET] if ruleset is not None and HOOK_PACKET in self._hooks
+            else None
+        )  # fmt: skip
+
+    # -- the hub's rule bundles (picked up live) ---------------------------------------------------
+
+    def tick(self, ctx: Context, now: float) -> None:
+        opts = self._opts
+        if opts is None or not opts.hub:
+            return
+        pending = self._pending
+        if pending is not None:
+            if pending.is_alive():
+                return
+            self._pending = None
+            self._finish(*self._loaded.pop())
+            return
+        rules_dir = rules_dir_for(ctx.config)
+        sig = _hub_signature(rules_dir)
+        if sig == self._hub_sig:
+            return
+        paths = tuple(hub_files(rules_dir))
+        if self._hub_sig is _UNCHECKED:  # the first look (before the first packet): at once
+            self._loaded.append(self._load_hub(opts, sig, paths))
+            self._finish(*self._loaded.pop())
+            return
+        self._pending = threading.Thread(
+            target=lambda: self._loaded.append(self._load_hub(opts, sig, paths)),
+            name="rules-reload",
+            daemon=True,
+        )
+        self._pending.start()
+
+    def _load_hub(
+        self, opts: Options, sig: tuple, paths: tuple[str, ...]
+    ) -> tuple[Options, tuple, tuple[str, ...], RuleSet | None, str]:
+        try:
+            ruleset, _own = self._load(opts, paths)
+        except Exception as e:  # ConfigError (a file refused whole) or a bug: keep the old set
+            return opts, sig, paths, None, str(e)
+        return opts, sig, paths, ruleset, ""
+
+    def _finish(
+        self, opts: Options, sig: tuple, paths: tuple[str, ...], ruleset: RuleSet | None, err: str
+    ) -> None:
+        self._hub_sig = sig  # not tried again until the folder changes
+        if opts is not self._opts:
+            self._hub_sig = _UNCHECKED  # reconfigured meanwhile: look again
+            return
+        if err:
+            log.error("rules: the hub's rule bundles did not load, the running rules stay: %s", err)
+            self.reloads_failed += 1
+            return
+        if ruleset is self.ruleset and paths == self._hub_paths:
+            return  # nothing new (the first look at an empty folder)
+        self._take(ruleset, paths)
+        self.reloads += 1
+        if paths:
+            log.info("rules: %d rules in force with the hub's %s", len(ruleset or ()),
+                     ", ".join(os.path.basename(p) for p in paths))  # fmt: skip
+
+    def _wait_reload(self, timeout: float = 30.0) -> None:
+        """Wait for a reload running in the background (tests, tools)."""
+        pending = self._pending
+        if pending is not None:
+            pending.join(timeout)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -218,23 +390,30 @@ class RulesDetector(Detector):
             ctx.alert(self._signature(r), pkt=pkt, flow=flow, app=app, details=details,
                       block=block)  # fmt: skip
 
-    def _skip(self, ctx: Context, flow: Flow) -> bool:
-        """A packet the bridge would not have queued (judged flow, past the head)."""
-        return (
-            flow.verdict != VERDICT_NONE
-            or flow.pkts_c + flow.pkts_s > ctx.config.inline.head_packets
-        )
-
     # -- hooks -------------------------------------------------------------------------------------
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:
-        rs = self.ruleset
-        if rs is None or HOOK_PACKET not in self._hooks:
+        # The cheap tests first: most packets are past their flow's head (or of a judged flow)
+        # and most of the rest are of a protocol no packet rule names.
+        if (
+            (
+                flow.verdict != VERDICT_NONE
+                or flow.pkts_c + flow.pkts_s > ctx.config.inline.head_packets
+            )
+            and pkt.sport != 53
+            and pkt.dport != 53
+        ):
             return
-        if self._skip(ctx, flow) and not (pkt.sport == 53 or pkt.dport == 53):
+        groups = self._packet_groups
+        if groups is None:
+            return
+        pf = groups.get(pkt.proto, groups[OTHER_PROTO])
+        if pf is None:
             return
         self._bind_home(ctx)
-        hits = rs.match(HOOK_PACKET, pkt, flow, from_client, None, self.tracker)
+        rs = self.ruleset
+        assert rs is not None
+        hits = rs.match_group(pf, pkt, flow, from_client, None, self.tracker)
         if hits:
             self._report(ctx, pkt, flow, hits, {})
 

@@ -37,6 +37,8 @@ HOOKS = (HOOK_PACKET, HOOK_HTTP, HOOK_TLS, HOOK_DNS)
 MAX_FILE = 64 << 20  # bytes of one rule file
 MAX_ERRORS = 1000  # syntax errors kept for the report (all are counted)
 _ACTION_ORDER = {"pass": 0, "drop": 1, "alert": 2}
+GROUP_PROTOS = (1, 6, 17, 58)  # the IP protocols a rule header can name (icmp, tcp, udp, icmp6)
+OTHER_PROTO = -1  # packets of any other protocol: only rules for any protocol
 _RULE_START = ("alert ", "drop ", "pass ", "reject", "config ")
 
 
@@ -116,18 +118,23 @@ class RuleSet:
         self.bound: Any = None
         for i, r in enumerate(rules):
             r.index = i
-        self.prefilters = {h: Prefilter([r for r in rules if r.hook == h]) for h in HOOKS}
+        # One prefilter per hook and IP protocol: a packet consults only its protocol's group
+        # (a UDP packet never runs the automaton of TCP payload rules); OTHER_PROTO holds the
+        # rules for any protocol, for packets of protocols no rule names.
+        self.groups: dict[str, dict[int, Prefilter | None]] = {
+            h: _groups([r for r in rules if r.hook == h]) for h in HOOKS
+        }
         report.by_hook = Counter(r.hook for r in rules)
         report.prefiltered = sum(1 for r in rules if r.fast is not None)
         report.always = len(rules) - report.prefiltered
-        # Only the buffers some rule looks in are ever built.
-        self.wanted = {h: self._wanted(h) for h in HOOKS}
-
-    def _wanted(self, hook: str) -> tuple[str, ...]:
-        return self.prefilters[hook].buffers
 
     def __len__(self) -> int:
         return len(self.rules)
+
+    def group(self, hook: str, proto: int) -> Prefilter | None:
+        """The prefilter of `hook`'s rules that can match IP protocol `proto` (None: none can)."""
+        groups = self.groups[hook]
+        return groups.get(proto, groups[OTHER_PROTO])
 
     def hooks(self) -> set[str]:
         """The hooks that have rules (the detector registers only those)."""
@@ -150,7 +157,21 @@ class RuleSet:
     ) -> list[Rule]:
         """The rules of `hook` that match this packet (and its record), after thresholds
         (kept in `tracker`; none: thresholds are not applied)."""
-        pf = self.prefilters[hook]
+        pf = self.groups[hook].get(pkt.proto, self.groups[hook][OTHER_PROTO])
+        if pf is None:
+            return []
+        return self.match_group(pf, pkt, flow, from_client, record, tracker)
+
+    def match_group(
+        self,
+        pf: Prefilter,
+        pkt: Any,
+        flow: Any,
+        from_client: bool,
+        record: Any = None,
+        tracker: Tracker | None = None,
+    ) -> list[Rule]:
+        """`match` with the packet's group already looked up (`group`)."""
         bufs = Buffers(pkt, record)
         if record is None and not pkt.payload_len:
             idxs = pf.header_only(pkt)  # no buffer at all: only rules without content
@@ -181,6 +202,24 @@ class RuleSet:
         if len(out) > 1:
             out.sort(key=lambda r: (_ACTION_ORDER[r.action], r.index))
         return out
+
+
+def _groups(rules: list[Rule]) -> dict[int, Prefilter | None]:
+    """IP protocol -> the prefilter of the rules that can match it (None when there are none);
+    groups with the same rules share one prefilter."""
+    out: dict[int, Prefilter | None] = {}
+    made: dict[tuple[int, ...], Prefilter] = {}
+    for proto in (*GROUP_PROTOS, OTHER_PROTO):
+        mine = [r for r in rules if r.ipprotos is None or proto in r.ipprotos]
+        if not mine:
+            out[proto] = None
+            continue
+        key = tuple(r.index for r in mine)
+        pf = made.get(key)
+        if pf is None:
+            pf = made[key] = Prefilter(mine)
+        out[proto] = pf
+    return out
 
 
 def read_text(path: str | Path) -> str:

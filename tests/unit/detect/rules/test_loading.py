@@ -203,3 +203,28 @@ def test_rules_check_refused_file_and_bad_var(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "error:" in res.output
     res = CliRunner().invoke(main, ["rules", "check", "--var", "HTTP_PORTS=[80", str(SAMPLE)])
     assert res.exit_code == 2 and "HTTP_PORTS" in res.output
+
+
+def test_rules_are_grouped_by_ip_protocol(tmp_path: Path) -> None:
+    """A packet consults only its protocol's prefilter: no rule for UDP, no UDP group."""
+    p = tmp_path / "g.rules"
+    p.write_text(
+        'alert tcp any any -> any any (msg:"t"; content:"zap"; sid:1;)\n'
+        'alert tcp any any -> any 81 (msg:"s"; flags:S; sid:2;)\n'
+        'alert icmp any any -> any any (msg:"c"; content:"ping"; sid:3;)\n'
+        'alert ip any any -> any any (msg:"i"; content:"every"; sid:4;)\n'
+        'alert dns any any -> any any (msg:"d"; dns.query; content:"x.test"; sid:5;)\n'
+    )
+    rs = load_files([p], VARS)
+
+    def sids(hook: str, proto: int) -> list[int]:
+        pf = rs.group(hook, proto)
+        return [] if pf is None else sorted(r.sid for r in pf.rules)
+
+    assert sids("packet", 6) == [1, 2, 4]
+    assert sids("packet", 17) == [4]
+    assert sids("packet", 1) == sids("packet", 58) == [3, 4]
+    assert sids("packet", 47) == [4]  # any other protocol: the rules for any protocol
+    assert rs.group("packet", 47) is rs.group("packet", 17)  # the same rules share one
+    assert sids("dns", 17) == sids("dns", 6) == [5]
+    assert rs.group("dns", 1) is None and rs.group("http", 6) is None
