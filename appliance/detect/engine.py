@@ -217,6 +217,10 @@ class Context:
         return alert
 
 
+# (detector name, bound hook, its context): what the engine calls, in detector order.
+HookList = list[tuple[str, Callable[..., None], Context]]
+
+
 class Engine:
     """Flows + dissectors + detectors over decoded packets."""
 
@@ -245,7 +249,11 @@ class Engine:
         self.detectors = detectors if detectors is not None else registry.create_detectors()
         self.contexts: dict[str, Context] = {}  # one per detector
         self._options: dict[str, Options] = {}
-        self._hooks: dict[str, list[tuple[str, Callable[..., None], Context]]] = {}
+        self._hooks: dict[str, HookList] = {}
+        self._packet_first: HookList = []  # `packet` hooks by packet kind (`_dispatch_packets`)
+        self._packet_later: HookList = []
+        self._packet_first_port: dict[int, HookList] = {}
+        self._packet_later_port: dict[int, HookList] = {}
         self.guard = BlockGuard(self._home, self._never_block)
         self._holding: OrderedDict[int, Flow] = OrderedDict()  # flows holding a partial hello
         self._deep: dict[int, int] = {}
@@ -302,6 +310,30 @@ class Engine:
             ]
             for name in HOOKS
         }
+        self._dispatch_packets(enabled)
+
+    def _dispatch_packets(self, enabled: list[Detector]) -> None:
+        """Precomputed `packet` hook lists (dispatch as data): for a flow's first packet from a
+        side and for later ones, by server port (ports no detector named share one list), each
+        in detector order, holding only the detectors that declared interest."""
+        want = [
+            (d.packet_first_only, d.packet_ports, (d.name, fn, self.contexts[d.name]))
+            for d in enabled
+            if (fn := hook(d, "packet")) is not None
+        ]
+        ports = set().union(*(p for _, p, _ in want if p is not None))
+
+        def hooks(first: bool, port: int | None) -> HookList:
+            return [
+                h
+                for first_only, only, h in want
+                if (first or not first_only) and (only is None or port in only)
+            ]
+
+        self._packet_first = hooks(True, None)
+        self._packet_later = hooks(False, None)
+        self._packet_first_port = {port: hooks(True, port) for port in ports}
+        self._packet_later_port = {port: hooks(False, port) for port in ports}
 
     def set_intel(self, intel: IntelStore) -> None:
         self.intel = intel
@@ -340,7 +372,11 @@ class Engine:
         if pkt.ts >= self._next_tick:
             self.tick(pkt.ts)
         flow, from_client = self.flows.lookup(pkt)
-        for name, fn, ctx in self._hooks["packet"]:
+        if (flow.pkts_c if from_client else flow.pkts_s) == 1:
+            hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+        else:
+            hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
+        for name, fn, ctx in hooks:
             try:
                 fn(ctx, pkt, flow, from_client)
             except Exception:

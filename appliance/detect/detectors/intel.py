@@ -60,6 +60,7 @@ class IntelDetector(Detector):
     name = "intel"
     # replay --workers (Detector.partition): state per flow (lookups memoised).
     partition = "flow"
+    packet_first_only = True  # the packet hook judges a flow on its first packet
     signatures = (
         IP_HIT,
         DNS_QUERY,
