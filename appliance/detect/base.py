@@ -12,6 +12,10 @@ engine calls only hooks a detector actually defines:
     http(ctx, pkt, flow, req)             an HTTP/1 request head
     tick(ctx, now)                        about once a second (packet time in replay)
 
+A detector whose `packet` hook only looks at a flow's first packet from each side sets
+``packet_first_only``; one that only looks at some server ports has ``packet_ports`` (a
+frozenset, set in `configure`): the engine then never calls it for other packets.
+
 Any other public method is an error when the detector is loaded (a misspelt hook would never be
 called); helpers start with ``_``. Each detector gets its own `ctx`, so ``ctx.alert(signature,
 ...)`` knows who reports and when. Hooks must be cheap (they run on the packet path) and must
@@ -81,6 +85,12 @@ class Detector:
     partition: str = "global"
     # IP protocols whose packets the `packet` hook needs in every replay worker.
     replicated: ClassVar[tuple[int, ...]] = ()
+    # Dispatch as data, read by the engine after every `configure`: the `packet` hook is called
+    # only on a flow's first packet from each side when `packet_first_only` is set, and only on
+    # flows whose server port is in `packet_ports` unless that is None. They spare the calls
+    # that would return at once; the hook still checks its own conditions.
+    packet_first_only: ClassVar[bool] = False
+    packet_ports: frozenset[int] | None = None
 
     @classmethod
     def load(cls, loader: Loader) -> None:

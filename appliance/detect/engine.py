@@ -225,6 +225,10 @@ class Context:
         return alert
 
 
+# (detector name, bound hook, its context): what the engine calls, in detector order.
+HookList = list[tuple[str, Callable[..., None], Context]]
+
+
 class Engine:
     """Flows + dissectors + detectors over decoded packets."""
 
@@ -253,7 +257,13 @@ class Engine:
         self.detectors = detectors if detectors is not None else registry.create_detectors()
         self.contexts: dict[str, Context] = {}  # one per detector
         self._options: dict[str, Options] = {}
-        self._hooks: dict[str, list[tuple[str, Callable[..., None], Context]]] = {}
+        self._hooks: dict[str, HookList] = {}
+        self._packet_first: HookList = []  # `packet` hooks by packet kind (`_dispatch_packets`)
+        self._packet_later: HookList = []
+        self._packet_first_port: dict[int, HookList] = {}
+        self._packet_later_port: dict[int, HookList] = {}
+        self._dispatch_src: dict[str, HookList] = {}
+        self._dispatched: dict[int, tuple[dict[str, HookList], tuple[Any, ...]]] = {}
         self.guard = BlockGuard(self._home, self._never_block)
         self._holding: OrderedDict[int, Flow] = OrderedDict()  # flows holding a partial hello
         self._deep: dict[int, int] = {}  # port -> head packets (the ports' protocols)
@@ -311,6 +321,44 @@ class Engine:
             ]
             for name in HOOKS
         }
+        self._dispatched = {}
+        self._dispatch_packets(self._hooks)
+
+    def _dispatch_packets(self, hooks_by_name: dict[str, HookList]) -> None:
+        """Precomputed `packet` hook lists (dispatch as data) from `hooks_by_name["packet"]`:
+        for a flow's first packet from a side and for later ones, by server port (ports no
+        detector named share one list), each in detector order, holding only the detectors
+        that declared interest. Built once per hook table (a replay worker swaps tables)."""
+        self._dispatch_src = hooks_by_name
+        done = self._dispatched.get(id(hooks_by_name))
+        if done is None or done[0] is not hooks_by_name:
+            by_name = {d.name: d for d in self.detectors}
+            want = [
+                (by_name[h[0]].packet_first_only, by_name[h[0]].packet_ports, h)
+                for h in hooks_by_name["packet"]
+            ]
+            ports = set().union(*(p for _, p, _ in want if p is not None))
+
+            def hooks(first: bool, port: int | None) -> HookList:
+                return [
+                    h
+                    for first_only, only, h in want
+                    if (first or not first_only) and (only is None or port in only)
+                ]
+
+            lists = (
+                hooks(True, None),
+                hooks(False, None),
+                {port: hooks(True, port) for port in ports},
+                {port: hooks(False, port) for port in ports},
+            )
+            done = self._dispatched[id(hooks_by_name)] = (hooks_by_name, lists)
+        (
+            self._packet_first,
+            self._packet_later,
+            self._packet_first_port,
+            self._packet_later_port,
+        ) = done[1]
 
     def set_intel(self, intel: IntelStore) -> None:
         self.intel = intel
@@ -361,7 +409,13 @@ class Engine:
         if pkt.ts >= self._next_tick:
             self.tick(pkt.ts)
         flow, from_client = self.flows.lookup(pkt)
-        for name, fn, ctx in self._hooks["packet"]:
+        if self._hooks is not self._dispatch_src:
+            self._dispatch_packets(self._hooks)
+        if (flow.pkts_c if from_client else flow.pkts_s) == 1:
+            hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+        else:
+            hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
+        for name, fn, ctx in hooks:
             try:
                 fn(ctx, pkt, flow, from_client)
             except Exception:

@@ -6,6 +6,7 @@ carries the same ``dns`` / ``tls`` / ``http`` objects a SIEM already reads from 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,21 +104,58 @@ class DnsMessage:
         return {"dns": out}
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class TlsHello:
-    """A TLS ClientHello, from TCP or from a decrypted QUIC Initial (`quic` = True)."""
+    """A TLS ClientHello, from TCP or from a decrypted QUIC Initial (`quic` = True).
+
+    ``ja3`` (the JA3 string), ``ja3_hash`` (its MD5) and ``ja4`` are computed on first use
+    (by an intel list of fingerprints, a rule, an alert's EVE form): most hellos are never
+    fingerprinted, and building the strings and hashes costs more than the parse. The
+    dissector leaves `fingerprint` (a function returning the three) for that; pass
+    ``fingerprints=(ja3, ja3_hash, ja4)`` to give them directly.
+    """
 
     version: int  # legacy_version from the hello, e.g. 0x0303
     sni: str  # lower case; "" when absent
     alpn: list[str] = field(default_factory=list)
-    ja3: str = ""  # the JA3 string
-    ja3_hash: str = ""  # its MD5
-    ja4: str = ""
     supported_versions: list[int] = field(default_factory=list)
     quic: bool = False
     # The hello was cut short (it continues in the next TCP segment or QUIC packet): what was
     # read is kept (SNI, ALPN if they came early), fingerprints are left empty.
     partial: bool = False
+    fingerprints: tuple[str, str, str] | None = field(default=None, repr=False)
+    fingerprint: Callable[[], tuple[str, str, str]] | None = field(default=None, repr=False)
+
+    def _fingerprints(self) -> tuple[str, str, str]:
+        fp = self.fingerprints
+        if fp is None:
+            make = self.fingerprint
+            fp = self.fingerprints = make() if make is not None else ("", "", "")
+            self.fingerprint = None
+        return fp
+
+    @property
+    def ja3(self) -> str:
+        return self._fingerprints()[0]
+
+    @property
+    def ja3_hash(self) -> str:
+        return self._fingerprints()[1]
+
+    @property
+    def ja4(self) -> str:
+        return self._fingerprints()[2]
+
+    def _key(self) -> tuple[Any, ...]:
+        return (self.version, self.sni, self.alpn, self.supported_versions, self.quic,
+                self.partial, self._fingerprints())  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TlsHello):
+            return NotImplemented
+        return self._key() == other._key()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the other records
 
     def eve(self) -> dict[str, Any]:
         tls: dict[str, Any] = {}

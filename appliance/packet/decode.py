@@ -69,6 +69,11 @@ _IP4 = struct.Struct("!BBHHHBBH4s4s")
 _IP6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBB")
 _ICMP = struct.Struct("!BB")
+# IPv4 without options and its TCP / UDP header in one go: total length, fragment field, TTL,
+# addresses, ports (TCP: data offset and flags too).
+_V4TCP = struct.Struct("!2xH2xHB3x4s4sHH8xBB")
+_V4UDP = struct.Struct("!2xH2xHB3x4s4sHH")
+_new = object.__new__
 
 _ntop = socket.inet_ntop
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -164,7 +169,69 @@ class DecodeStats:
 
 
 def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packet | None:
-    """Decode the IPv4/IPv6 packet starting at `data[off]`; None (and a count) if it is bad."""
+    """Decode the IPv4/IPv6 packet starting at `data[off]`; None (and a count) if it is bad.
+
+    Fast paths for what most packets are (IPv4 without options, not a fragment, TCP or UDP with
+    a whole header): one `unpack_from` for the IP and transport headers, each field of the
+    record written once. Everything else goes through `_decode_any`, which gives the same
+    record for these packets too.
+    """
+    n = len(data) - off
+    if n >= 28 and data[off] == 0x45:
+        proto = data[off + 9]
+        if proto == 6 and n >= 40:
+            total, frag, ttl, src, dst, sport, dport, doff, flags = _V4TCP.unpack_from(data, off)
+            if total >= 40 and not frag & 0x3FFF:
+                hlen = (doff >> 4) * 4
+                room = (total if total < n else n) - 20
+                if 20 <= hlen <= room:
+                    p = _new(Packet)
+                    p.ts = ts
+                    p.family = 4
+                    p.src = src
+                    p.dst = dst
+                    p.proto = 6
+                    p.sport = sport
+                    p.dport = dport
+                    p.flags = flags
+                    p.ttl = ttl
+                    p.length = total
+                    p.icmp_type = p.icmp_code = -1
+                    p.fragment = 0
+                    p.side = SIDE_UNKNOWN
+                    p.data = data
+                    p.payload_off = off + 20 + hlen
+                    p.payload_len = room - hlen
+                    stats.ok += 1
+                    return p
+        elif proto == 17:
+            total, frag, ttl, src, dst, sport, dport = _V4UDP.unpack_from(data, off)
+            if total >= 28 and not frag & 0x3FFF:
+                p = _new(Packet)
+                p.ts = ts
+                p.family = 4
+                p.src = src
+                p.dst = dst
+                p.proto = 17
+                p.sport = sport
+                p.dport = dport
+                p.flags = 0
+                p.ttl = ttl
+                p.length = total
+                p.icmp_type = p.icmp_code = -1
+                p.fragment = 0
+                p.side = SIDE_UNKNOWN
+                p.data = data
+                p.payload_off = off + 28
+                p.payload_len = (total if total < n else n) - 28
+                stats.ok += 1
+                return p
+    return _decode_any(data, ts, stats, off)
+
+
+def _decode_any(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packet | None:
+    """`decode_ip` for every packet (options, fragments, IPv6, ICMP, errors): the general path
+    the fast paths of `decode_ip` must agree with (the unit tests compare them)."""
     n = len(data) - off
     if n < 1:
         stats.bad("empty")

@@ -131,6 +131,8 @@ class FlowTable:
             (other, DEFAULT_IDLE),
         )
         self._by_proto = {TCP: tcp, ICMP: icmp, ICMPV6: icmp}
+        # The same as a list indexed by protocol number (a byte): one index per packet.
+        self._table_of = [self._by_proto.get(n, other) for n in range(256)]
         self._other = other
         self._count = 0
         self.evicted = 0
@@ -144,12 +146,17 @@ class FlowTable:
 
     def lookup(self, pkt: Packet) -> tuple[Flow, bool]:
         """The packet's flow (created if new) and whether the packet goes client → server."""
-        src, dst, sport, dport = pkt.src, pkt.dst, pkt.sport, pkt.dport
-        if (src, sport) <= (dst, dport):
-            key = (pkt.proto, src, sport, dst, dport)
+        src = pkt.src
+        dst = pkt.dst
+        sport = pkt.sport
+        dport = pkt.dport
+        proto = pkt.proto
+        # The canonical key: the lower (address, port) end first.
+        if src < dst or (src == dst and sport <= dport):
+            key = (proto, src, sport, dst, dport)
         else:
-            key = (pkt.proto, dst, dport, src, sport)
-        flows = self._by_proto.get(pkt.proto, self._other)
+            key = (proto, dst, dport, src, sport)
+        flows = self._table_of[proto]
         flow = flows.get(key)
         if flow is None:
             flow = self._create(flows, key, pkt)

@@ -127,6 +127,7 @@ class BeaconDetector(Detector):
     name = "beacon"
     # replay --workers (Detector.partition): state per client, server name or address, port.
     partition = "client"
+    packet_first_only = True  # a call is a connection's first packet
     signatures = (OUTBOUND, UNKNOWN)
 
     def __init__(self) -> None:

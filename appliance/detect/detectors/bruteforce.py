@@ -91,10 +91,12 @@ class BruteForceDetector(Detector):
     name = "bruteforce"
     # replay --workers (Detector.partition): state per (client, server, port).
     partition = "client"
+    packet_first_only = True  # an attempt is the server's first packet (its SYN-ACK)
     signatures = (INBOUND, OUTBOUND, INTERNAL, UNKNOWN)
 
     def __init__(self) -> None:
         self.ports = frozenset(DEFAULT_PORTS)
+        self.packet_ports = self.ports  # the engine calls the packet hook for these only
         self.attempts = 10
         self.window = 120.0
         self.max_pairs = 4096
@@ -145,6 +147,7 @@ class BruteForceDetector(Detector):
             self._pairs.clear()  # their timestamp rings have the old length
             self._episodes.clear()
         self.ports, self.attempts = frozenset(opts.ports), opts.attempts
+        self.packet_ports = self.ports
         self.window, self.max_pairs = opts.window, opts.max_pairs
 
     def packet(self, ctx: Context, pkt: Packet, flow: Flow, from_client: bool) -> None:

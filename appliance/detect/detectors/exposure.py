@@ -110,6 +110,7 @@ class ExposureDetector(Detector):
 
     def __init__(self) -> None:
         self.ports = frozenset(DEFAULT_PORTS)
+        self.packet_ports = self.ports  # the engine calls the packet hook for these only
         self.repeat = 3600.0
         self.allow = AddrSet()
         self.max_services = 1024
@@ -155,6 +156,7 @@ class ExposureDetector(Detector):
 
     def configure(self, opts: Options) -> None:
         self.ports, self.repeat = frozenset(opts.ports), opts.repeat
+        self.packet_ports = self.ports
         self.allow = address_option(opts, "allow", ports=True)
         self.max_services = opts.max_services
 

@@ -82,6 +82,7 @@ class IntelDetector(Detector):
     name = "intel"
     # replay --workers (Detector.partition): state per flow (lookups memoised).
     partition = "flow"
+    packet_first_only = True  # the packet hook judges a flow on its first packet
     signatures = (
         IP_HIT,
         DNS_QUERY,
@@ -335,6 +336,9 @@ class IntelDetector(Detector):
                     drop=self.block,
                 )
                 return
+        counts = intel.counts
+        if not (counts.get("ja3") or counts.get("ja4")):
+            return  # no fingerprints listed: the hello need not be fingerprinted
         for sig, ind in (
             (TLS_JA3, intel.match_ja3(hello.ja3_hash)),
             (TLS_JA4, intel.match_ja4(hello.ja4)),

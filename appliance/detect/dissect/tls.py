@@ -12,6 +12,7 @@ JA4: the FoxIO JA4 TLS client fingerprint, technical_details/JA4.md in FoxIO-LLC
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 
@@ -180,6 +181,27 @@ def parse_handshake(msg: bytes, quic: bool = False) -> TlsHello | None:
     if span is not None and span[1] > span[0]:
         formats = list(body[span[0] + 1 : min(span[1], span[0] + 1 + body[span[0]])][:MAX_LIST])
     ciphers_ng = [c for c in ciphers if c not in GREASE]
+    # JA3/JA4 are built when someone reads them (TlsHello.ja3 ...), from these values.
+    hello.fingerprint = functools.partial(
+        fingerprints, quic, version, versions, EXT_SNI in spans, ciphers_ng, exts, alpn,
+        sig_algs, groups, formats,
+    )  # fmt: skip
+    return hello
+
+
+def fingerprints(
+    quic: bool,
+    version: int,
+    versions: list[int],
+    has_sni: bool,
+    ciphers_ng: list[int],
+    exts: list[int],
+    alpn: list[bytes],
+    sig_algs: list[int],
+    groups: list[int],
+    formats: list[int],
+) -> tuple[str, str, str]:
+    """(JA3 string, its MD5, JA4) of a whole hello's values, GREASE already removed."""
     ja3 = ",".join(
         (
             str(version),
@@ -189,10 +211,8 @@ def parse_handshake(msg: bytes, quic: bool = False) -> TlsHello | None:
             _dec_list(formats),
         )
     )
-    hello.ja3 = ja3
-    hello.ja3_hash = hashlib.md5(ja3.encode(), usedforsecurity=False).hexdigest()
-    hello.ja4 = ja4(quic, version, versions, EXT_SNI in spans, ciphers_ng, exts, alpn, sig_algs)
-    return hello
+    ja3_hash = hashlib.md5(ja3.encode(), usedforsecurity=False).hexdigest()
+    return ja3, ja3_hash, ja4(quic, version, versions, has_sni, ciphers_ng, exts, alpn, sig_algs)
 
 
 def ja4(

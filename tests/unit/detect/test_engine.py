@@ -14,6 +14,7 @@ from appliance.config import Config, ConfigError
 from appliance.detect.base import Detector
 from appliance.detect.dissect.quic import build_initial
 from appliance.detect.engine import Engine
+from appliance.packet.decode import decode_ip
 from appliance.packet.flows import VERDICT_BLOCK, VERDICT_NONE, VERDICT_PASS
 from bench.engine import tls_client_hello
 from tests.helpers import Harness, make_config
@@ -271,3 +272,60 @@ def test_the_engine_stamps_each_alert_with_its_detector_and_time() -> None:
         ("reporter", 1_800_000_000.0),
         ("reporter", 1_700_000_000.0),
     ]
+
+
+def test_packet_dispatch_as_data_calls_no_hook_that_would_act() -> None:
+    """The precomputed packet-hook lists (first packet of a side / later, by server port) give
+    the alerts of calling every packet hook on every packet, on office traffic with attacks
+    for each detector that declares interest (intel, beacon, bruteforce, exposure, portscan)."""
+    from bench.mix import office_mix_timed
+    from tests.helpers import at
+
+    t0 = 1_800_000_000.0
+    atk, pc = "198.51.100.23", "198.18.0.12"
+    pkts: list = []
+    for i in range(30):  # brute force on SSH, exposure of RDP, a port scan with refusals
+        ts = t0 + i * 2.0
+        for dport, sport in ((22, 40000 + i), (3389, 41000 + i)):
+            c, s = IP(src=atk, dst=pc), IP(src=pc, dst=atk)
+            pkts += [
+                at(c / TCP(sport=sport, dport=dport, flags="S"), ts),
+                at(s / TCP(sport=dport, dport=sport, flags="SA"), ts + 0.001),
+                at(c / TCP(sport=sport, dport=dport, flags="A"), ts + 0.002),
+                at(s / TCP(sport=dport, dport=sport, flags="PA") / b"SSH-2.0-x\r\n", ts + 0.01),
+                at(s / TCP(sport=dport, dport=sport, flags="FA"), ts + 0.5),
+            ]
+        for port in range(1000 + i * 20, 1020 + i * 20):
+            pkts.append(at(IP(src=atk, dst=pc) / TCP(sport=50000, dport=port, flags="S"), ts))
+            pkts.append(at(IP(src=pc, dst=atk) / TCP(sport=port, dport=50000, flags="RA"), ts))
+    for i in range(40):  # a beacon: the same call every 60 s
+        pkts.append(at(IP(src=pc, dst=EVIL) / TCP(sport=30000 + i, dport=8080, flags="S"),
+                       t0 + i * 60.0))  # fmt: skip
+    raws = sorted(
+        [(float(p.time), bytes(p)) for p in pkts] + office_mix_timed(4000, seed=5),
+        key=lambda x: x[0],
+    )
+
+    def alerts(everything: bool) -> list[tuple]:
+        h = Harness()
+        eng = h.engine
+        if everything:  # the reference: every packet hook on every packet
+            eng._packet_first = eng._packet_later = eng._hooks["packet"]
+            eng._packet_first_port = eng._packet_later_port = {}
+        else:
+            assert len(eng._packet_later) < len(eng._hooks["packet"])
+        for ts, raw in raws:
+            pkt = decode_ip(raw, ts, h.stats)
+            if pkt is not None:
+                eng.process(pkt)
+        h.finish()
+        assert not eng.stats.hook_errors
+        return [
+            (a["watchpost"]["detector"], a["alert"]["signature_id"], a["src_ip"], a["dest_ip"],
+             a.get("src_port"), a.get("dest_port"), a["watchpost"]["count"], a["timestamp"])
+            for a in h.alerts
+        ]  # fmt: skip
+
+    got, want = alerts(False), alerts(True)
+    assert {a[0] for a in want} >= {"bruteforce", "exposure", "portscan", "beacon"}
+    assert got == want

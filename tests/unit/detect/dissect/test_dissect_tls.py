@@ -320,3 +320,25 @@ def test_dissectors_counts_tls() -> None:
     assert d.tls(records(spec_hello())) is not None
     assert d.tls(b"\x16\x03\x01\x00\x05hello") is None
     assert d.parsed["tls"] == 1 and d.malformed["tls"] == 1
+
+
+def test_fingerprints_are_built_on_first_use() -> None:
+    """JA3/JA4 wait until read; then they are what the dissector's values give, once."""
+    from appliance.detect.dissect.tls import parse_client_hello
+    from appliance.detect.records import TlsHello
+    from bench.engine import tls_client_hello
+
+    hello = parse_client_hello(tls_client_hello("www.example.com"))
+    assert hello is not None and hello.fingerprints is None and hello.fingerprint is not None
+    ja3, ja3_hash, ja4 = hello.ja3, hello.ja3_hash, hello.ja4
+    assert ja3 == (
+        "771,4865-4866-4867-49195-49199-49196-49200-52393-52392-49171-49172-156-157-47-53,"
+        "0-10-11-13-16-43-51,29-23-24,0"
+    )
+    assert ja3_hash == hashlib.md5(ja3.encode(), usedforsecurity=False).hexdigest()
+    assert ja4.startswith("t13d1507h2_")
+    assert hello.fingerprints == (ja3, ja3_hash, ja4) and hello.fingerprint is None
+    given = TlsHello(0x0303, "a.example", fingerprints=("x", "y", "z"))
+    assert (given.ja3, given.ja3_hash, given.ja4) == ("x", "y", "z")
+    assert TlsHello(0x0303, "a.example").ja4 == ""
+    assert parse_client_hello(tls_client_hello("www.example.com")) == hello
