@@ -62,6 +62,7 @@ class CollectorSettings:
     registry: Path | None = None  # the CA's registry.json (device -> site)
     silent_after: float = 300.0
     upkeep_every: float = 5.0
+    fold_every: float = 0.5  # seconds between folds of new alerts into the device rows
     retention_days: float = 400.0
 
 
@@ -245,13 +246,30 @@ class Collector:
         return out
 
     def _consume(self) -> None:
+        last_fold = 0.0
         while True:
             msgs = self._take()
-            if not msgs:
-                if self._stop.is_set():
+            if msgs:
+                self._handle_safely(msgs)
+            elif self._stop.is_set():
+                self._fold(wait=True)  # what this collector stored is in the device rows
+                return
+            if time.monotonic() - last_fold >= self.s.fold_every:
+                self._fold()
+                last_fold = time.monotonic()
+
+    def _fold(self, wait: bool = False) -> None:
+        """Seq high, gaps, counts and last seen of the alerts stored since the last fold (by
+        any collector; one folds at a time, the other skips)."""
+        try:
+            while True:
+                r = self.store.fold(wait=wait)
+                self.metrics.gaps_opened.inc(r.gaps_opened)
+                if not r.more:
                     return
-                continue
-            self._handle_safely(msgs)
+        except Exception as e:  # the pending rows stay: the next fold takes them
+            self.metrics.store_errors.inc()
+            log.error("collector: fold failed: %s", e)
 
     def _handle_safely(self, msgs: list[tuple[int, mqtt.MQTTMessage]]) -> None:
         while True:
@@ -320,7 +338,6 @@ class Collector:
         m.messages.labels("summary").inc(len(batch.summaries))
         m.alerts_stored.inc(res.new_alerts)
         m.alerts_duplicate.inc(res.duplicates)
-        m.gaps_opened.inc(res.gaps_opened)
         self.stored += res.new_alerts
         if self.on_alert is not None:
             for a in batch.alerts:

@@ -128,7 +128,6 @@ def create_app(
         PERMANENT_SESSION_LIFETIME=8 * 3600,
         MAX_CONTENT_LENGTH=64 * 1024,
     )
-    correlate.ensure_table(store)
 
     @app.template_filter("when")
     def when(ts: float | None) -> str:

@@ -8,8 +8,7 @@ approval (seen again later, it is suggested afresh). The approved set is an inte
 (``bundle_text``) that ``publish`` sends to every device as a signed bundle over the operator's
 push-intel path; devices then cite the regional source in their alerts.
 
-The table lives next to the store's own (created here with ``CREATE TABLE IF NOT EXISTS`` on
-both backends; to be folded into hub/store's migrations as version 2).
+The ``indicators`` table is the store's migration 2 (hub/store/schema.py), on both backends.
 """
 
 from __future__ import annotations
@@ -49,20 +48,6 @@ class Policy:
             raise CorrelateError(
                 f"auto_approve ({self.auto_approve}) must be >= min_offices ({self.min_offices})"
             )
-
-
-_TABLE = (
-    "CREATE TABLE IF NOT EXISTS indicators (id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
-    "value TEXT NOT NULL, state TEXT NOT NULL, offices INTEGER NOT NULL, evidence TEXT NOT NULL, "
-    "first_seen DOUBLE PRECISION NOT NULL, last_seen DOUBLE PRECISION NOT NULL, "
-    "created_at DOUBLE PRECISION NOT NULL, decided_by TEXT, decided_at DOUBLE PRECISION, "
-    "expires_at DOUBLE PRECISION)"
-)
-
-
-def ensure_table(store: Store) -> None:
-    with store.lock, store._tx() as cur:
-        cur.execute(_TABLE)
 
 
 def _remote(a: dict[str, Any]) -> tuple[str, str] | None:
@@ -128,7 +113,6 @@ def candidates(store: Store, policy: Policy, now: float) -> list[dict[str, Any]]
 def run(store: Store, policy: Policy, now: float | None = None) -> dict[str, int]:
     """One correlation pass: expire, then add or refresh indicators. Counts by what happened."""
     now = time.time() if now is None else now
-    ensure_table(store)
     counts = {"expired": expire(store, now), "new": 0, "auto_approved": 0, "updated": 0}
     found = candidates(store, policy, now)
     p = store.p
@@ -163,7 +147,6 @@ def run(store: Store, policy: Policy, now: float | None = None) -> dict[str, int
 
 
 def expire(store: Store, now: float) -> int:
-    ensure_table(store)
     with store.lock, store._tx() as cur:
         cur.execute(
             f"UPDATE indicators SET state = 'expired' WHERE state = 'approved' "
@@ -174,7 +157,6 @@ def expire(store: Store, now: float) -> int:
 
 
 def indicators(store: Store, state: str | None = None) -> list[dict[str, Any]]:
-    ensure_table(store)
     if state is not None and state not in STATES:
         raise CorrelateError(f"state {state!r}: expected one of {', '.join(STATES)}")
     sql, args = "SELECT * FROM indicators", []
@@ -191,7 +173,6 @@ def decide(
 ) -> dict[str, Any]:
     """Approve or reject a suggested (or re-decide an approved/rejected) indicator."""
     now = time.time() if now is None else now
-    ensure_table(store)
     p = store.p
     with store.lock, store._tx() as cur:
         cur.execute(f"SELECT state FROM indicators WHERE id = {p}", (ident,))

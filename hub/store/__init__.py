@@ -6,17 +6,24 @@ versioned migrations (hub/store/schema.py) and the same ingest logic; only SQL d
 
 One ``ingest(batch)`` is one transaction: the collector acknowledges the batch's MQTT messages to
 the broker only after it returns, so delivery into the database is at-least-once and the store
-makes it exactly-once by alert id (``ON CONFLICT DO NOTHING``). Inside the transaction device rows
-are touched in sorted order (and alerts inserted in id order), so two collectors writing at once
-never deadlock; a serialization failure is retried with the whole batch.
+makes it exactly-once by alert id (``ON CONFLICT DO NOTHING``). An alert's ingest touches no device
+row: it appends (device, site, seq, received_at) of each NEW alert to ``seq_pending`` in the same
+transaction, and ``fold`` (the collector runs it about twice a second, one collector at a time)
+applies those rows set-based to the device rows: count, last seen, highest seq and gaps. So two
+collectors never wait on each other's device rows (on PostgreSQL one batch is a COPY and one
+INSERT statement), and what the device rows say lags the alerts by at most one fold. Statuses,
+telemetry and summaries (few) still update their device row in the ingest transaction, rows
+touched in sorted order (alerts inserted in id order), so two collectors never deadlock; a
+serialization failure is retried with the whole batch.
 
 Rules kept here, not in the consumers:
 
 - **seq gaps**: each device numbers its alerts 1, 2, 3 ...; the store keeps the highest seq seen
-  and every missing range. A late alert fills (or splits) its range. A range still open
-  ``gap_final_after`` seconds after it was found is marked permanent (the broker no longer holds
-  anything that could fill it: set it to the broker's message expiry / the collectors' session
-  expiry).
+  and every missing range (found by ``fold``, so seqs that arrive out of order within one fold,
+  as they do from two collectors, open no gap at all). A late alert fills (or splits) its range.
+  A range still open ``gap_final_after`` seconds after it was found is marked permanent (the
+  broker no longer holds anything that could fill it: set it to the broker's message expiry /
+  the collectors' session expiry).
 - **statuses** (bd_seq, the device's connection counter): a status with a lower bd_seq than the
   stored one is ignored (a late will never overrides a newer session), and within one bd_seq a
   terminal state (``lost``, ``disconnected``) is never followed by ``ready``/``init``.
@@ -121,11 +128,37 @@ class Batch:
 class IngestResult:
     new_alerts: int = 0
     duplicates: int = 0
-    gaps_opened: int = 0
-    gaps_filled: int = 0
     statuses_applied: int = 0
     statuses_ignored: int = 0
     retries: int = 0
+
+
+@dataclass
+class FoldResult:
+    alerts: int = 0  # pending alerts folded into their device rows
+    devices: int = 0
+    gaps_opened: int = 0
+    gaps_filled: int = 0
+    more: bool = False  # the fold took its limit: more may be pending
+    skipped: bool = False  # another collector was folding
+
+
+@dataclass
+class _Pending:
+    site: str
+    last_seen: float
+    count: int = 0
+    seqs: set[int] = field(default_factory=set)
+
+
+def _fill(gaps: list[list[Any]], seq: int) -> int:
+    """Take `seq` out of the gap holding it (splitting it); 1 when it filled one."""
+    for i, (lo, hi, opened, permanent) in enumerate(gaps):
+        if lo <= seq <= hi:
+            parts = [[a, z, opened, permanent] for a, z in ((lo, seq - 1), (seq + 1, hi)) if a <= z]
+            gaps[i : i + 1] = parts
+            return 1
+    return 0
 
 
 def _month_start(t: dt.datetime) -> dt.datetime:
@@ -141,6 +174,8 @@ class Store:
 
     dialect = ""
     p = "?"  # placeholder
+
+    fold_limit = 50_000  # pending alerts one fold takes
 
     def __init__(self, gap_final_after: float = 3600.0) -> None:
         self.gap_final_after = gap_final_after
@@ -165,7 +200,16 @@ class Store:
     def _from_ts(self, value: Any) -> float:
         return float(value)
 
-    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> set[str]:
+    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> int:
+        """Insert the alerts not stored yet, each new one also into seq_pending (for `fold`);
+        how many were new."""
+        raise NotImplementedError
+
+    def _fold_lock(self, cur: Any, wait: bool) -> bool:
+        """One folder at a time (SQLite: BEGIN IMMEDIATE is that already)."""
+        return True
+
+    def _take_pending(self, cur: Any, limit: int) -> list[tuple[str, str, int | None, float]]:
         raise NotImplementedError
 
     def _in(self, values: Sequence[Any]) -> tuple[str, list[Any]]:
@@ -249,9 +293,8 @@ class Store:
         unique: dict[str, AlertRow] = {}
         for a in b.alerts:
             unique.setdefault(a.id, a)
-        new_ids = self._insert_alerts(cur, sorted(unique.values(), key=lambda a: a.id))
-        res.new_alerts = len(new_ids)
-        res.duplicates = len(b.alerts) - len(new_ids)
+        res.new_alerts = self._insert_alerts(cur, sorted(unique.values(), key=lambda a: a.id))
+        res.duplicates = len(b.alerts) - res.new_alerts
         if b.telemetry:  # rows first: the device-row locks come last and stay short
             cur.executemany(
                 f"INSERT INTO telemetry (device, site, ts, received_at, data) "
@@ -265,11 +308,10 @@ class Store:
                 f"received_at = excluded.received_at, data = excluded.data",
                 [(m.device, m.site, m.day, m.received_at, json.dumps(m.data)) for m in b.summaries],
             )
-        # Phase 2: device rows, in device order, as late as possible in the transaction (two
-        # collectors wait on each other only here).
+        # Device rows only for the few statuses, telemetry and summaries: an alert touches no
+        # device row here (seq_high, gaps, counts and last_seen are folded in later, set-based,
+        # from seq_pending by `fold`), so two collectors never wait on each other's rows.
         seen: dict[str, tuple[str, float]] = {}
-        for a in b.alerts:
-            _seen(seen, a.device, a.site, a.received_at)
         for s in b.statuses:
             _seen(seen, s.device, s.site, s.seen_at)
         for t in b.telemetry:
@@ -281,53 +323,25 @@ class Store:
         names = sorted(seen)
         self._upsert_devices(cur, [(d, seen[d][0], seen[d][1], seen[d][1]) for d in names])
         rows: dict[str, list[Any]] = {}
-        for chunk in _chunks(names, 500):
-            clause, args = self._in(chunk)
-            cur.execute(
-                f"SELECT device, seq_high, bd_seq, state FROM devices WHERE device IN {clause}",
-                args,
-            )
-            for r in cur.fetchall():
-                rows[r[0]] = list(r[1:])
-        # seqs of the new alerts, per device
-        per_dev: dict[str, list[int]] = {}
-        for a in unique.values():
-            if a.id in new_ids and a.seq is not None:
-                per_dev.setdefault(a.device, []).append(a.seq)
-        counts: dict[str, int] = {}
-        for a in unique.values():
-            if a.id in new_ids:
-                counts[a.device] = counts.get(a.device, 0) + 1
-        updates = []
-        for d in sorted(counts):
-            high = int(rows[d][0] or 0)
-            for seq in sorted(per_dev.get(d, [])):
-                if seq > high:
-                    if seq > high + 1:
-                        cur.execute(
-                            f"INSERT INTO seq_gaps (device, lo, hi, opened_at) "
-                            f"VALUES ({p}, {p}, {p}, {p})",
-                            (d, high + 1, seq - 1, now),
-                        )
-                        res.gaps_opened += 1
-                    high = seq
-                else:
-                    res.gaps_filled += self._fill_gap(cur, d, seq)
-            rows[d][0] = high
-            updates.append((high, counts[d], d))
-        if updates:
-            self._update_seqs(cur, updates)
+        if b.statuses:
+            for chunk in _chunks(sorted({s.device for s in b.statuses}), 500):
+                clause, args = self._in(chunk)
+                cur.execute(
+                    f"SELECT device, bd_seq, state FROM devices WHERE device IN {clause}", args
+                )
+                for r in cur.fetchall():
+                    rows[r[0]] = list(r[1:])
         # Statuses, with the bd_seq rules, in arrival order per device.
         for s in sorted(b.statuses, key=lambda s: s.device):
             st = s.status
             bd = st.get("bd_seq")
             bd = bd if isinstance(bd, int) and not isinstance(bd, bool) else None
             state = st.get("state") if isinstance(st.get("state"), str) else None
-            old_bd, old_state = rows[s.device][1], rows[s.device][2]
+            old_bd, old_state = rows[s.device]
             if not _status_wins(bd, state, old_bd, old_state):
                 res.statuses_ignored += 1
                 continue
-            rows[s.device][1], rows[s.device][2] = bd, state
+            rows[s.device] = [bd, state]
             res.statuses_applied += 1
             leds = st.get("leds")
             cur.execute(
@@ -379,26 +393,101 @@ class Store:
             f"UPDATE devices SET seq_high = {p}, alerts = alerts + {p} WHERE device = {p}", updates
         )
 
-    def _fill_gap(self, cur: Any, device: str, seq: int) -> int:
-        p = self.p
-        cur.execute(
-            f"SELECT lo, hi, opened_at, permanent FROM seq_gaps "
-            f"WHERE device = {p} AND lo <= {p} AND hi >= {p}",
-            (device, seq, seq),
-        )
-        row = cur.fetchone()
-        if row is None:
-            return 0
-        lo, hi, opened, permanent = row
-        cur.execute(f"DELETE FROM seq_gaps WHERE device = {p} AND lo = {p}", (device, lo))
-        for a, z in ((lo, seq - 1), (seq + 1, hi)):
-            if a <= z:
+    def fold(self, now: float | None = None, *, wait: bool = False) -> FoldResult:
+        """Fold the alerts ingested since the last fold into the device rows, set-based: per
+        device the alert count, last seen, highest seq and the seq gaps (opened, split, filled).
+
+        Ingest only appends each new alert's (device, site, seq, received_at) to seq_pending in
+        its own transaction; this takes up to `fold_limit` of those rows and applies them in one
+        transaction, so the per-message ingest path never touches (or waits on) a device row.
+        One folder at a time: with `wait` False a fold that finds another collector folding
+        returns at once (``skipped``); call it until ``more`` is False to drain a backlog."""
+        now = time.time() if now is None else now
+        res = FoldResult()
+        with self.lock, self._tx() as cur:
+            if not self._fold_lock(cur, wait):
+                res.skipped = True
+                return res
+            pending = self._take_pending(cur, self.fold_limit)
+            if not pending:
+                return res
+            res.alerts = len(pending)
+            res.more = len(pending) >= self.fold_limit
+            per: dict[str, _Pending] = {}
+            for device, site, seq, at in pending:
+                e = per.get(device)
+                if e is None:
+                    e = per[device] = _Pending(site, at)
+                elif at > e.last_seen:
+                    e.site, e.last_seen = site, at
+                e.count += 1
+                if seq is not None:
+                    e.seqs.add(int(seq))
+            names = sorted(per)
+            res.devices = len(names)
+            self._upsert_devices(cur, [(d, per[d].site, per[d].last_seen, per[d].last_seen)
+                                       for d in names])  # fmt: skip
+            highs: dict[str, int] = {}
+            for chunk in _chunks(names, 500):
+                clause, args = self._in(chunk)
+                cur.execute(f"SELECT device, seq_high FROM devices WHERE device IN {clause}", args)
+                highs.update((d, int(h or 0)) for d, h in cur.fetchall())
+            # Devices with a late seq (at or below their high): their gaps are rewritten whole.
+            late = [d for d in names if per[d].seqs and min(per[d].seqs) <= highs[d]]
+            gaps: dict[str, list[list[Any]]] = {d: [] for d in late}
+            for chunk in _chunks(late, 500):
+                clause, args = self._in(chunk)
                 cur.execute(
+                    f"SELECT device, lo, hi, opened_at, permanent FROM seq_gaps "
+                    f"WHERE device IN {clause} ORDER BY device, lo",
+                    args,
+                )
+                for d, lo, hi, opened, permanent in cur.fetchall():
+                    gaps[d].append([int(lo), int(hi), opened, permanent])
+            inserts: list[tuple[Any, ...]] = []
+            updates = []
+            for d in names:
+                high = highs[d]
+                mine = gaps.get(d)
+                for seq in sorted(per[d].seqs):
+                    if seq > high:
+                        if seq > high + 1:
+                            res.gaps_opened += 1
+                            if mine is None:
+                                inserts.append((d, high + 1, seq - 1, now, 0))
+                            else:
+                                mine.append([high + 1, seq - 1, now, 0])
+                        high = seq
+                    elif mine is not None:
+                        res.gaps_filled += _fill(mine, seq)
+                updates.append((high, per[d].count, d))
+            if late:
+                for chunk in _chunks(late, 500):
+                    clause, args = self._in(chunk)
+                    cur.execute(f"DELETE FROM seq_gaps WHERE device IN {clause}", args)
+                inserts += [(d, lo, hi, opened, perm) for d in late
+                            for lo, hi, opened, perm in gaps[d]]  # fmt: skip
+            if inserts:
+                p = self.p
+                cur.executemany(
                     f"INSERT INTO seq_gaps (device, lo, hi, opened_at, permanent) "
                     f"VALUES ({p}, {p}, {p}, {p}, {p})",
-                    (device, a, z, opened, permanent),
+                    inserts,
                 )
-        return 1
+            self._update_seqs(cur, updates)
+        return res
+
+    def fold_all(self, now: float | None = None) -> FoldResult:
+        """Fold until nothing is pending (waiting for another folder); the summed result."""
+        total = FoldResult()
+        while True:
+            r = self.fold(now, wait=True)
+            total.alerts += r.alerts
+            total.devices += r.devices
+            total.gaps_opened += r.gaps_opened
+            total.gaps_filled += r.gaps_filled
+            if not r.more:
+                return total
 
     # -- upkeep ---------------------------------------------------------------------------------
 
@@ -660,8 +749,8 @@ class SQLiteStore(Store):
     def data_error(self, e: Exception) -> bool:
         return isinstance(e, sqlite3.IntegrityError | sqlite3.DataError | sqlite3.InterfaceError)
 
-    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> set[str]:
-        new = set()
+    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> int:
+        new = []
         for a in rows:
             cur.execute(
                 "INSERT OR IGNORE INTO alerts (id, ts, device, site, seq, received_at, "
@@ -670,8 +759,19 @@ class SQLiteStore(Store):
                 _alert_values(a, a.ts),
             )
             if cur.rowcount == 1:
-                new.add(a.id)
-        return new
+                new.append((a.device, a.site, a.seq, a.received_at))
+        cur.executemany(
+            "INSERT INTO seq_pending (device, site, seq, received_at) VALUES (?, ?, ?, ?)", new
+        )
+        return len(new)
+
+    def _take_pending(self, cur: Any, limit: int) -> list[tuple[str, str, int | None, float]]:
+        cur.execute(
+            "DELETE FROM seq_pending WHERE rowid IN (SELECT rowid FROM seq_pending "
+            "ORDER BY rowid LIMIT ?) RETURNING device, site, seq, received_at",
+            (limit,),
+        )
+        return cur.fetchall()
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -707,6 +807,7 @@ class PostgresStore(Store):
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL store {_redact(url)}: {e}".strip()) from None
         self._months: set[str] = set()
+        self._staging = False
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[Any]:
@@ -746,6 +847,13 @@ class PostgresStore(Store):
         return f"alerts_y{when.year:04d}m{when.month:02d}"
 
     def _prepare(self, batch: Batch) -> None:
+        if batch.alerts and not self._staging:
+            with self._tx() as cur:  # the COPY target, once per connection (survives commits)
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS alerts_in "
+                    "(LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                )
+            self._staging = True
         for a in batch.alerts:
             start = _month_start(dt.datetime.fromtimestamp(a.ts, dt.UTC))
             name = self.partition_name(start)
@@ -765,23 +873,38 @@ class PostgresStore(Store):
         "src_ip, src_port, dest_ip, dest_port, proto, count, eve"
     )
 
-    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> set[str]:
-        """COPY into a per-session temporary table, then one INSERT ... ON CONFLICT DO NOTHING
-        in id order: the ids that were new come back (RETURNING)."""
+    def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> int:
+        """COPY into a per-session temporary table, then ONE statement: INSERT ... ON CONFLICT
+        DO NOTHING in id order, the new rows' seqs into seq_pending, and their count."""
         if not rows:
-            return set()
-        cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS alerts_in "
-            "(LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+            return 0
         with cur.copy(f"COPY alerts_in ({self._ALERT_COLS}) FROM STDIN") as copy:
             for a in rows:
                 copy.write_row(_alert_values(a, self._ts(a.ts)))
         cur.execute(
-            f"INSERT INTO alerts ({self._ALERT_COLS}) SELECT {self._ALERT_COLS} FROM alerts_in "
-            "ORDER BY id ON CONFLICT DO NOTHING RETURNING id"
+            f"WITH ins AS (INSERT INTO alerts ({self._ALERT_COLS}) SELECT {self._ALERT_COLS} "
+            "FROM alerts_in ORDER BY id ON CONFLICT DO NOTHING "
+            "RETURNING device, site, seq, received_at), "
+            "pend AS (INSERT INTO seq_pending (device, site, seq, received_at) "
+            "SELECT device, site, seq, received_at FROM ins) "
+            "SELECT count(*) FROM ins"
         )
-        return {r[0] for r in cur.fetchall()}
+        return int(cur.fetchone()[0])
+
+    def _fold_lock(self, cur: Any, wait: bool) -> bool:
+        if wait:
+            cur.execute("SELECT pg_advisory_xact_lock(7419003)")
+            return True
+        cur.execute("SELECT pg_try_advisory_xact_lock(7419003)")
+        return bool(cur.fetchone()[0])
+
+    def _take_pending(self, cur: Any, limit: int) -> list[tuple[str, str, int | None, float]]:
+        cur.execute(
+            "DELETE FROM seq_pending WHERE ctid IN (SELECT ctid FROM seq_pending LIMIT %s) "
+            "RETURNING device, site, seq, received_at",
+            (limit,),
+        )
+        return cur.fetchall()
 
     def _upsert_devices(self, cur: Any, rows: list[tuple[str, str, float, float]]) -> None:
         cols = list(zip(*rows, strict=True))
@@ -869,6 +992,7 @@ __all__ = [
     "AlertRow",
     "BadRow",
     "Batch",
+    "FoldResult",
     "IngestResult",
     "PostgresStore",
     "SQLiteStore",

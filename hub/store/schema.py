@@ -245,4 +245,33 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        2,
+        "indicators (regional indicators of hub/correlate; IF NOT EXISTS: older hubs made the "
+        "table ad hoc)",
+        (
+            """CREATE TABLE IF NOT EXISTS indicators (id TEXT PRIMARY KEY, kind TEXT NOT NULL,
+                value TEXT NOT NULL, state TEXT NOT NULL, offices INTEGER NOT NULL,
+                evidence TEXT NOT NULL, first_seen DOUBLE PRECISION NOT NULL,
+                last_seen DOUBLE PRECISION NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+                decided_by TEXT, decided_at DOUBLE PRECISION, expires_at DOUBLE PRECISION)""",
+            "CREATE INDEX IF NOT EXISTS indicators_state ON indicators (state, expires_at)",
+        ),
+    ),
+    Migration(
+        3,
+        "seq_pending: new alerts' seqs, folded into the device rows set-based (Store.fold)",
+        (
+            (
+                """CREATE TABLE seq_pending (device TEXT NOT NULL, site TEXT NOT NULL,
+                    seq BIGINT, received_at REAL NOT NULL)""",
+                """CREATE TABLE seq_pending (device TEXT NOT NULL, site TEXT NOT NULL,
+                    seq BIGINT, received_at DOUBLE PRECISION NOT NULL)""",
+            ),
+            # Alerts stored before this version were already counted in their device rows.
+        ),
+    ),
+)
+
 LATEST = MIGRATIONS[-1].version

@@ -116,6 +116,7 @@ def fill(store: Store, tmp: Path, now: float | None = None) -> dict[str, list[di
         status = {"state": "ready", "bd_seq": 1, "version": "0.1.0", "mode": "monitor"}
         batch.statuses.append(StatusRow(dev, site, status, now))
     store.ingest(batch, now=now)
+    store.fold_all(now)
     return records
 
 

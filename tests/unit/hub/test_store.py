@@ -14,6 +14,7 @@ from hub.store import (
     AlertRow,
     BadRow,
     Batch,
+    FoldResult,
     PostgresStore,
     StatusRow,
     Store,
@@ -22,7 +23,7 @@ from hub.store import (
     TelemetryRow,
     open_store,
 )
-from hub.store.schema import LATEST
+from hub.store.schema import LATEST, MIGRATIONS
 
 NOW = 1_800_000_000.0  # 2027-01-15
 
@@ -54,12 +55,33 @@ def test_migrations_are_versioned_and_idempotent(store: Store) -> None:
     assert store.alert_count() == 0
 
 
+def test_a_version_1_store_with_an_ad_hoc_indicators_table_migrates(store: Store) -> None:
+    """Hubs of version 1 made ``indicators`` ad hoc (hub/correlate); migration 2 keeps its rows."""
+    assert {m.version for m in MIGRATIONS} == {1, 2, 3}
+    p = store.p
+    with store.lock, store._tx() as cur:
+        cur.execute(f"INSERT INTO indicators (id, kind, value, state, offices, evidence, "
+                    f"first_seen, last_seen, created_at) VALUES ({p}, 'ip', '203.0.113.9', "
+                    f"'suggested', 3, '{{}}', 1, 2, 3)", ("ip:203.0.113.9",))  # fmt: skip
+        cur.execute("DROP TABLE seq_pending")
+        cur.execute("DELETE FROM schema_migrations WHERE version > 1")
+    assert store.schema_version() == 1
+    assert store.migrate() == LATEST == 3
+    assert store._query("SELECT id FROM indicators") == [{"id": "ip:203.0.113.9"}]
+    store.ingest(Batch(alerts=[alert("d1", 1)]), NOW)
+    assert store.fold(NOW).alerts == 1
+
+
 def test_dedup_by_alert_id_and_contiguous_seqs(store: Store) -> None:
     r = store.ingest(Batch(alerts=[alert("d1", 1), alert("d1", 2), alert("d1", 2)]), NOW)
     assert (r.new_alerts, r.duplicates) == (2, 1)
     r = store.ingest(Batch(alerts=[alert("d1", 2), alert("d1", 3)]), NOW)  # redelivered 2
     assert (r.new_alerts, r.duplicates) == (1, 1)
     assert store.seqs("d1") == [1, 2, 3]
+    assert store.devices() == []  # alerts touch no device row on ingest: `fold` does that
+    f = store.fold(NOW)
+    assert (f.alerts, f.devices, f.more, f.skipped) == (3, 1, False, False)
+    assert store.fold(NOW).alerts == 0  # each new alert folded once
     assert store.gaps() == []
     (dev,) = store.devices()
     assert (dev["device"], dev["site"], dev["seq_high"], dev["alerts"]) == ("d1", "s1", 3, 3)
@@ -67,18 +89,33 @@ def test_dedup_by_alert_id_and_contiguous_seqs(store: Store) -> None:
 
 def test_gaps_open_split_fill_and_become_permanent(store: Store) -> None:
     store.ingest(Batch(alerts=[alert("d1", 1), alert("d1", 6)]), NOW)
+    assert store.fold(NOW).gaps_opened == 1
     assert [(g["lo"], g["hi"]) for g in store.gaps("d1")] == [(2, 5)]
-    r = store.ingest(Batch(alerts=[alert("d1", 3)]), NOW + 10)  # late: splits the gap
-    assert r.gaps_filled == 1
+    store.ingest(Batch(alerts=[alert("d1", 3)]), NOW + 10)  # late: splits the gap
+    assert store.fold(NOW + 10).gaps_filled == 1
     assert [(g["lo"], g["hi"]) for g in store.gaps("d1")] == [(2, 2), (4, 5)]
     store.ingest(Batch(alerts=[alert("d1", 2)]), NOW + 20)
+    store.fold(NOW + 20)
     assert [(g["lo"], g["hi"]) for g in store.gaps("d1")] == [(4, 5)]
     assert store.finalize_gaps(NOW + 599) == 0
     assert store.finalize_gaps(NOW + 600) == 1
     assert store.gaps("d1")[0]["permanent"] is True
     # A device first heard at seq 11 is missing 1-10 (the demo's old problem shows as a gap).
     store.ingest(Batch(alerts=[alert("d2", 11)]), NOW)
+    store.fold(NOW)
     assert [(g["lo"], g["hi"]) for g in store.gaps("d2")] == [(1, 10)]
+    # Out of order across batches (two collectors) but within one fold: no gap at all; a
+    # backlog larger than one fold is drained by fold_all, across folds.
+    store.ingest(Batch(alerts=[alert("d3", 3), alert("d3", 5)]), NOW)
+    store.ingest(Batch(alerts=[alert("d3", 4), alert("d3", 1), alert("d3", 2)]), NOW)
+    assert store.fold(NOW).gaps_opened == 0
+    store.fold_limit = 2
+    store.ingest(Batch(alerts=[alert("d3", k) for k in (9, 8, 6, 7, 10)]), NOW)
+    f = store.fold_all(NOW)
+    assert (f.alerts, f.more) == (5, False)
+    assert store.gaps("d3") == []
+    d3 = next(d for d in store.devices() if d["device"] == "d3")
+    assert (d3["seq_high"], d3["alerts"]) == (10, 10)
 
 
 def test_status_bd_seq_rules(store: Store) -> None:
@@ -129,12 +166,13 @@ def test_console_queries(store: Store) -> None:
 
 def test_silent_device_raises_one_hub_alert_and_clears(store: Store) -> None:
     store.ingest(Batch(alerts=[alert("d1", 1)]), NOW)
+    store.fold(NOW)
     assert store.check_silent(300, NOW + 100) == []
     (raised,) = store.check_silent(300, NOW + 400)
     assert raised["device"] == "d1" and "silent" in raised["text"]
     assert store.check_silent(300, NOW + 500) == []  # once per silence
     store.ingest(Batch(alerts=[alert("d1", 2, ts=NOW + 600)]), NOW + 600)
-    store.devices()
+    store.fold(NOW + 600)
     b = Batch(statuses=[StatusRow("d1", "s1", {"state": "ready", "bd_seq": 1}, NOW + 600)])
     store.ingest(b, NOW + 600)
     store.check_silent(300, NOW + 601)
@@ -167,11 +205,21 @@ def test_two_writers_at_once_store_each_alert_once(store: Store, tmp_path: Path)
     t.start()
     run(store, batches[0::2])
     t.join()
-    other.close()
     assert store.alert_count() == 630
     for d in range(7):
         assert store.seqs(f"d{d}") == list(range(1, 91))
+    # Folds of both at once: one folds, the other skips (PostgreSQL) or waits (SQLite).
+    results: list[FoldResult] = []
+    t = threading.Thread(target=lambda: results.append(other.fold_all()))
+    t.start()
+    results.append(store.fold_all())
+    t.join()
+    other.close()
+    assert sum(r.alerts for r in results) == 630
     assert store.gaps() == []
+    assert sorted((d["device"], d["seq_high"], d["alerts"]) for d in store.devices()) == [
+        (f"d{d}", 90, 90) for d in range(7)
+    ]
 
 
 def test_postgres_alerts_are_partitioned_by_month(pg_url: str) -> None:
