@@ -54,13 +54,10 @@ class Registry:
 def parse_eve_time(text: Any) -> float:
     if not isinstance(text, str):
         raise Bad("wrong shape", "timestamp is not a string")
-    try:
-        when = dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
+    try:  # EVE's "2027-01-15T08:00:00.123456+0000": fromisoformat reads it (strptime: 4x slower)
+        when = dt.datetime.fromisoformat(text)
     except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise Bad("wrong shape", f"timestamp {text[:40]!r} is not an EVE time") from None
+        raise Bad("wrong shape", f"timestamp {text[:40]!r} is not an EVE time") from None
     if when.tzinfo is None:
         raise Bad("wrong shape", "timestamp has no time zone")
     ts = when.timestamp()

@@ -807,6 +807,7 @@ class PostgresStore(Store):
         except psycopg.Error as e:
             raise StoreError(f"PostgreSQL store {_redact(url)}: {e}".strip()) from None
         self._months: set[str] = set()
+        self._month_spans: list[tuple[float, float]] = []  # [start, end) of known partitions
         self._staging = False
 
     @contextlib.contextmanager
@@ -848,29 +849,40 @@ class PostgresStore(Store):
 
     def _prepare(self, batch: Batch) -> None:
         if batch.alerts and not self._staging:
-            with self._tx() as cur:  # the COPY target, once per connection (survives commits)
+            # The COPY target, once per connection (it survives commits; rows do not). Times
+            # arrive as Unix seconds and the record as text: PostgreSQL converts them in the
+            # INSERT (cheaper than a datetime object and a jsonb dump per row in Python).
+            with self._tx() as cur:
                 cur.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS alerts_in "
-                    "(LIKE alerts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+                    "CREATE TEMP TABLE IF NOT EXISTS alerts_in (id text, ts float8, device text, "
+                    "site text, seq int8, received_at float8, signature_id int8, signature text, "
+                    "category text, severity int4, src_ip text, src_port int4, dest_ip text, "
+                    "dest_port int4, proto text, count int4, eve text) ON COMMIT DELETE ROWS"
                 )
             self._staging = True
         for a in batch.alerts:
+            if any(lo <= a.ts < hi for lo, hi in self._month_spans):
+                continue
             start = _month_start(dt.datetime.fromtimestamp(a.ts, dt.UTC))
             name = self.partition_name(start)
-            if name in self._months:
-                continue
             end = _next_month(start)
-            with self._tx() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(7419002)")
-                cur.execute(
-                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF alerts "
-                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-                )
-            self._months.add(name)
+            if name not in self._months:
+                with self._tx() as cur:
+                    cur.execute("SELECT pg_advisory_xact_lock(7419002)")
+                    cur.execute(
+                        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF alerts "
+                        f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                    )
+                self._months.add(name)
+            self._month_spans.append((start.timestamp(), end.timestamp()))
 
     _ALERT_COLS = (
         "id, ts, device, site, seq, received_at, signature_id, signature, category, severity, "
         "src_ip, src_port, dest_ip, dest_port, proto, count, eve"
+    )
+    _STAGED_COLS = (
+        "id, to_timestamp(ts), device, site, seq, received_at, signature_id, signature, "
+        "category, severity, src_ip, src_port, dest_ip, dest_port, proto, count, eve::jsonb"
     )
 
     def _insert_alerts(self, cur: Any, rows: list[AlertRow]) -> int:
@@ -880,9 +892,9 @@ class PostgresStore(Store):
             return 0
         with cur.copy(f"COPY alerts_in ({self._ALERT_COLS}) FROM STDIN") as copy:
             for a in rows:
-                copy.write_row(_alert_values(a, self._ts(a.ts)))
+                copy.write_row(_alert_values(a, a.ts))
         cur.execute(
-            f"WITH ins AS (INSERT INTO alerts ({self._ALERT_COLS}) SELECT {self._ALERT_COLS} "
+            f"WITH ins AS (INSERT INTO alerts ({self._ALERT_COLS}) SELECT {self._STAGED_COLS} "
             "FROM alerts_in ORDER BY id ON CONFLICT DO NOTHING "
             "RETURNING device, site, seq, received_at), "
             "pend AS (INSERT INTO seq_pending (device, site, seq, received_at) "
@@ -948,6 +960,8 @@ class PostgresStore(Store):
             if _next_month(start) <= limit:
                 cur.execute(f"DROP TABLE {name}")
                 self._months.discard(name)
+                self._month_spans = [(lo, hi) for lo, hi in self._month_spans
+                                     if lo != start.timestamp()]  # fmt: skip
                 dropped += 1
         return dropped
 
