@@ -8,7 +8,7 @@ approval (seen again later, it is suggested afresh). The approved set is an inte
 (``bundle_text``) that ``publish`` sends to every device as a signed bundle over the operator's
 push-intel path; devices then cite the regional source in their alerts.
 
-The ``indicators`` table is the store's migration 2 (hub/store/schema.py), on both backends.
+The ``indicators`` table is the store's migration 3 (hub/store/schema.py), on both backends.
 """
 
 from __future__ import annotations

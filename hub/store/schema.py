@@ -247,7 +247,7 @@ MIGRATIONS: tuple[Migration, ...] = (
 
 MIGRATIONS += (
     Migration(
-        2,
+        3,
         "indicators (regional indicators of hub/correlate; IF NOT EXISTS: older hubs made the "
         "table ad hoc)",
         (
@@ -260,7 +260,7 @@ MIGRATIONS += (
         ),
     ),
     Migration(
-        3,
+        4,
         "seq_pending: new alerts' seqs, folded into the device rows set-based (Store.fold)",
         (
             (

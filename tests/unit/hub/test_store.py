@@ -55,18 +55,18 @@ def test_migrations_are_versioned_and_idempotent(store: Store) -> None:
     assert store.alert_count() == 0
 
 
-def test_a_version_1_store_with_an_ad_hoc_indicators_table_migrates(store: Store) -> None:
-    """Hubs of version 1 made ``indicators`` ad hoc (hub/correlate); migration 2 keeps its rows."""
-    assert {m.version for m in MIGRATIONS} == {1, 2, 3}
+def test_an_older_store_with_an_ad_hoc_indicators_table_migrates(store: Store) -> None:
+    """Hubs before version 3 made ``indicators`` ad hoc (hub/correlate); migration 2 keeps its rows."""
+    assert {m.version for m in MIGRATIONS} == {1, 2, 3, 4}
     p = store.p
     with store.lock, store._tx() as cur:
         cur.execute(f"INSERT INTO indicators (id, kind, value, state, offices, evidence, "
                     f"first_seen, last_seen, created_at) VALUES ({p}, 'ip', '203.0.113.9', "
                     f"'suggested', 3, '{{}}', 1, 2, 3)", ("ip:203.0.113.9",))  # fmt: skip
         cur.execute("DROP TABLE seq_pending")
-        cur.execute("DELETE FROM schema_migrations WHERE version > 1")
-    assert store.schema_version() == 1
-    assert store.migrate() == LATEST == 3
+        cur.execute("DELETE FROM schema_migrations WHERE version > 2")
+    assert store.schema_version() == 2
+    assert store.migrate() == LATEST == 4
     assert store._query("SELECT id FROM indicators") == [{"id": "ip:203.0.113.9"}]
     store.ingest(Batch(alerts=[alert("d1", 1)]), NOW)
     assert store.fold(NOW).alerts == 1
