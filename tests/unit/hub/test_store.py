@@ -56,7 +56,7 @@ def test_migrations_are_versioned_and_idempotent(store: Store) -> None:
 
 
 def test_an_older_store_with_an_ad_hoc_indicators_table_migrates(store: Store) -> None:
-    """Hubs before version 3 made ``indicators`` ad hoc (hub/correlate); migration 2 keeps its rows."""
+    """Older hubs made ``indicators`` ad hoc (hub/correlate); migration 3 keeps its rows."""
     assert {m.version for m in MIGRATIONS} == {1, 2, 3, 4}
     p = store.p
     with store.lock, store._tx() as cur:
