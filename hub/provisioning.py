@@ -367,12 +367,13 @@ def sign_csr(
     csr: x509.CertificateSigningRequest,
     device_id: str,
     site: str,
-    days: int = 10 * 365,
+    days: int = DEVICE_DAYS,
     renew: bool = False,
 ) -> x509.Certificate:
     """A device certificate for the key of `csr`, made on the device (first-boot enrolment, see
-    `hub.enrol`): the same checks, certificate profile and registry entry as `issue_device`,
-    but the private key never exists here. Only the CSR's EC P-256 key and its self-signature
+    `hub.enrol`): the same checks, certificate profile, lifetime (`DEVICE_DAYS`, renewed by the
+    device before it expires) and registry entry as `issue_device`, but the private key never
+    exists here. Only the CSR's EC P-256 key and its self-signature
     are used; every other field of the CSR is ignored (CN = `device_id`, the caller's)."""
     if not csr.is_signature_valid:
         raise ProvisionError("the CSR's signature does not verify")

@@ -88,6 +88,9 @@ def test_sign_then_single_use(ca_dir: Path) -> None:
     cert = x509.load_pem_x509_certificate(str(got["cert"]).encode())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "wp-1"
     assert cert.public_key() == key.public_key()  # type: ignore[attr-defined]
+    # The same lifetime as every device certificate (renewed before it ends), not ten years.
+    life = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert abs(life - dt.timedelta(days=prov.DEVICE_DAYS)) <= dt.timedelta(hours=1)
     assert prov.registry(ca_dir)["devices"]["wp-1"]["site"] == "siteA"
     sheet = json.loads((ca_dir / "enrolled/wp-1.json").read_text())
     assert sheet["setup_code"] == "ABCD-EFGH" and sheet["site"] == "siteA"
