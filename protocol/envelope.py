@@ -65,6 +65,8 @@ REPLAYED = "replayed"
 UNKNOWN = "unknown-command"
 WRONG_PURPOSE = "wrong-purpose"
 STALE = "stale"  # a desired config whose version is not above the applied one
+FUTURE = "future"  # issued_at beyond the device's synchronised clock (+ MAX_SKEW)
+MAX_SKEW = 300  # seconds an envelope's issued_at may be ahead of a synchronised device clock
 
 
 class EnvelopeError(ValueError):

@@ -248,7 +248,7 @@ class CommandHandler:
     ) -> None:
         self.device = device
         self.keys = list(keys)
-        self.state = ReplayState(state_path)
+        self.state = ReplayState(state_path, clock=clock)
         self.intel_dir = Path(intel_dir)
         self.clock = clock
         self.clock_synced = clock_synced

@@ -7,6 +7,18 @@ Without a synchronised clock (a Pi has no RTC) expiry is judged against that flo
 envelope that expired before the latest one accepted (or one already refused as expired) is
 refused even after a reboot into 1970.
 
+The floor is capped, so that an envelope with an `issued_at` far ahead (2099, signed by a
+careless hub account or a hub with a wrong clock) cannot lock out every later command:
+
+- with a synchronised clock, an envelope issued more than `MAX_SKEW` seconds in the future is
+  refused (code ``future``), and a floor found beyond that clock (raised earlier without one) is
+  brought back to the clock;
+- without one, accepting an envelope raises the floor to its `issued_at` but never beyond
+  `FLOOR_STEP` past the time this process started from (the floor it loaded, or the local clock
+  at start if later) plus the time it has run (monotonic); the envelope itself is accepted. The
+  floor so stays within a minute of the device's own idea of the time, which (without an RTC)
+  lags the real one: a command signed now, valid for `COMMAND_TTL`, is never locked out.
+
 A command's seq is committed (and saved) BEFORE the command acts; a save that fails refuses the
 command. A command refused after the commit is undone (its seq given back), so a refusal leaves
 the file as it was.
@@ -18,8 +30,9 @@ import ctypes
 import json
 import logging
 import os
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,11 @@ from protocol.envelope import EnvelopeError
 log = logging.getLogger(__name__)
 
 RECENT_IDS = 512
+MAX_SKEW = env_mod.MAX_SKEW
+# The most an unsynchronised floor may move past the device's own idea of the time (where this
+# start began + the uptime). Below a command's lifetime (`COMMAND_TTL`), so whatever was accepted
+# before, a command the hub signs now still expires after the floor.
+FLOOR_STEP = 60
 
 _TIME_ERROR = 5  # adjtimex() result while the kernel's STA_UNSYNC is set
 
@@ -73,7 +91,14 @@ class ReplayState:
 
     FORMAT = 1
 
-    def __init__(self, path: str | os.PathLike[str], recent_max: int = RECENT_IDS) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        recent_max: int = RECENT_IDS,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = Path(path)
         self.last_seq: dict[str, int] = {}
         self.recent: deque[str] = deque(maxlen=recent_max)
@@ -82,6 +107,14 @@ class ReplayState:
         self.time_floor = 0
         self._saved: bytes | None = None  # what the file holds
         self._load()
+        self._clock, self._monotonic = clock, monotonic
+        self._start = max(self.time_floor, int(clock()))  # what the floor cap counts from
+        self._start_mono = monotonic()
+
+    def floor_cap(self) -> int:
+        """The highest an envelope accepted now may raise the time floor (see the module doc)."""
+        elapsed = max(0.0, self._monotonic() - self._start_mono)
+        return int(max(self._start + elapsed, self._clock())) + FLOOR_STEP
 
     def _load(self) -> None:
         try:
@@ -143,6 +176,15 @@ class ReplayState:
         expires, eid = env["expires_at"], env["id"]
         if synced:
             t = int(now)
+            if self.time_floor > t + MAX_SKEW:
+                self._lower_floor(t)
+            if env["issued_at"] > t + MAX_SKEW:
+                raise EnvelopeError(
+                    env_mod.FUTURE,
+                    f"issued in the future: issued at {env['issued_at']}, the device clock "
+                    f"(synchronised) says {t}, more than {MAX_SKEW} s earlier",
+                    eid,
+                )
             if t > expires:
                 self._raise_floor(t)
                 raise EnvelopeError(
@@ -169,6 +211,21 @@ class ReplayState:
             self.time_floor = before
             log.warning("cannot save the time floor to %s: %s", self.path, e)
 
+    def _lower_floor(self, t: int) -> None:
+        """A floor beyond the synchronised clock was raised without one: bring it back."""
+        before = self.time_floor
+        self.time_floor = t
+        try:
+            self._save()
+        except OSError as e:
+            self.time_floor = before
+            log.warning("cannot save the time floor to %s: %s", self.path, e)
+            return
+        log.warning("time floor %d was beyond the synchronised clock: lowered to %d", before, t)
+
+    def _raised(self, issued_at: int) -> int:
+        return max(self.time_floor, min(issued_at, self.floor_cap()))
+
     # -- changes --------------------------------------------------------------------------------
 
     def commit(self, device: str, seq: int, envelope_id: str, issued_at: int) -> Undo:
@@ -179,7 +236,7 @@ class ReplayState:
         )
         self.last_seq[device] = seq
         self.recent.append(envelope_id)
-        self.time_floor = max(self.time_floor, issued_at)
+        self.time_floor = self._raised(issued_at)
         try:
             self._save()
         except OSError:
@@ -215,7 +272,7 @@ class ReplayState:
         before = (self.desired_version, self.desired_applied_at, self.time_floor)
         self.desired_version = version
         self.desired_applied_at = int(now)
-        self.time_floor = max(self.time_floor, issued_at)
+        self.time_floor = self._raised(issued_at)
         try:
             self._save()
         except OSError:

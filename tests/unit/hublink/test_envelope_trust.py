@@ -239,3 +239,53 @@ def test_logs_reads_only_the_daemons_own_log(rig: Rig, tmp_path: Path) -> None:
     rig.device.log_file = ""
     answer = rig.one(rig.env("logs"))
     assert answer["ok"] is False and "logs to no file" in answer["error"]
+
+
+# --- a future issued_at cannot lock later commands out ---------------------------------------
+
+Y2099 = 4_070_908_800
+
+
+def test_a_future_issued_at_cannot_lock_out_later_commands(rig: Rig) -> None:
+    now = int(rig.clock[0])
+    # Synchronised clock: issued beyond the clock + MAX_SKEW is refused, nothing changed ...
+    future = rig.env("set-mode", {"mode": "block"}, issued_at=Y2099, expires_at=Y2099 + 300)
+    before = rig.snapshot()
+    answer = rig.one(future)
+    assert answer["ok"] is False and answer["code"] == E.FUTURE, answer
+    assert f"issued at {Y2099}" in answer["error"] and "synchronised" in answer["error"]
+    assert rig.snapshot() == before and rig.device.config.inline.mode == "monitor"
+    # ... within the skew it is an ordinary command.
+    near = rig.env("ping", issued_at=now + E.MAX_SKEW - 200, expires_at=now + 600)
+    assert rig.one(near)["ok"] is True
+    # Unsynchronised: accepted (the device cannot tell), but the floor moves at most FLOOR_STEP
+    # past where this start began, by the command and by the desired-config route alike.
+    rig.synced[0] = False
+    rig.restart_handler()
+    assert rig.one(rig.env("ping", issued_at=Y2099, expires_at=Y2099 + 300))["ok"] is True
+    desired = rig.desired({"alerts": {"burst": 3}}, 5, issued_at=Y2099, expires_at=Y2099 + 60)
+    rig.handler.handle_desired(desired)
+    assert "error" not in rig.published[-1][1]
+    floor = json.loads(rig.state_path.read_text())["time_floor"]
+    assert now < floor <= now + E.MAX_SKEW - 200 + replay_state.FLOOR_STEP + 5
+    # A command the hub signs now still gets in, also after a restart.
+    assert rig.one(rig.env("set-mode", {"mode": "block"}))["ok"] is True
+    rig.restart_handler()
+    assert rig.one(rig.env("ping"))["ok"] is True
+    assert rig.device.config.inline.mode == "block"
+
+
+def test_a_floor_beyond_the_synchronised_clock_is_brought_back(rig: Rig) -> None:
+    now = int(rig.clock[0])
+    # A floor raised to 2099 before the cap existed (or by hand): a locked-out device.
+    data = {"format": 1, "last_seq": {}, "recent_ids": [], "time_floor": Y2099}
+    rig.state_path.write_text(json.dumps(data))
+    rig.synced[0] = False
+    rig.restart_handler()
+    assert rig.one(rig.env("ping"))["code"] == E.EXPIRED  # what the cap prevents
+    rig.synced[0] = True  # once the clock is synchronised it heals
+    assert rig.one(rig.env("ping"))["ok"] is True
+    assert json.loads(rig.state_path.read_text())["time_floor"] == now
+    rig.synced[0] = False
+    rig.restart_handler()
+    assert rig.one(rig.env("ping"))["ok"] is True
