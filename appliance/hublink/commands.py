@@ -1,8 +1,12 @@
-"""Device side of remote management: verify signed envelopes and run commands (the dispatch).
+"""Device side of remote management: verify signed envelopes and dispatch commands.
 
-The jobs around it live next to it: `replay_state` (what was accepted, the time floor, the
-clock), `intel_transfer` (the chunked intel-update job), `desired` (``config/desired`` and
-``config/reported``).
+This module is the dispatcher only: the envelope checks, the replay-state commit around each
+command, the answers and the worker thread. The rest lives next to it: `handlers` (one module
+per kind of command and the dispatch table `handlers.COMMANDS`, as data), `command_api` (the
+`Device` facade, argument checks, answer codes), `remote_config` (set-config's all-or-nothing
+apply and the redaction), `replay_state` (what was accepted, the time floor, the clock),
+`intel_transfer` (the chunked intel-update job), `rules_job` (rule bundles over it),
+`update_job` (the release update job), `desired` (``config/desired`` and ``config/reported``).
 
 Wiring (the daemon and the MQTT link):
 
@@ -28,29 +32,37 @@ refused after that gets its seq back, so a rejected envelope changes nothing.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import ipaddress
+import functools
 import json
 import logging
 import os
 import queue
-import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from appliance import config as config_mod
-from appliance.config import Config, ConfigError, RemoteRefused
+from appliance.config import Config
+from appliance.hublink import remote_config
+from appliance.hublink.command_api import (
+    BUSY,
+    FAILED,
+    ClockSynced,
+    CommandFailed,
+    Device,
+    Publish,
+    Reply,
+)
 from appliance.hublink.desired import DesiredConfig
-from appliance.hublink.intel_transfer import TRANSFER_TIMEOUT_S, BadChunk, IntelTransfer
+from appliance.hublink.handlers import COMMANDS, Handler
+from appliance.hublink.handlers.info import tail_lines
+from appliance.hublink.intel_transfer import TRANSFER_TIMEOUT_S, IntelTransfer
 from appliance.hublink.intel_transfer import answer as _answer
+from appliance.hublink.remote_config import REDACTED, redacted
 from appliance.hublink.replay_state import (
     CommandStateError,
     ReplayState,
@@ -58,14 +70,12 @@ from appliance.hublink.replay_state import (
     system_clock_synced,
 )
 from appliance.hublink.rules_job import make_transfer as rules_transfer
-from appliance.hublink.rules_job import rules_dir_for
 from appliance.hublink.update_job import UpdateJob
-from appliance.packet.addrset import AddrSet
-from protocol import bundle
 from protocol import envelope as env_mod
 from protocol.envelope import EnvelopeError
 
 __all__ = [
+    "REDACTED",
     "CommandFailed",
     "CommandHandler",
     "CommandStateError",
@@ -77,154 +87,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Reply = Callable[[dict[str, Any]], None]
-Publish = Callable[[str, dict[str, Any], bool], None]
-ClockSynced = Callable[[], bool]
-
-REDACTED = "<redacted>"
-# Secrets never leave the device; a set-config carrying REDACTED for one keeps the current value.
-SECRET_KEYS = (("privacy", "key"), ("status", "password_hash"))
-MAX_LOG_LINES = 1000
-MAX_LOG_BYTES = 32 * 1024
-MAX_IDENTIFY_S = 600
-MAX_ACK_IDS = 1000
-
-# Answer codes for commands that got past the envelope checks.
-INVALID = "invalid"  # bad args
-REFUSED = "refused"  # the device (or a rule here) refused the action
-FAILED = "failed"  # the action was tried and failed
-BUSY = "busy"
-
-
-# --- the device facade -------------------------------------------------------------------------
-
-
-class Device(Protocol):
-    """What remote management may do to the appliance. Called from the handler's worker thread."""
-
-    @property
-    def config(self) -> Config:
-        """The config in force (with `source` set to the file it is saved to)."""
-        ...
-
-    @property
-    def log_file(self) -> str:
-        """The daemon's own log file ("" when it logs to no file): all `logs` may read."""
-        ...
-
-    def apply_config(self, config: Config) -> None:
-        """Apply a validated config live; raise ConfigError to refuse, leaving the old in force."""
-        ...
-
-    def block(self, address: str, ttl: int) -> None:
-        """Block `address` for `ttl` seconds."""
-        ...
-
-    def unblock(self, address: str) -> bool:
-        """Lift a block; False if it was not blocked."""
-        ...
-
-    def reload_intel(self) -> str:
-        """Rebuild the intel store (config paths + `bundle.installed_paths`) and swap it in.
-
-        Return the new store's version; raise to refuse, keeping the old store.
-        """
-        ...
-
-    def ack_alerts(self, ids: Sequence[str] | None) -> int:
-        """Acknowledge alerts (all when `ids` is None); return how many were acknowledged."""
-        ...
-
-    def identify(self, seconds: int) -> None:
-        """Blink the LEDs for `seconds` so an installer can find this unit."""
-        ...
-
-    def restart(self) -> None:
-        """Schedule a clean restart of the daemon; return at once."""
-        ...
-
-    def reboot(self) -> None:
-        """Schedule a reboot of the machine; return at once."""
-        ...
-
-    def status(self) -> dict[str, Any]:
-        """The status dict (as on the status page and the retained `status` topic)."""
-        ...
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-class CommandFailed(Exception):
-    """A verified command that could not be carried out; nothing was changed."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-@dataclass(frozen=True, slots=True)
-class Arg:
-    kind: type
-    required: bool = False
-    default: Any = None
-    lo: int | None = None
-    hi: int | None = None
-    choices: tuple[str, ...] = ()
-
-
-def _check_args(cmd: str, args: Mapping[str, Any], spec: Mapping[str, Arg]) -> dict[str, Any]:
-    unknown = sorted(set(args) - set(spec))
-    if unknown:
-        known = ", ".join(sorted(spec)) or "none"
-        raise CommandFailed(INVALID, f"{cmd}: unknown argument(s) {', '.join(unknown)} ({known})")
-    out: dict[str, Any] = {}
-    for name, a in spec.items():
-        if name not in args:
-            if a.required:
-                raise CommandFailed(INVALID, f"{cmd}: args.{name} is required")
-            out[name] = a.default
-            continue
-        v = args[name]
-        ok = isinstance(v, a.kind) and not (a.kind is int and isinstance(v, bool))
-        if not ok:
-            raise CommandFailed(INVALID, f"{cmd}: args.{name} must be {a.kind.__name__}")
-        if a.lo is not None and a.hi is not None and not a.lo <= v <= a.hi:
-            raise CommandFailed(INVALID, f"{cmd}: args.{name} must be from {a.lo} to {a.hi}")
-        if a.choices and v not in a.choices:
-            raise CommandFailed(
-                INVALID, f"{cmd}: args.{name} must be one of {', '.join(a.choices)}"
-            )
-        out[name] = v
-    return out
-
-
-def redacted(config: Config) -> dict[str, Any]:
-    """The TOML-shaped config with secrets replaced by REDACTED (what may leave the device)."""
-    data = config.to_dict()
-    for section, key in SECRET_KEYS:
-        if data.get(section, {}).get(key):
-            data[section][key] = REDACTED
-    return data
-
-
-def tail_lines(path: str | os.PathLike[str], lines: int, max_bytes: int) -> tuple[list[str], bool]:
-    """The last `lines` lines of a regular file (a symlink or a FIFO is refused), reading at
-    most `max_bytes` from its end."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        start = max(0, size - max_bytes)
-        f.seek(start)
-        data = f.read(size - start)
-    text = data.decode("utf-8", errors="replace").splitlines()
-    if start > 0 and text:
-        text = text[1:]  # the first line is probably cut
-    return text[-lines:], start > 0 or len(text) > lines
 
 
 # --- the handler --------------------------------------------------------------------------------
@@ -245,6 +107,7 @@ class CommandHandler:
         publish: Publish | None = None,
         queue_max: int = 64,
         transfer_timeout: float = TRANSFER_TIMEOUT_S,
+        commands: Mapping[str, Handler] | None = None,
     ) -> None:
         self.device = device
         self.keys = list(keys)
@@ -269,22 +132,9 @@ class CommandHandler:
         self._lock = threading.RLock()
         self._queue: queue.Queue[tuple[str, bytes, Reply | None] | None] = queue.Queue(queue_max)
         self._worker: threading.Thread | None = None
+        # The dispatch table (`appliance.hublink.handlers.COMMANDS`), bound to this handler.
         self._commands: dict[str, Callable[[dict[str, Any], Reply], dict[str, Any] | None]] = {
-            "ping": self._ping,
-            "status": self._status,
-            "get-config": self._get_config,
-            "set-config": self._set_config,
-            "set-mode": self._set_mode,
-            "intel-update": self._intel_update,
-            "rules-update": self._rules_update,
-            "update": lambda env, reply: self.update.handle(env, reply, self.clock()),
-            "block": self._block,
-            "unblock": self._unblock,
-            "ack-alerts": self._ack_alerts,
-            "identify": self._identify,
-            "logs": self._logs,
-            "restart": self._restart,
-            "reboot": self._reboot,
+            name: functools.partial(run, self) for name, run in (commands or COMMANDS).items()
         }
         self._deferred: Callable[[], None] | None = None
         self._undo: Undo | None = None  # the commit of the command running now
@@ -497,200 +347,21 @@ class CommandHandler:
         log.warning("command %s %s rejected: %s", cmd or "?", eid or "?", message)
         reply(_answer(eid, False, error=message, code=code))
 
-    def _ping(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        _check_args("ping", env["args"], {})
-        return {"pong": True, "time": int(self.clock()), "clock_synced": self.clock_synced()}
+    def defer(self, action: Callable[[], None]) -> None:
+        """Run `action` after the running command's answer is sent (restart, reboot, a
+        `config/reported` refresh)."""
+        self._deferred = action
 
-    def _status(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        _check_args("status", env["args"], {})
-        status = dict(self.device.status())
-        status["commands"] = {
-            **self.stats(),
-            "last_seq": self.state.last_seq.get(env["device"], 0),
-            "clock_synced": self.clock_synced(),
-        }
-        status["intel_bundles"] = bundle.installed(self.intel_dir)
-        status["update"] = self.update.progress()  # live download counts, else the job file
-        status["rules_bundles"] = bundle.installed(rules_dir_for(self.device.config))
-        return status
-
-    def _get_config(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        _check_args("get-config", env["args"], {})
-        return {
-            "config": redacted(self.device.config),
-            "desired_version": self.state.desired_version,
-        }
-
-    def _set_config(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        new, changed = self.apply_changes(env["args"])
-        if changed:
-            self._deferred = self.desired.report
-        return {"changed": changed, "config": redacted(new)}
-
-    def _set_mode(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        args = _check_args(
-            "set-mode", env["args"], {"mode": Arg(str, True, choices=("monitor", "block"))}
-        )
-        _new, changed = self.apply_changes({"inline": {"mode": args["mode"]}})
-        if changed:
-            self._deferred = self.desired.report
-        return {"mode": args["mode"], "changed": changed}
+    @property
+    def running_undo(self) -> Undo | None:
+        """The replay-state commit of the command running now (a job gives it back itself)."""
+        return self._undo
 
     def apply_changes(
         self, changes: Mapping[str, Any], commit: Callable[[], None] | None = None
     ) -> tuple[Config, bool]:
-        """Check `changes` against the remote allow-list, validate the whole result, apply it
-        live, save it as the overlay under the state dir; all or nothing. `commit` (the desired
-        version's save) runs last; if it fails the change is undone."""
-        current = self.device.config
-        if not isinstance(changes, Mapping):
-            raise CommandFailed(INVALID, "set-config: args must be a TOML-shaped table")
-        changes = _drop_redacted(changes)
-        try:
-            new = config_mod.remote_merged(current, changes)
-        except RemoteRefused as e:
-            raise CommandFailed(REFUSED, f"refused: {e}") from None
-        except ConfigError as e:
-            raise CommandFailed(INVALID, f"invalid config: {e}") from None
-        if new == current:
-            if commit is not None:
-                self._commit_or_fail(commit)
-            return current, False
-        try:
-            self.device.apply_config(new)
-        except ConfigError as e:
-            raise CommandFailed(REFUSED, f"refused by the device: {e}") from None
-        except Exception as e:
-            self._restore(current)
-            raise CommandFailed(FAILED, f"applying the config failed, change undone: {e}") from e
-        try:
-            config_mod.save_remote(new)
-        except (OSError, ConfigError) as e:
-            self._restore(current)
-            raise CommandFailed(FAILED, f"could not save the config, change undone: {e}") from e
-        if commit is not None:
-            try:
-                self._commit_or_fail(commit)
-            except CommandFailed:
-                self._restore(current)
-                with contextlib.suppress(OSError, ConfigError):
-                    config_mod.save_remote(current)
-                raise
-        log.info("config changed: %s", ", ".join(sorted(new.changed_sections(current))))
-        return new, True
-
-    @staticmethod
-    def _commit_or_fail(commit: Callable[[], None]) -> None:
-        try:
-            commit()
-        except OSError as e:
-            raise CommandFailed(
-                FAILED, f"cannot save the replay state ({e.strerror or e}); change undone"
-            ) from None
-
-    def _restore(self, previous: Config) -> None:
-        try:
-            self.device.apply_config(previous)
-        except Exception:
-            log.exception("could not restore the previous config after a failed change")
-
-    def _block(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        cfg = self.device.config
-        args = _check_args(
-            "block",
-            env["args"],
-            {
-                "address": Arg(str, True),
-                "ttl": Arg(int, default=cfg.inline.block_ttl, lo=1, hi=30 * 86400),
-            },
-        )
-        addr = self._address("block", args["address"])
-        net = AddrSet(cfg.inline.never_block).covering(addr)
-        if net is not None:
-            raise CommandFailed(REFUSED, f"block: {addr} is in never_block ({net})")
-        if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local:
-            raise CommandFailed(REFUSED, f"block: {addr} is not an address that can be blocked")
-        try:
-            self.device.block(str(addr), args["ttl"])
-        except (ValueError, OSError) as e:
-            raise CommandFailed(FAILED, f"block: {e}") from None
-        return {"address": str(addr), "ttl": args["ttl"]}
-
-    def _unblock(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        args = _check_args("unblock", env["args"], {"address": Arg(str, True)})
-        addr = self._address("unblock", args["address"])
-        try:
-            was = self.device.unblock(str(addr))
-        except (ValueError, OSError) as e:
-            raise CommandFailed(FAILED, f"unblock: {e}") from None
-        return {"address": str(addr), "was_blocked": bool(was)}
-
-    @staticmethod
-    def _address(cmd: str, text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        try:
-            return ipaddress.ip_address(text)
-        except ValueError:
-            raise CommandFailed(INVALID, f"{cmd}: {text!r} is not an IP address") from None
-
-    def _ack_alerts(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        args = _check_args("ack-alerts", env["args"], {"ids": Arg(list)})
-        ids = args["ids"]
-        if ids is not None and (
-            len(ids) > MAX_ACK_IDS or not all(isinstance(i, str) and 0 < len(i) <= 128 for i in ids)
-        ):
-            raise CommandFailed(
-                INVALID, f"ack-alerts: args.ids must be up to {MAX_ACK_IDS} alert id strings"
-            )
-        count = self.device.ack_alerts(ids)
-        return {"acknowledged": int(count)}
-
-    def _identify(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        args = _check_args(
-            "identify", env["args"], {"seconds": Arg(int, default=30, lo=1, hi=MAX_IDENTIFY_S)}
-        )
-        self.device.identify(args["seconds"])
-        return {"seconds": args["seconds"]}
-
-    def _logs(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        args = _check_args(
-            "logs", env["args"], {"lines": Arg(int, default=100, lo=1, hi=MAX_LOG_LINES)}
-        )
-        path = self.device.log_file  # the daemon's own log, never a path from the args
-        if not path:
-            raise CommandFailed(FAILED, "logs: the daemon logs to no file (log.file is empty)")
-        try:
-            lines, truncated = tail_lines(path, args["lines"], MAX_LOG_BYTES)
-        except OSError as e:
-            raise CommandFailed(FAILED, f"logs: {path}: {e.strerror or e}") from None
-        return {"file": path, "lines": lines, "truncated": truncated}
-
-    def _restart(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        _check_args("restart", env["args"], {})
-        self._deferred = self.device.restart
-        return {"restarting": True}
-
-    def _reboot(self, env: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        _check_args("reboot", env["args"], {})
-        self._deferred = self.device.reboot
-        return {"rebooting": True}
-
-    # --- intel-update (a job: appliance.hublink.intel_transfer) -------------------------------
-
-    def _intel_update(self, env: dict[str, Any], reply: Reply) -> None:
-        undo = self._undo
-        assert undo is not None
-        try:
-            self.intel.handle(env, reply, self.clock(), refuse=lambda: self.state.undo(undo))
-        except BadChunk as e:
-            raise CommandFailed(INVALID, str(e)) from None
-
-    def _rules_update(self, env: dict[str, Any], reply: Reply) -> None:
-        undo = self._undo
-        assert undo is not None
-        try:
-            self.rules.handle(env, reply, self.clock(), refuse=lambda: self.state.undo(undo))
-        except BadChunk as e:
-            raise CommandFailed(INVALID, str(e)) from None
+        """A remote config change, all or nothing (`remote_config.apply_changes`)."""
+        return remote_config.apply_changes(self.device, changes, commit)
 
     # --- desired / reported config (appliance.hublink.desired) ----------------------------------
 
@@ -705,17 +376,6 @@ class CommandHandler:
     def report(self, error: str = "", rejected_version: int | None = None) -> None:
         """Publish `config/reported` (retained) if a link is attached."""
         self.desired.report(error, rejected_version)
-
-
-def _drop_redacted(changes: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in changes.items()}
-    for section, key in SECRET_KEYS:
-        sec = out.get(section)
-        if isinstance(sec, dict) and sec.get(key) == REDACTED:
-            del sec[key]
-            if not sec:
-                del out[section]
-    return out
 
 
 def _peek_id(payload: bytes) -> str | None:
