@@ -13,7 +13,8 @@ from typing import Any, Protocol
 from appliance.config import Config
 
 Reply = Callable[[dict[str, Any]], None]
-Publish = Callable[[str, dict[str, Any], bool], None]
+# (subtopic, payload, retain); what it returns (published or not) is not used
+Publish = Callable[[str, Mapping[str, Any], bool], object]
 ClockSynced = Callable[[], bool]
 
 # Answer codes for commands that got past the envelope checks.

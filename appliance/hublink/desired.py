@@ -12,13 +12,13 @@ synchronised clock, else the time floor). Every outcome is reported on ``config/
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from protocol import envelope as env_mod
 from protocol.envelope import EnvelopeError
 
 if TYPE_CHECKING:
+    from appliance.hublink.command_api import Publish
     from appliance.hublink.commands import CommandHandler
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class DesiredConfig:
 
     def __init__(self, handler: CommandHandler) -> None:
         self.handler = handler
-        self.publish: Callable[[str, dict[str, Any], bool], None] | None = None
+        self.publish: Publish | None = None
 
     def handle(self, payload: bytes) -> None:
         """Apply a retained desired config when its version is newer; report the outcome."""

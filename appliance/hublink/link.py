@@ -55,6 +55,7 @@ from appliance.alerts.outbox import Outbox
 from appliance.alerts.privacy import Pseudonymizer, key_for
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
+from appliance.hublink.command_api import Publish
 from appliance.hublink.preflight import Preflight, _ssl_text, describe_failure, preflight
 from appliance.hublink.report import DailyReport, SystemMetrics
 from appliance.hublink.telemetry import Telemetry
@@ -76,7 +77,7 @@ STOP_WAIT_S = 2.0
 class Handler(Protocol):
     """What the link drives (appliance.hublink.commands.CommandHandler)."""
 
-    def attach(self, publish: Callable[[str, dict[str, Any], bool], None]) -> None: ...
+    def attach(self, publish: Publish) -> None: ...
     def on_command(self, payload: bytes, reply: Callable[[dict[str, Any]], None]) -> None: ...
     def on_desired(self, payload: bytes) -> None: ...
     def on_connect(self) -> None: ...
@@ -552,7 +553,7 @@ class HubLink(SenderWindow, Telemetry):
             if sub == "cmd":
                 reply = self._replier(msg)
                 if handler is None:
-                    reply(_no_handler(msg.payload))
+                    reply(_no_handler(bytes(msg.payload)))
                 else:
                     handler.on_command(bytes(msg.payload), reply)
             elif sub == "config/desired":
