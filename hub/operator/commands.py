@@ -237,9 +237,18 @@ def push_chunks(
 ) -> dict[str, Any] | None:
     """Send a bundle's chunks as `cmd` envelopes (intel-update, update), one at a time, each
     waiting for its answer; then wait for the job's end. The terminal answer, or None when none
-    came before `deadline`. `progress(line, job)` hears every answer that is not the end."""
+    came before `deadline`. `progress(line, job)` hears every answer that is not the end.
+
+    A device that resumes a transfer (an update after a cut link or a reboot) names the chunks
+    it still wants (`job.missing`, ranges) in the answer to the first chunk: only those are sent
+    then, and again when they run out (an answer names at most `bundle.MAX_RANGES` ranges). A
+    device that names none is sent every chunk in order."""
     count = len(chunk_list)
-    for args in chunk_list:
+    todo = list(range(count))
+    first = True
+    while todo:
+        i = todo.pop(0)
+        args = chunk_list[i]
         for attempt in range(retries + 1):
             env = req.send(cmd, args, ttl=max(60, int(deadline - time.monotonic())))
             answer = None
@@ -255,6 +264,10 @@ def push_chunks(
                 return answer
             if answer.get("ok"):
                 progress(f"chunk {args['index'] + 1}/{count}: {state}", job or {})
+                wanted = _missing(job, count)
+                if wanted is not None and (first or not todo):
+                    todo = [n for n in wanted if n != i]
+                first = False
                 break
             # Refused before reaching the job (e.g. damaged in transit): send it again.
             progress(f"chunk {args['index']}: {answer.get('error')}", job or {})
@@ -268,6 +281,23 @@ def push_chunks(
                 return a
             progress(f"job: {job.get('state')} {job.get('step', '')}".rstrip(), job)
     return None
+
+
+def _missing(job: Any, count: int) -> list[int] | None:
+    """The chunk indexes a job answer names as still wanted, in order (None: it names none)."""
+    ranges = job.get("missing") if isinstance(job, dict) else None
+    if not isinstance(ranges, list):
+        return None
+    out: list[int] = []
+    for r in ranges:
+        if (
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in r)
+            and 0 <= r[0] <= r[1] < count
+        ):
+            out.extend(range(r[0], r[1] + 1))
+    return out
 
 
 def _deep_merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
