@@ -42,9 +42,17 @@ def command_key(tmp_path: Path) -> tuple[Path, Path]:
 class Appliance:
     """HubLink + CommandHandler over a FakeDevice whose config lives in a real file."""
 
-    def __init__(self, pki: PKI, broker: Broker, tmp_path: Path, pub: Path) -> None:
+    def __init__(
+        self,
+        pki: PKI,
+        broker: Broker,
+        tmp_path: Path,
+        pub: Path,
+        device: str = "dev1",
+        site: str = "siteA",
+    ) -> None:
         state = tmp_path / "state"
-        base = device_config(pki, broker, state, command_pubkey=str(pub))
+        base = device_config(pki, broker, state, device, site, command_pubkey=str(pub))
         data = base.to_dict()
         data["log"]["file"] = str(tmp_path / "watchpost.log")
         data["log"]["eve"] = str(tmp_path / "eve.json")
