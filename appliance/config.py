@@ -358,6 +358,12 @@ class HubConfig:
         remote=True,
         remote_range=(10, DAY),
     )
+    renew_at_percent: int = setting(
+        67,
+        "Renew the device certificate (new key, CSR to the hub) once this share of its lifetime "
+        "has passed, percent.",
+        range=(10, 95),
+    )
 
 
 @dataclass(frozen=True, slots=True)

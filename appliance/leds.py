@@ -2,9 +2,10 @@
 
     green  health:   on = inspecting; blinking = starting or reloading; off = stopped
     amber  hub link: on = connected; blinking = trying (the reason is on the page and in the
-                     status API); off = no hub configured; a short flash once a second
-                     ("wink") = not enrolled with the hub yet, or enrolment failed (the page says
-                     why; see appliance.enrol)
+                     status API), or the device certificate is close to its end and renewal
+                     failed (appliance.hublink.renewal); off = no hub configured; a short
+                     flash once a second ("wink") = not enrolled with the hub yet, or
+                     enrolment failed (the page says why; see appliance.enrol)
     red    alerts:   blinking = a high-severity alert not yet acknowledged; on = a fault (traffic
                      passed uninspected: fail-open, or a component failed); off = all quiet
 
@@ -124,7 +125,8 @@ class Leds:
         if self.enrol_problem and not hub.get("connected"):
             amber = WINK
         else:
-            amber = OFF if not hub.get("enabled") else ON if hub.get("connected") else BLINK
+            connected = hub.get("connected") and not hub.get("cert_problem")
+            amber = OFF if not hub.get("enabled") else ON if connected else BLINK
         self.state = {
             "green": ON if running else OFF,
             "amber": amber,

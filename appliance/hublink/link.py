@@ -22,6 +22,9 @@ Topics under ``watchpost/v1/{site}/{device}`` (see docs/mqtt.md):
   MQTT 5 reason code >= 0x80 (e.g. 0x87 not authorized) is a refusal: logged, counted, the alert
   kept and retried after `refusal_pause` seconds, never taken as delivered.
 - ``telemetry`` every ``hub.telemetry_interval`` s; ``summary`` once a day (hublink/report.py).
+- ``cert/issued`` (subscribed in on_connect) goes to the certificate renewal
+  (`appliance.hublink.renewal`), which publishes its CSR on ``cert/csr``; after a renewed
+  certificate is installed the link reconnects with it (from `tick`).
 - ``cmd`` and ``config/desired`` (subscribed in on_connect) go to the command handler
   (appliance.hublink.commands.CommandHandler: ``attach``, ``on_command``, ``on_desired``,
   ``on_connect``); answers go to ``cmd/res`` and to the MQTT 5 response topic with its
@@ -57,6 +60,7 @@ from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
 from appliance.hublink.command_api import Publish
 from appliance.hublink.preflight import Preflight, _ssl_text, describe_failure, preflight
+from appliance.hublink.renewal import ISSUED_TOPIC, CertRenewal
 from appliance.hublink.report import DailyReport, SystemMetrics
 from appliance.hublink.telemetry import Telemetry
 from appliance.hublink.window import SenderWindow, _failed
@@ -137,6 +141,9 @@ class HubLink(SenderWindow, Telemetry):
         self.metrics = SystemMetrics()
         self.handler: Handler | None = None
         self.view: DaemonView | None = None
+        self.renewal = CertRenewal(
+            config, lambda sub, data: self._publish(self.topic(sub), data) is not None, clock=clock
+        )
         self._lock = threading.RLock()
         self._mid_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -244,6 +251,7 @@ class HubLink(SenderWindow, Telemetry):
         files that cannot work; reconnects when the connection settings or identity changed."""
         old = self.config
         self.privacy = privacy_filter(config)
+        self.renewal.config = config
         if config.hub == old.hub and config.device == old.device:
             self.config = config
             return
@@ -283,6 +291,12 @@ class HubLink(SenderWindow, Telemetry):
         self.report.observe(self._service_stats)
         self.report.roll(now)
         mono = time.monotonic()
+        self.renewal.tick(now, self._connected and self._ready)
+        if self.renewal.take_reconnect():
+            log.info("reconnecting to the hub with the renewed certificate")
+            self._stop_client(clean=True)
+            if self.outbox is not None:
+                self.outbox.requeue()  # the new client knows nothing of the old one's in-flight
         retry = mono - self._preflight_failed_at >= PREFLIGHT_RETRY_S
         if self._client is None and retry and self._sender is not None:
             self._start_client()  # the TLS files may have been fixed
@@ -320,6 +334,10 @@ class HubLink(SenderWindow, Telemetry):
             "host": self.config.hub.host,
             "port": self.config.hub.port,
         }
+        if self.config.hub.enabled:
+            cert = self.renewal.stats()
+            out["hub"]["cert"] = cert
+            out["hub"]["cert_problem"] = cert["problem"]
         if self.outbox is not None:
             out.update(self.outbox.stats())
         return out
@@ -477,7 +495,10 @@ class HubLink(SenderWindow, Telemetry):
         self._ready = False
         self._set(UP, "")
         self._publish_status("init")
-        subs = [(self.topic(s), mqtt.SubscribeOptions(qos=1)) for s in ("cmd", "config/desired")]
+        subs = [
+            (self.topic(s), mqtt.SubscribeOptions(qos=1))
+            for s in ("cmd", "config/desired", ISSUED_TOPIC)
+        ]
         try:
             _rc, self._sub_mid = client.subscribe(subs)
         except Exception:
@@ -559,6 +580,8 @@ class HubLink(SenderWindow, Telemetry):
             elif sub == "config/desired":
                 if handler is not None:
                     handler.on_desired(bytes(msg.payload))
+            elif sub == ISSUED_TOPIC:
+                self.renewal.on_issued(bytes(msg.payload), bool(msg.retain))
             else:
                 log.warning("unexpected message on %s", msg.topic)
         except Exception:

@@ -14,6 +14,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from appliance.config import Config
+from appliance.hublink.renewal import identity_paths
+
+
+@dataclass(frozen=True)
+class _Files:
+    ca: str
+    cert: str
+    key: str
 
 
 def describe_failure(exc: BaseException | None, host: str, port: int) -> str:
@@ -59,7 +67,10 @@ class Preflight:
 
 
 def preflight(config: Config, now: float | None = None) -> Preflight:
-    hub = config.hub
+    """Check the TLS files: ``hub.ca`` and the device's pair (the renewed one under the state
+    directory when there is one, `renewal.identity_paths`, else ``hub.cert``/``hub.key``)."""
+    cert_path, key_path = identity_paths(config)
+    hub = _Files(config.hub.ca, cert_path, key_path)
     fatal: list[tuple[str, str]] = []
     notes: list[str] = []
     for key in ("ca", "cert", "key"):

@@ -35,7 +35,7 @@ LED_MEANING = {
     },
     "amber": {
         "on": "connected to the hub",
-        "blink": "trying to reach the hub",
+        "blink": "trying to reach the hub, or its certificate needs renewing (see below)",
         "off": "no hub configured",
         "wink": "not enrolled with the hub (see below)",
     },
@@ -94,6 +94,8 @@ def overview(stats: Mapping[str, Any] | None, age: float | None, now: float) -> 
         health, headline = "warn", f"Watching your network, but {enrol}."
     elif hub["enabled"] and not hub["connected"]:
         health, headline = "warn", "Watching your network, but not connected to the hub."
+    elif hub["cert_problem"]:
+        health, headline = "warn", f"Watching your network, but {hub['cert_problem']}."
     else:
         headline = "All quiet: watching your network."
     if not stale and (health != "ok" or unacked):
@@ -174,6 +176,7 @@ def _hub(stats: Mapping[str, Any], now: float) -> dict[str, Any]:
     enabled = bool(raw.get("enabled"))
     connected = bool(raw.get("connected"))
     problem = str(raw.get("problem") or "")
+    cert_problem = str(raw.get("cert_problem") or "") if enabled else ""
     state = str(raw.get("state") or ("disabled" if not enabled else "unknown"))
     since = raw.get("since")
     since_f = float(since) if isinstance(since, int | float) and since > 0 else None
@@ -192,6 +195,7 @@ def _hub(stats: Mapping[str, Any], now: float) -> dict[str, Any]:
         "connected": connected,
         "state": state,
         "problem": problem,
+        "cert_problem": cert_problem,
         "since": since_f,
         "host": str(raw.get("host") or ""),
         "port": _int(raw.get("port")),
