@@ -29,7 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol.envelope import EnvelopeError, sign_document, verify_document
-from protocol.files import atomic_write
+from protocol.files import atomic_write, fsync_dir
 
 KIND = "watchpost-intel"
 RULES_KIND = "watchpost-rules"  # a Suricata-format rule file (`rules-update`)
@@ -365,14 +365,6 @@ def _ranges(indexes: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def install(
     intel_dir: Path, staged: Path, manifest: Mapping[str, Any], reload: Callable[[], Any]
 ) -> Any:
@@ -389,7 +381,7 @@ def install(
     if had_old:
         os.link(final, prev)
     os.replace(staged, final)
-    _fsync_dir(intel_dir)
+    fsync_dir(intel_dir)
     try:
         result = reload()
     except Exception as e:
@@ -397,7 +389,7 @@ def install(
             os.replace(prev, final)
         else:
             final.unlink(missing_ok=True)
-        _fsync_dir(intel_dir)
+        fsync_dir(intel_dir)
         raise BundleError(f"reload refused the bundle, previous intel kept: {e}") from e
     prev.unlink(missing_ok=True)
     meta = installed(intel_dir)

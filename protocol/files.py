@@ -22,8 +22,13 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(p.parent, os.O_RDONLY)
+    fsync_dir(p.parent)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename, link or unlink in `path` durable (the directory's own entry list)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(fd)
     finally:
-        os.close(dir_fd)
+        os.close(fd)

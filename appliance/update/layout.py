@@ -14,16 +14,10 @@ import os
 import shutil
 from pathlib import Path
 
+from protocol.files import fsync_dir
+
 COMPLETE = ".complete"
 PARTIAL = ".partial"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Layout:
@@ -64,7 +58,7 @@ class Layout:
         tmp.unlink(missing_ok=True)
         os.symlink(f"releases/{version}", tmp)
         os.replace(tmp, link)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def switch(self, version: str) -> None:
         """Point `current` at releases/<version> in one rename."""
@@ -100,5 +94,5 @@ class Layout:
                 d.unlink()
             removed.append(d.name)
         if removed:
-            _fsync_dir(self.releases)
+            fsync_dir(self.releases)
         return removed

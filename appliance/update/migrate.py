@@ -14,7 +14,6 @@ is not run again; an undone one is taken off the list.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tomllib
 from collections.abc import Mapping
@@ -23,7 +22,7 @@ from typing import Any
 
 import tomli_w
 
-from protocol.files import atomic_write
+from protocol.files import atomic_write, fsync_dir
 
 APPLIED = "migrations.json"
 BACKUPS = "migration-backup"
@@ -31,14 +30,6 @@ BACKUPS = "migration-backup"
 
 class MigrationError(RuntimeError):
     """A migration that cannot run on this device's files; the message says which step."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def applied(update_dir: Path) -> list[str]:
@@ -72,7 +63,7 @@ def backup(state_dir: Path, migration: Mapping[str, Any], dest: Path) -> None:
         if index[name]:
             atomic_write(dest / name, src.read_bytes(), src.stat().st_mode & 0o777)
     atomic_write(dest / "index.json", json.dumps({"files": index}).encode(), 0o600)
-    _fsync_dir(dest)
+    fsync_dir(dest)
 
 
 def restore(state_dir: Path, dest: Path) -> list[str]:
@@ -90,7 +81,7 @@ def restore(state_dir: Path, dest: Path) -> list[str]:
         else:
             target.unlink(missing_ok=True)
         done.append(name)
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return done
 
 
