@@ -8,7 +8,8 @@
 4. Connect to the hub's enrolment listener (TLS, the bundle's CA, the token as MQTT password),
    send the CSR and the setup code on ``watchpost/v1/enrol/<token id>/request`` and wait for
    the answer on ``.../result``.
-5. Check the certificate (issued by the bundle's CA, for our key and device id), store it with
+5. Check the certificate (`appliance.enrol.certcheck`, as renewal does: issued by the bundle's CA,
+   for our key and device id, for client auth, not ended), store it with
    the hub CA and the command public key, write ``[device]`` and ``[hub]`` into the config.
 6. Blank the token in the bundle, write the ``enrolled`` stamp.
 
@@ -20,6 +21,7 @@ else (the unit retries).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import socket
@@ -32,7 +34,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -44,6 +45,7 @@ from appliance.config import ConfigError, merged, save
 from appliance.config import load as load_config
 from appliance.enrol import bundle as bundle_mod
 from appliance.enrol import setupcode, state
+from appliance.enrol.certcheck import CertErrors, check_device_cert
 from protocol import enrol as wire
 from protocol.files import atomic_write
 
@@ -182,30 +184,22 @@ def exchange(b: bundle_mod.Bundle, csr_pem: str, setup_code: str, timeout: float
     return result
 
 
+# The checks are renewal's too (appliance.enrol.certcheck); these are enrolment's words.
+ERRORS = CertErrors(
+    refuse=EnrolFailure,
+    not_pem="the hub sent no valid certificate ({error})",
+    not_issued="the certificate is not issued by the bundle's hub CA ({error})",
+    wrong_key="the certificate is not for this device's key",
+    wrong_device="the certificate is not for device {device_id}",
+)
+
+
 def check_certificate(
     result: dict[str, Any], key: ec.EllipticCurvePrivateKey, b: bundle_mod.Bundle
 ) -> x509.Certificate:
-    try:
-        cert = x509.load_pem_x509_certificate(result["cert"].encode())
-    except ValueError as e:
-        raise EnrolFailure(f"the hub sent no valid certificate ({e})") from None
     ca = x509.load_pem_x509_certificate(b.hub_ca.encode())
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as e:
-        raise EnrolFailure(f"the certificate is not issued by the bundle's hub CA ({e})") from None
-    ours = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    theirs = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if ours != theirs:
-        raise EnrolFailure("the certificate is not for this device's key")
-    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if not cn or cn[0].value != b.device_id:
-        raise EnrolFailure(f"the certificate is not for device {b.device_id}")
-    return cert
+    now = dt.datetime.now(dt.UTC)
+    return check_device_cert(result["cert"], [ca], key, b.device_id, now, ERRORS)
 
 
 def hub_addresses(host: str, port: int) -> list[str]:

@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from appliance.config import Config
+from appliance.enrol.certcheck import CertErrors, check_device_cert
 from protocol.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,16 @@ OK, DUE, WAITING, FAILED = "ok", "due", "waiting", "failed"
 
 class RenewalRefused(ValueError):
     """An answer on cert/issued that is not installed; the message says why."""
+
+
+# The certificate checks are enrolment's (appliance.enrol.certcheck); these are renewal's words.
+ERRORS = CertErrors(
+    refuse=RenewalRefused,
+    not_pem="the answer's certificate is not PEM ({error})",
+    not_issued="the certificate is not issued by the hub CA this device trusts",
+    wrong_key="the certificate is not for this device's new key",
+    wrong_device="the certificate is for {got!r}, not for this device {device_id!r}",
+)
 
 
 def _load_cert(path: str | os.PathLike[str]) -> x509.Certificate | None:
@@ -119,41 +129,7 @@ def check_issued(
     pem = body.get("cert")
     if not isinstance(pem, str):
         raise RenewalRefused("the answer carries no certificate")
-    try:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-    except ValueError as e:
-        raise RenewalRefused(f"the answer's certificate is not PEM ({e})") from None
-    for ca in cas:
-        if ca.subject != cert.issuer:
-            continue
-        try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        break
-    else:
-        raise RenewalRefused("the certificate is not issued by the hub CA this device trusts")
-    mine = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    theirs = cert.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if mine != theirs:
-        raise RenewalRefused("the certificate is not for this device's new key")
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(cns) != 1 or cns[0].value != device_id:
-        got = cns[0].value if cns else ""
-        raise RenewalRefused(f"the certificate is for {got!r}, not for this device {device_id!r}")
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        eku = None
-    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
-        raise RenewalRefused("the certificate does not allow client authentication")
-    if cert.not_valid_after_utc <= now:
-        raise RenewalRefused(f"the certificate ended on {cert.not_valid_after_utc:%Y-%m-%d}")
-    return cert
+    return check_device_cert(pem, cas, key, device_id, now, ERRORS)
 
 
 class CertRenewal:
