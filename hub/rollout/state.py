@@ -223,20 +223,21 @@ class Rollouts:
     def heartbeat(self, rid: str, driver: str) -> Rollout:
         """The rollout as it is now (an operator may have paused it); keeps the lease."""
         with self.store.transaction() as cur:
-            cur.execute(
-                f"UPDATE rollouts SET driver_seen = {self.p} "
-                f"WHERE id = {self.p} AND driver = {self.p}",
-                (self.clock(), rid, driver),
-            )
+            self._lease(cur, rid, driver, keep=True)
             return self._get(cur, rid)
 
     def release_driver(self, rid: str, driver: str) -> None:
         with self.store.transaction() as cur:
-            cur.execute(
-                f"UPDATE rollouts SET driver = NULL, driver_seen = NULL "
-                f"WHERE id = {self.p} AND driver = {self.p}",
-                (rid, driver),
-            )
+            self._lease(cur, rid, driver, keep=False)
+
+    def _lease(self, cur: Any, rid: str, driver: str, *, keep: bool) -> None:
+        """`driver`'s lease renewed now (keep) or given back; nothing when another holds it."""
+        holder, seen = (driver, self.clock()) if keep else (None, None)
+        p = self.p
+        cur.execute(
+            f"UPDATE rollouts SET driver = {p}, driver_seen = {p} WHERE id = {p} AND driver = {p}",
+            (holder, seen, rid, driver),
+        )
 
     # --- devices and waves -----------------------------------------------------------------
 
@@ -315,22 +316,21 @@ class Rollouts:
             failed = [(d, s, why) for d, s, why in rows if s in FAILURES]
             threshold = Threshold("count", 0) if canary else r.threshold
             name = "canary wave" if canary else f"wave {wave}"
-            if not threshold.exceeded(len(failed), int(size)):
-                cur.execute(
-                    f"UPDATE rollout_waves SET state = {p}, failures = {p}, ended_at = {p}, "
-                    f"reason = '' WHERE rollout = {p} AND wave = {p}",
-                    (plan.W_PASSED, len(failed), now, rid, wave),
-                )
-                self._event(cur, rid, None, f"{name} passed ({len(failed)} of {size} failed)")
-                return True, ""
-            detail = "; ".join(f"{d} {s}" + (f" ({why})" if why else "") for d, s, why in failed)
-            limit = "any failure pauses" if canary else f"threshold {threshold}"
-            reason = f"{name}: {len(failed)} of {size} devices failed ({limit}): {detail}"
+            passed = not threshold.exceeded(len(failed), int(size))
+            reason = ""
+            if not passed:
+                detail = "; ".join(f"{d} {s}" + (f" ({why})" if why else "")
+                                   for d, s, why in failed)  # fmt: skip
+                limit = "any failure pauses" if canary else f"threshold {threshold}"
+                reason = f"{name}: {len(failed)} of {size} devices failed ({limit}): {detail}"
             cur.execute(
                 f"UPDATE rollout_waves SET state = {p}, failures = {p}, ended_at = {p}, "
                 f"reason = {p} WHERE rollout = {p} AND wave = {p}",
-                (plan.W_FAILED, len(failed), now, reason, rid, wave),
+                (plan.W_PASSED if passed else plan.W_FAILED, len(failed), now, reason, rid, wave),
             )
+            if passed:
+                self._event(cur, rid, None, f"{name} passed ({len(failed)} of {size} failed)")
+                return True, ""
             cur.execute(
                 f"UPDATE rollouts SET state = {p}, reason = {p}, updated_at = {p} "
                 f"WHERE id = {p} AND state = {p}",
