@@ -201,27 +201,26 @@ class ReplayState:
             )
 
     def _raise_floor(self, t: int) -> None:
-        if t <= self.time_floor:
-            return
-        before = self.time_floor
-        self.time_floor = t
-        try:
-            self._save()
-        except OSError as e:
-            self.time_floor = before
-            log.warning("cannot save the time floor to %s: %s", self.path, e)
+        if t > self.time_floor:
+            self._move_floor(t)
 
     def _lower_floor(self, t: int) -> None:
         """A floor beyond the synchronised clock was raised without one: bring it back."""
         before = self.time_floor
+        if self._move_floor(t):
+            log.warning("time floor %d was beyond the synchronised clock: lowered to %d", before, t)
+
+    def _move_floor(self, t: int) -> bool:
+        """The floor at `t`, saved; on a failed save it stays where it was (False)."""
+        before = self.time_floor
         self.time_floor = t
         try:
             self._save()
         except OSError as e:
             self.time_floor = before
             log.warning("cannot save the time floor to %s: %s", self.path, e)
-            return
-        log.warning("time floor %d was beyond the synchronised clock: lowered to %d", before, t)
+            return False
+        return True
 
     def _raised(self, issued_at: int) -> int:
         return max(self.time_floor, min(issued_at, self.floor_cap()))

@@ -315,23 +315,33 @@ class Updater:
 
     def rollback(self, job: dict[str, Any], reason: str) -> dict[str, Any]:
         """Switch back to the release that ran before, restart it, report why."""
+        old = self._switch_back(job)
+        with_restart = ""
+        try:
+            self.restart()
+        except OSError as e:
+            with_restart = f" (restarting {old} failed too: {e})"
+        self._drop_new(job)
+        self._set(job, ROLLED_BACK, reason=f"{reason}; switched back to {old}{with_restart}")
+        return job
+
+    def _switch_back(self, job: dict[str, Any]) -> Any:
+        """The config migration undone, `current` and `previous` as before the job; the old
+        release's version."""
         old = job.get("from")
-        new = job.get("version")
         self._undo_migration(job)
         if old and self.layout.complete(old):
             self.layout.switch(old)
         prev = job.get("previous_before")
         if prev and self.layout.complete(prev):
             self.layout.keep_previous(prev)
-        with_restart = ""
-        try:
-            self.restart()
-        except OSError as e:
-            with_restart = f" (restarting {old} failed too: {e})"
+        return old
+
+    def _drop_new(self, job: dict[str, Any]) -> None:
+        """The job's new release removed, unless it is what runs."""
+        old, new = job.get("from"), job.get("version")
         if new and new != old and self.layout.current_version() != new:
             shutil.rmtree(self.layout.release(new), ignore_errors=True)
-        self._set(job, ROLLED_BACK, reason=f"{reason}; switched back to {old}{with_restart}")
-        return job
 
     # --- at boot ---------------------------------------------------------------------------
 
@@ -369,17 +379,9 @@ class Updater:
         return self._boot_rollback(job, state)
 
     def _boot_rollback(self, job: dict[str, Any], state: str) -> dict[str, Any]:
-        old = job.get("from")
         reason = f"interrupted while {state} before the health check passed (power cut or crash)"
-        self._undo_migration(job)
-        if old and self.layout.complete(old):
-            self.layout.switch(old)
-        prev = job.get("previous_before")
-        if prev and self.layout.complete(prev):
-            self.layout.keep_previous(prev)
-        new = job.get("version")
-        if new and new != old and self.layout.current_version() != new:
-            shutil.rmtree(self.layout.release(new), ignore_errors=True)
+        old = self._switch_back(job)
+        self._drop_new(job)
         # No restart here: the boot check runs before the daemon's unit starts.
         self._set(job, ROLLED_BACK, reason=f"{reason}; switched back to {old}")
         return job
