@@ -1,7 +1,9 @@
 """`watchpost-hub push-update` and `watchpost-hub rollout start|run|status|list|pause|resume|stop`.
 
 Exit codes as the other operator commands: 0 done (the update succeeded, the rollout is done),
-1 a device failed or the rollout paused itself, 2 bad input, 3 no answer in time.
+1 a device failed or the rollout paused itself, 2 bad input, 3 no answer in time, 4 the
+driver stopped on an error of the store or the broker (`rollout run ID` continues it; the unit
+hub/systemd/watchpost-hub-rollout@.service does so by itself).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,16 @@ from hub.operator.connection import EXIT_ERROR, EXIT_TIMEOUT, Ctx, OperatorError
 from hub.operator.group import hub
 from hub.rollout import plan
 from hub.rollout import release as release_mod
-from hub.rollout.driver import Driver
+from hub.rollout.driver import ASK_FOR_S, Driver
 from hub.rollout.plan import PlanError
 from hub.rollout.push import ReleasePusher, find_targets, print_answer
-from hub.rollout.state import Rollout, RolloutError, Rollouts
+from hub.rollout.state import DRIVER_STALE_S, Rollout, RolloutError, Rollouts
 from hub.store import Store, StoreError, open_store
 from protocol import bundle, envelope
 from protocol import release as rel
+
+LEASE_POLL_S = 2.0
+EXIT_CRASH = 4  # the driver stopped on an error of the store or the broker (not the rollout's)
 
 
 def _store_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,6 +49,9 @@ def _transfer_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--retries", default=2, show_default=True, help="Resends of a refused chunk."),
         click.option("--parallel", default=16, show_default=True,
                      help="Devices of a wave updating at once."),
+        click.option("--ask-for", type=float, default=ASK_FOR_S, show_default=True,
+                     help="Rollouts: seconds to keep asking a device whose job state is unknown "
+                     "(no final answer) for it, with back-off, before it counts as timed out."),
     ):  # fmt: skip
         f = opt(f)
     return f
@@ -106,15 +115,26 @@ def _drive(
     parallel: int,
     chunk_size: int,
     retries: int,
+    ask_for: float,
     pusher: ReleasePusher | None = None,
+    wait_lease: float = 0.0,
 ) -> None:
     """Run the driver on `rid` in this process; exit with the rollout's outcome. The release is
-    the file the rollout was started with (checked then), unchanged (its sha256)."""
+    the file the rollout was started with (checked then), unchanged (its sha256). A lease held
+    by another driver is waited for up to `wait_lease` seconds (one that died goes stale)."""
+    if ask_for < 0:
+        fail(f"--ask-for {ask_for:g}: must be at least 0 seconds")
     rollouts = Rollouts(store)
     try:
         r = rollouts.get(rid)
     except RolloutError as e:
         fail(str(e))
+    if r.state != plan.RUNNING:  # nothing to drive (a unit started again, say)
+        _print_status(rollouts, r)
+        if r.state == plan.COMPLETE:
+            sys.exit(0)
+        fail(f"rollout {rid} is {r.state}" + (f": {r.reason}" if r.reason else ""), EXIT_ERROR)
+    _wait_for_lease(rollouts, rid, wait_lease)
     if pusher is None:
         path = Path(r.artifact)
         try:
@@ -126,13 +146,32 @@ def _drive(
         release = release_mod.Release(path, {"version": r.version}, data, r.sha256)
         pusher = _pusher(obj, release, chunk_size, retries)
     try:
-        final = Driver(rollouts, rid, pusher, parallel=parallel, say=_say).run()
+        final = Driver(rollouts, rid, pusher, parallel=parallel, say=_say, ask_for=ask_for).run()
     except RolloutError as e:
         fail(str(e))
+    except Exception as e:  # the store or the broker went away: say so; the lease tells the rest
+        traceback.print_exc()
+        fail(f"rollout {rid}: the driver stopped ({e}); `rollout run {rid}` continues it",
+             EXIT_CRASH)  # fmt: skip
     finally:
         pusher.close()
     _print_status(rollouts, final)
     sys.exit(0 if final.state == plan.COMPLETE else EXIT_ERROR)
+
+
+def _wait_for_lease(rollouts: Rollouts, rid: str, wait: float) -> None:
+    """Until no other live driver holds the lease (at most `wait` seconds; `claim` refuses
+    after that): a driver killed a moment ago is heard of for `DRIVER_STALE_S` more."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            held = rollouts.lease_holder(rid)
+        except RolloutError:
+            return  # claim says why
+        if held is None:
+            return
+        _say(f"rollout {rid}: waiting for the lease of {held} to end")
+        time.sleep(min(LEASE_POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 def _start(
@@ -152,6 +191,7 @@ def _start(
     parallel: int,
     chunk_size: int,
     retries: int,
+    ask_for: float,
 ) -> None:
     if sum((bool(devices) and site is None, site is not None, fleet)) != 1:
         fail("give exactly one of --device ID (repeatable), --site SITE or --fleet")
@@ -189,7 +229,7 @@ def _start(
         click.echo(rid)
         _say(f"rollout {rid}: release {release.version} to {len(targets)} devices ({scope})")
         if run:
-            _drive(obj, store, rid, parallel, chunk_size, retries, pusher)
+            _drive(obj, store, rid, parallel, chunk_size, retries, ask_for, pusher)
     finally:
         if pusher is not None:
             pusher.close()
@@ -226,6 +266,7 @@ def push_update(
     parallel: int,
     chunk_size: int,
     retries: int,
+    ask_for: float,
 ) -> None:
     """Send the signed firmware RELEASE to one device (--device: wait for its job's end), or to
     a site or the fleet as a staged rollout (`rollout start` with these options)."""
@@ -235,7 +276,7 @@ def push_update(
     _start(obj, store_url, release_path, release_pubkey, devices=devices, site=site, fleet=fleet,
            canary=canary, wave_size=wave_size, fail_threshold=fail_threshold,
            job_timeout=job_timeout, run=True, parallel=parallel, chunk_size=chunk_size,
-           retries=retries)  # fmt: skip
+           retries=retries, ask_for=ask_for)  # fmt: skip
 
 
 def _push_one(
@@ -310,25 +351,31 @@ def rollout() -> None:
 def rollout_start(obj: Ctx, release_path: Path, devices: tuple[str, ...], site: str | None,
                   fleet: bool, canary: str, wave_size: int, fail_threshold: str,
                   job_timeout: float, run: bool, release_pubkey: str | None, store_url: str,
-                  parallel: int, chunk_size: int, retries: int) -> None:  # fmt: skip
+                  parallel: int, chunk_size: int, retries: int,
+                  ask_for: float) -> None:  # fmt: skip
     """Start a staged rollout of RELEASE; prints its id (then drives it unless --no-run)."""
     _start(obj, store_url, release_path, release_pubkey, devices=devices, site=site, fleet=fleet,
            canary=canary, wave_size=wave_size, fail_threshold=fail_threshold,
            job_timeout=job_timeout, run=run, parallel=parallel, chunk_size=chunk_size,
-           retries=retries)  # fmt: skip
+           retries=retries, ask_for=ask_for)  # fmt: skip
 
 
 @rollout.command("run")
 @click.argument("rid", metavar="ID")
+@click.option("--wait-lease", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another driver's lease to end (one that died is stale "
+              f"after {DRIVER_STALE_S:g} s) before giving up.")  # fmt: skip
 @_store_option
 @_transfer_options
 @click.pass_obj
-def rollout_run(obj: Ctx, rid: str, store_url: str, parallel: int, chunk_size: int,
-                retries: int) -> None:  # fmt: skip
-    """Drive a running rollout from where the store says it is (after a driver was stopped)."""
+def rollout_run(obj: Ctx, rid: str, wait_lease: float, store_url: str, parallel: int,
+                chunk_size: int, retries: int, ask_for: float) -> None:  # fmt: skip
+    """Drive a running rollout from where the store says it is (after a driver was stopped).
+    Exit 0 done (also when it already was), 1 paused or stopped, 2 refused (another driver's
+    lease, no broker, bad input), 4 the driver stopped on an error of the store or broker."""
     store = _open(store_url)
     try:
-        _drive(obj, store, rid, parallel, chunk_size, retries)
+        _drive(obj, store, rid, parallel, chunk_size, retries, ask_for, wait_lease=wait_lease)
     finally:
         store.close()
 
@@ -341,7 +388,8 @@ def rollout_run(obj: Ctx, rid: str, store_url: str, parallel: int, chunk_size: i
 @_transfer_options
 @click.pass_obj
 def rollout_resume(obj: Ctx, rid: str, retry_failed: bool, run: bool, store_url: str,
-                   parallel: int, chunk_size: int, retries: int) -> None:  # fmt: skip
+                   parallel: int, chunk_size: int, retries: int,
+                   ask_for: float) -> None:  # fmt: skip
     """Resume a paused rollout (a failed wave is accepted, or retried with --retry-failed)."""
     store = _open(store_url)
     try:
@@ -351,7 +399,7 @@ def rollout_resume(obj: Ctx, rid: str, retry_failed: bool, run: bool, store_url:
             fail(str(e))
         _say(f"rollout {rid}: resumed")
         if run:
-            _drive(obj, store, rid, parallel, chunk_size, retries)
+            _drive(obj, store, rid, parallel, chunk_size, retries, ask_for)
     finally:
         store.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Device job states on the hub side: the device's own (protocol: appliance/update/job.py states,
 # answered on cmd/res) plus `pending` (not sent yet) and `timeout` (no final answer in time).
@@ -28,6 +29,16 @@ W_PENDING, W_RUNNING, W_PASSED, W_FAILED, W_ACCEPTED = (
     "pending", "running", "passed", "failed", "accepted"
 )  # fmt: skip
 MAX_WAVE_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one device's job ended, as the hub saw it."""
+
+    state: str  # succeeded | failed | rolled-back | timeout
+    reason: str
+    version: str | None
+    answer: dict[str, Any] | None
 
 
 class PlanError(ValueError):

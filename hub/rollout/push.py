@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, cast
 
 import paho.mqtt.client as mqtt
@@ -22,6 +21,7 @@ import paho.mqtt.client as mqtt
 from hub.operator.commands import Requester, push_chunks
 from hub.operator.connection import Connection, Ctx, OperatorError, _json, _split, collect_retained
 from hub.rollout import plan
+from hub.rollout.plan import Outcome
 from hub.rollout.release import Release
 from hub.rollout.state import Target
 from protocol import bundle, topics
@@ -76,14 +76,6 @@ class Mux:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    state: str  # succeeded | failed | rolled-back | timeout
-    reason: str
-    version: str | None
-    answer: dict[str, Any] | None
 
 
 def retained_statuses(conn: Connection, pattern: str, wait: float = 3.0) -> list[Target]:
@@ -196,6 +188,11 @@ class ReleasePusher:
 
     def reported_version(self, device: str, site: str, wait: float = 2.0) -> str | None:
         """The firmware version in the device's retained status (None: none seen)."""
+        status = self._retained_status(device, site, wait)
+        return str(status["version"]) if status is not None else None
+
+    def _retained_status(self, device: str, site: str, wait: float) -> dict[str, Any] | None:
+        """The device's retained status (one that names a version), None when none came."""
         view = self.mux.view()
         name = topics.topic(site, device, "status")
         view.subscribe([name])
@@ -207,7 +204,30 @@ class ReleasePusher:
                 break
             status = _json(msg.payload)
             if isinstance(status, dict) and isinstance(status.get("version"), str):
-                return str(status["version"])
+                return status
+        return None
+
+    def job_state(
+        self, device: str, site: str, job: str, wait: float = 10.0
+    ) -> dict[str, Any] | None:
+        """Ask the device for its update job (a `status` command): the answer's ``update``
+        (``{}``: it knows of no job; another ``id``: not this one). Unanswered within `wait`:
+        the retained status' ``update`` when it is this job's (the daemon that finished it
+        publishes it), else None (the device said nothing)."""
+        req = Requester(self.ctx, cast(Connection, self.mux.view()), device, site)
+        env = req.send("status", {}, ttl=max(60, int(wait)))
+        for a in req.answers(time.monotonic() + wait):
+            if a.get("id") != env["id"]:
+                continue
+            result = a.get("result")
+            if a.get("ok") and isinstance(result, dict):
+                update = result.get("update")
+                return dict(update) if isinstance(update, dict) else {}
+            break  # refused (e.g. a stale command key): no state from this answer
+        status = self._retained_status(device, site, min(wait, 2.0))
+        update = status.get("update") if status is not None else None
+        if isinstance(update, dict) and update.get("id") == job:
+            return dict(update)
         return None
 
 

@@ -220,6 +220,12 @@ class Rollouts:
             )
             return self._get(cur, rid)
 
+    def lease_holder(self, rid: str, driver: str | None = None) -> str | None:
+        """The live driver (heard of within `DRIVER_STALE_S`) other than `driver`, if any."""
+        r = self.get(rid)
+        alive = r.driver_seen is not None and self.clock() - float(r.driver_seen) < DRIVER_STALE_S
+        return r.driver if r.driver and r.driver != driver and alive else None
+
     def heartbeat(self, rid: str, driver: str) -> Rollout:
         """The rollout as it is now (an operator may have paused it); keeps the lease."""
         with self.store.transaction() as cur:

@@ -37,7 +37,10 @@ from appliance.update.job import Updater
 from appliance.update.layout import Layout
 from hub import provisioning as prov
 from hub.cli import main
+from hub.operator.connection import Ctx
 from hub.release import write_artifact
+from hub.rollout import release as release_mod
+from hub.rollout.push import ReleasePusher
 from hub.rollout.state import DRIVER_STALE_S, Rollouts
 from hub.store import open_store
 from protocol import envelope as E
@@ -346,3 +349,44 @@ def test_staged_rollout_pauses_on_a_failed_wave_and_resumes(
     assert r.exit_code == 0 and "stopped (stopped by operator)" in r.output
     r = hub_cli(env, "rollout", "resume", second)
     assert r.exit_code == 2 and "is stopped; only a paused rollout resumes" in r.output
+
+
+def test_a_device_that_never_answers_is_asked_again_then_counts_as_failed(
+    fleet: dict[str, Any], hub: Client
+) -> None:
+    devices: dict[str, LabDevice] = fleet["devices"]
+    env, art = fleet["env"], str(fleet["artifact"])
+    for d in ("d1", "d2"):
+        devices[d].start()
+    wait_for(lambda: {m.topic.split("/")[3] for m in hub.on("/status")} >= {"d1", "d2"},
+             what="d1's and d2's status")  # fmt: skip
+    devices["d2"].stop()  # gone: its retained status (disconnected, version 0.1.0) stays
+    # What the driver asks: the live device answers its `status` command (no update job yet);
+    # the gone one says nothing, and its retained status names no such job.
+    keys = E.load_public_keys(Path(env["WATCHPOST_HUB_RELEASE_PUBKEY"]))
+    pusher = ReleasePusher(
+        Ctx(Path(env["WATCHPOST_HUB_CONFIG"]), {}), release_mod.load(fleet["artifact"], keys)
+    )
+    try:
+        assert pusher.job_state("d1", SITE, "j1", wait=5) == {}
+        assert pusher.job_state("d2", SITE, "j1", wait=0.5) is None
+    finally:
+        pusher.close()
+
+    r = hub_cli(env, "rollout", "start", art, "--device", "d2", "--canary", "0",
+                "--job-timeout", "1", "--ask-for", "1")  # fmt: skip
+    assert r.exit_code == 1, r.output  # the wave failed: paused, not waiting, not a success
+    rid = r.stdout.splitlines()[0]
+    store = open_store(env["WATCHPOST_HUB_STORE"])
+    try:
+        rollouts = Rollouts(store)
+        (row,) = rollouts.devices(rid)
+        assert (row["state"], row["version"]) == ("timeout", OLD)
+        assert row["reason"] == (
+            "no final answer within 1 s (status reports version 0.1.0); no answer to 1 status "
+            "request over 1 s"
+        )
+        assert rollouts.get(rid).reason.startswith("wave 0: 1 of 1 devices failed")
+    finally:
+        store.close()
+    assert devices["d2"].results == [] and devices["d1"].results == []

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from hub.operator.connection import EXIT_ERROR
+from hub.rollout.command import EXIT_CRASH
+from hub.rollout.state import DRIVER_STALE_S
+
 UNITS = Path(__file__).parents[3] / "hub" / "systemd"
 HUB_EXE = "/opt/watchpost-hub/bin/watchpost-hub"
 CLI = [sys.executable, "-c", "import sys; from hub.cli import main; sys.exit(main())"]
@@ -74,3 +78,19 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
         if str(tmp_path) in line or "watchpost-hub" in line
     ]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+def test_the_rollout_unit_restarts_a_crashed_driver_but_not_a_paused_rollout() -> None:
+    text = (UNITS / "watchpost-hub-rollout@.service").read_text()
+    settings = dict(line.split("=", 1) for line in text.splitlines() if "=" in line[:40])
+    args = _hub_args(settings["ExecStart"])
+    assert args[:3] == ["rollout", "run", "1"]  # the instance is the rollout id
+    # A killed driver's lease is heard of for DRIVER_STALE_S more: the new one waits it out.
+    wait = float(args[args.index("--wait-lease") + 1])
+    assert wait > DRIVER_STALE_S
+    # Restarted on a signal and on the driver's own crash code; a paused or stopped rollout
+    # (EXIT_ERROR) waits for an operator.
+    assert settings["Restart"] == "on-failure"
+    assert settings["RestartPreventExitStatus"].split() == [str(EXIT_ERROR)]
+    assert EXIT_CRASH != EXIT_ERROR
+    assert "WantedBy=multi-user.target" in text  # enabled: started again after a reboot
