@@ -63,6 +63,7 @@ class LazyGroup(click.Group):
 
     lazy: dict[str, str] = {
         "enrol": "appliance.enrol.cli:enrol",
+        "hub-addresses": "appliance.enrol.cli:hub_addresses",
         "rules": "appliance.detect.rules.check:rules",
         "update": "appliance.update.cli:update",
     }

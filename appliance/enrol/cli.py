@@ -1,4 +1,5 @@
-"""`watchpost enrol`: the first-boot enrolment (run once by watchpost-enrol.service)."""
+"""`watchpost enrol`: the first-boot enrolment (run once by watchpost-enrol.service), and
+`watchpost hub-addresses`: the hub's addresses for the daemon unit, again at each start."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 import click
 
 from appliance.cli import config_option
+from appliance.config import ConfigError
+from appliance.config import load as load_config
 from appliance.enrol import bundle as bundle_mod
+from appliance.enrol import hubaddr
 from appliance.enrol.device import Paths
 from appliance.enrol.device import enrol as run_enrol
+from appliance.packet.addrset import AddrSet
 
 
 @click.command("enrol")
@@ -47,7 +52,7 @@ from appliance.enrol.device import enrol as run_enrol
 @click.option(
     "--unit-dropin",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("/etc/systemd/system/watchpost.service.d/hub.conf"),
+    default=hubaddr.DROPIN,
     show_default=True,
     help="Where the daemon unit's IPAddressAllow= for the hub is written.",
 )
@@ -80,3 +85,44 @@ def enrol(
     else:
         click.echo(f"enrol: {message}", err=True)
     sys.exit(code)
+
+
+@click.command("hub-addresses")
+@config_option("The device config (hub.host, hub.port, inline.home_nets, device.state_dir).")
+@click.option(
+    "--unit-dropin",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=hubaddr.DROPIN,
+    show_default=True,
+    help="The daemon unit's IPAddressAllow= drop-in for the hub.",
+)
+@click.option(
+    "--apply/--no-apply",
+    default=True,
+    show_default=True,
+    help="Also allow a new set for the unit now (systemctl set-property --runtime).",
+)
+def hub_addresses(config_path: Path, unit_dropin: Path, apply: bool) -> None:
+    """Resolve the hub's name again and rewrite the unit's drop-in when its public addresses
+    changed (watchpost.service runs it before every start). Always exits 0: the daemon starts
+    whatever happens here; what happened is in the log and <state_dir>/hub-addresses.json."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        click.echo(f"hub addresses: cannot read the config: {e}", err=True)
+        return
+    if not config.hub.enabled or not config.hub.host:
+        click.echo("hub addresses: no hub configured", err=True)
+        return
+    r = hubaddr.refresh(
+        config.hub.host,
+        config.hub.port,
+        AddrSet(config.inline.home_nets),
+        unit_dropin,
+        apply=hubaddr.apply_runtime if apply else None,
+    )
+    try:
+        hubaddr.write_status(config.device.state_dir, r)
+    except OSError as e:
+        click.echo(f"hub addresses: cannot write the status: {e}", err=True)

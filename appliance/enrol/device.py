@@ -44,8 +44,9 @@ from appliance import __version__
 from appliance.config import ConfigError, merged, save
 from appliance.config import load as load_config
 from appliance.enrol import bundle as bundle_mod
-from appliance.enrol import setupcode, state
+from appliance.enrol import hubaddr, setupcode, state
 from appliance.enrol.certcheck import CertErrors, check_device_cert
+from appliance.packet.addrset import AddrSet
 from protocol import enrol as wire
 from protocol.files import atomic_write
 
@@ -69,7 +70,7 @@ class Paths:
     state_dir: Path | None = None  # default: device.state_dir of the config
     console: Path | None = Path("/dev/console")
     # The daemon's unit allows only private addresses plus this drop-in's (the hub's).
-    unit_dropin: Path | None = Path("/etc/systemd/system/watchpost.service.d/hub.conf")
+    unit_dropin: Path | None = hubaddr.DROPIN
 
 
 def ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
@@ -202,22 +203,13 @@ def check_certificate(
     return check_device_cert(result["cert"], [ca], key, b.device_id, now, ERRORS)
 
 
-def hub_addresses(host: str, port: int) -> list[str]:
-    """The hub's addresses, for the daemon unit's IPAddressAllow= (resolved now, at enrolment)."""
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-    except socket.gaierror as e:
-        raise EnrolFailure(f"cannot resolve the hub's name {host!r} ({e.strerror})") from None
-    return sorted({str(info[4][0]) for info in infos})
-
-
-def write_unit_dropin(path: Path, addresses: list[str], host: str) -> None:
-    text = (
-        f"# Written by watchpost enrol: the hub {host}, the only public addresses the daemon's\n"
-        "# own sockets may reach (watchpost.service has IPAddressDeny=any).\n"
-        f"[Service]\nIPAddressAllow={' '.join(addresses)}\n"
-    )
-    atomic_write(path, text.encode(), mode=0o644)
+def write_hub_dropin(path: Path, host: str, port: int, office: AddrSet, state_dir: Path) -> None:
+    """The unit's IPAddressAllow= drop-in for the hub's public addresses (resolved now; the
+    daemon's start resolves them again: `appliance.enrol.hubaddr`)."""
+    r = hubaddr.refresh(host, port, office, path, apply=None)
+    if r.unresolved:
+        raise EnrolFailure(r.unresolved)
+    hubaddr.write_status(state_dir, r)
 
 
 def show_setup_code(code: str, device_id: str, console: Path | None) -> None:
@@ -289,7 +281,8 @@ def _enrol(
         },
     }
     if paths.unit_dropin is not None:
-        write_unit_dropin(paths.unit_dropin, hub_addresses(b.hub_host, b.hub_port), b.hub_host)
+        office = AddrSet(config.inline.home_nets)
+        write_hub_dropin(paths.unit_dropin, b.hub_host, b.hub_port, office, state_dir)
     try:
         save(merged(config, changes), paths.config)
     except (ConfigError, OSError) as e:

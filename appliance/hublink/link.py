@@ -58,6 +58,7 @@ from appliance.alerts.outbox import Outbox
 from appliance.alerts.privacy import Pseudonymizer, key_for
 from appliance.component import DaemonView, Snapshot
 from appliance.config import Config, ConfigError
+from appliance.enrol import hubaddr
 from appliance.hublink.command_api import Publish
 from appliance.hublink.preflight import Preflight, _ssl_text, describe_failure, preflight
 from appliance.hublink.renewal import ISSUED_TOPIC, CertRenewal
@@ -144,6 +145,8 @@ class HubLink(SenderWindow, Telemetry):
         self.renewal = CertRenewal(
             config, lambda sub, data: self._publish(self.topic(sub), data) is not None, clock=clock
         )
+        # What the unit's start found of the hub's addresses (written before the daemon starts).
+        self.addresses = hubaddr.read_status(state_dir)
         self._lock = threading.RLock()
         self._mid_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -333,6 +336,7 @@ class HubLink(SenderWindow, Telemetry):
             "since": since,
             "host": self.config.hub.host,
             "port": self.config.hub.port,
+            "addresses": self.addresses,
         }
         if self.config.hub.enabled:
             cert = self.renewal.stats()

@@ -4,6 +4,7 @@ fake boot partition. The device's key is made by the device; the hub never sees 
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import socket
@@ -224,9 +225,12 @@ def test_first_boot_enrolment(tmp_path: Path, hub: Hub, service: EnrolService) -
         text=True,
     )
     assert ok.returncode == 0, ok.stderr
-    # The daemon's unit may reach the hub (its IPAddressDeny=any allows private ranges only).
-    dropin = (dev.root / "hub.conf").read_text()
-    assert "[Service]\nIPAddressAllow=127.0.0.1\n" in dropin
+    # The daemon's unit may reach the hub: its own list allows loopback and the private ranges,
+    # so this hub (127.0.0.1) needs no drop-in; only public addresses go there (never "any").
+    assert not (dev.root / "hub.conf").exists()
+    seen = json.loads((dev.state / "hub-addresses.json").read_text())
+    assert seen["found"] == ["127.0.0.1"] and seen["addresses"] == []
+    assert seen["refused"][0]["why"].startswith("not a public address")
     # The token is gone from the boot partition; the stamp stops the unit from running again.
     assert token not in dev.bundle.read_text() and 'token = ""' in dev.bundle.read_text()
     assert state.enrolled(dev.state) and state.problem(dev.state) is None

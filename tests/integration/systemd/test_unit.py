@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,20 @@ def test_the_daemon_runs_under_the_units_syscall_filter(lab: Lab, tmp_path: Path
     log = (tmp_path / "daemon.log").read_text()
     assert "Operation not permitted" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_each_start_resolves_the_hub_again_and_never_blocks_the_start() -> None:
+    """ExecStartPre= runs `watchpost hub-addresses` before the daemon (so before the link
+    connects), as root outside the sandbox ("+": it writes the drop-in) and never failing the
+    start ("-"); the CLI takes that command line."""
+    (pre,) = settings(UNIT)["ExecStartPre"]
+    prefix, _, command = pre.partition("/")
+    assert sorted(prefix) == ["+", "-"]
+    words = ("/" + command).split()
+    assert words[:2] == ["/opt/watchpost/bin/watchpost", "hub-addresses"]
+    assert words[2:] == ["--config", "/etc/watchpost/watchpost.toml"]
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", *words[1:], "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
