@@ -362,6 +362,23 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
             "setup.html", csrf=csrf_token(session), error="", rules=PASSWORD_RULES
         )
 
+    def admit(
+        addr: str | None, error: Callable[[str, int], Response], throttled: str, busy: str
+    ) -> Response | None:
+        """The guessing guard of every secret check (setup code, password): the client's
+        back-off, counted before any hashing, then one check at a time. None: go on (the caller
+        then leaves `page.gate`); else the 429 answer, `throttled` with ``{s}`` the seconds."""
+        wait = page.limiter.begin(addr)
+        if wait:
+            page.count("login_throttled")
+            resp = error(throttled.format(s=math.ceil(wait)), 429)
+            resp.headers["Retry-After"] = str(math.ceil(wait))
+            return resp
+        if not page.gate.try_enter():
+            page.count("login_busy")
+            return error(busy, 429)
+        return None
+
     def setup_error(message: str, status: int) -> Response:
         return Response(
             render_template(
@@ -384,15 +401,12 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
         if not problem and setup.normalize(password) == setup.normalize(code):
             problem = "the password must not be the setup code"
         addr = request.remote_addr
-        wait = page.limiter.begin(addr)
-        if wait:
-            page.count("login_throttled")
-            resp = setup_error(f"Too many tries: wait {math.ceil(wait)} s and try again.", 429)
-            resp.headers["Retry-After"] = str(math.ceil(wait))
-            return resp
-        if not page.gate.try_enter():
-            page.count("login_busy")
-            return setup_error("Another attempt is being checked: try again in a moment.", 429)
+        refused = admit(
+            addr, setup_error, "Too many tries: wait {s} s and try again.",
+            "Another attempt is being checked: try again in a moment.",
+        )  # fmt: skip
+        if refused is not None:
+            return refused
         try:
             good = setup.check_code(page.state_dir, code)
             value = hash_password(password) if good and not problem else ""
@@ -434,15 +448,12 @@ def create_app(page: StatusPage, secret: bytes) -> Flask:
     @action(login=False)
     def login() -> Any:
         addr = request.remote_addr
-        wait = page.limiter.begin(addr)  # counted before any hashing
-        if wait:
-            page.count("login_throttled")
-            resp = login_error(f"Too many wrong passwords: try again in {math.ceil(wait)} s.", 429)
-            resp.headers["Retry-After"] = str(math.ceil(wait))
-            return resp
-        if not page.gate.try_enter():
-            page.count("login_busy")
-            return login_error("Another login is being checked: try again in a moment.", 429)
+        refused = admit(
+            addr, login_error, "Too many wrong passwords: try again in {s} s.",
+            "Another login is being checked: try again in a moment.",
+        )  # fmt: skip
+        if refused is not None:
+            return refused
         try:
             password_hash = page.password_hash
             good = check_password(password_hash, request.form.get("password", ""))
