@@ -18,6 +18,15 @@ from appliance.enrol.device import Paths
 from appliance.enrol.device import enrol as run_enrol
 from appliance.packet.addrset import AddrSet
 
+# Where the daemon unit's IPAddressAllow= for the hub is written (enrol, hub-addresses).
+DROPIN_OPTION = click.option(
+    "--unit-dropin",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=hubaddr.DROPIN,
+    show_default=True,
+    help="The daemon unit's IPAddressAllow= drop-in for the hub.",
+)
+
 
 @click.command("enrol")
 @config_option("The device config; [device] and [hub] are written into it.")
@@ -49,13 +58,7 @@ from appliance.packet.addrset import AddrSet
     show_default=True,
     help="Where the setup code is shown (the HDMI console).",
 )
-@click.option(
-    "--unit-dropin",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=hubaddr.DROPIN,
-    show_default=True,
-    help="Where the daemon unit's IPAddressAllow= for the hub is written.",
-)
+@DROPIN_OPTION
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait.")
 def enrol(
     config_path: Path,
@@ -89,13 +92,7 @@ def enrol(
 
 @click.command("hub-addresses")
 @config_option("The device config (hub.host, hub.port, inline.home_nets, device.state_dir).")
-@click.option(
-    "--unit-dropin",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=hubaddr.DROPIN,
-    show_default=True,
-    help="The daemon unit's IPAddressAllow= drop-in for the hub.",
-)
+@DROPIN_OPTION
 @click.option(
     "--apply/--no-apply",
     default=True,
