@@ -1,7 +1,8 @@
-"""The rollout driver against the hub store (SQLite), with a scripted pusher: a device whose job
-state is unknown (no final answer to the push, or left mid-job by a driver that died) is asked
-again with back-off until it tells the job's end, and after the deadline counts as a failure with
-the reason; never as a success, and the wave never waits for ever."""
+"""The rollout driver against the hub store (SQLite and a real PostgreSQL cluster), with a
+scripted pusher: a device whose job state is unknown (no final answer to the push, or left
+mid-job by a driver that died) is asked again with back-off until it tells the job's end, and
+after the deadline counts as a failure with the reason; never as a success, and the wave never
+waits for ever."""
 
 from __future__ import annotations
 
@@ -25,9 +26,16 @@ Progress = Callable[[str, dict[str, Any]], None]
 NEW = "0.2.0"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'hub.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(f"sqlite://{tmp_path / 'hub.sqlite'}")
+def store(store_url: str) -> Iterator[Store]:
+    s = open_store(store_url)
     yield s
     s.close()
 
@@ -222,7 +230,7 @@ def test_after_a_driver_restart_the_dead_drivers_job_is_asked_for_first(store: S
 
 
 def test_rollout_run_waits_for_a_dead_drivers_lease_and_ends_on_a_done_or_paused_rollout(
-    store: Store, tmp_path: Path
+    store: Store, store_url: str
 ) -> None:
     """What the systemd unit (hub/systemd/watchpost-hub-rollout@.service) relies on."""
     clock = Clock()
@@ -238,7 +246,7 @@ def test_rollout_run_waits_for_a_dead_drivers_lease_and_ends_on_a_done_or_paused
     assert time.monotonic() - t0 >= 0.3 and rollouts.lease_holder(rid, "me:3") == "alive:2"
     rollouts.release_driver(rid, "alive:2")
 
-    url = f"sqlite://{tmp_path / 'hub.sqlite'}"
+    url = store_url
     rollouts.pause(rid)
     r = CliRunner().invoke(main, ["rollout", "run", rid, "--store", url])
     assert r.exit_code == 1 and f"rollout {rid} is paused: paused by operator" in r.output
