@@ -18,6 +18,9 @@ the collectors ingest, not how fast one process can publish (reported apart,
 - ``hub_ingest_cpu_us_per_alert_{collectors,broker,postgres}_N``: CPU time (user + system)
   per alert of each part between the first and the last stored alert; the collectors' start-up
   (imports, TLS handshake) is ``hub_ingest_collector_start_cpu_s_N`` apart.
+- ``hub_ingest_live_alerts_per_s_2``: the devices publish their next alerts while both
+  collectors run (broker, collectors, database and the generator share the machine), from the
+  first write to the last stored alert; ``hub_ingest_live_cpu_us_per_alert_*_2`` by part.
 - ``hub_ingest_lost``: alerts published (PUBACKed by the broker) but not in the store, plus
   seq holes, over both runs (must be 0); ``hub_ingest_duplicates``: rows beyond one per id.
 """
@@ -214,6 +217,30 @@ def _stop(procs: list[Any]) -> None:
             p.kill()
 
 
+def _live(gen: LoadGen, store: Any, broker: Any, pg: PgCluster, pids: list[int],
+          per_device: int, until: int) -> dict[str, Any]:  # fmt: skip
+    """Each device's next `per_device` alerts (seq after the first round), written while the
+    collectors run: alerts per second from the first write to the last stored alert, and the
+    CPU per alert of every part (this process is the load generator)."""
+    encoded = gen.encode(per_device, per_device + 1)
+    n = sum(_count_publishes(b) for b in encoded)
+    cpu0 = (_cpu(pids), _cpu([broker.pid]), _cpu(_pg_pids(pg)), time.process_time())
+    t0 = time.perf_counter()
+    gen.publish(encoded)
+    deadline = time.monotonic() + 120
+    while store.alert_count() < until:
+        if time.monotonic() > deadline:
+            raise RuntimeError("bench: the live round was not stored in 120 s")
+        gen.step(0.02)
+    took = time.perf_counter() - t0
+    cpu1 = (_cpu(pids), _cpu([broker.pid]), _cpu(_pg_pids(pg)), time.process_time())
+    out: dict[str, Any] = {"hub_ingest_live_alerts_per_s_2": round(n / took, 1)}
+    for part, a, b in zip(("collectors", "broker", "postgres", "loadgen"), cpu0, cpu1,
+                          strict=True):  # fmt: skip
+        out[f"hub_ingest_live_cpu_us_per_alert_{part}_2"] = round((b - a) / n * 1e6, 1)
+    return out
+
+
 def run(quick: bool) -> dict[str, Any]:
     if shutil.which("mosquitto") is None:
         raise RuntimeError("mosquitto is not installed")
@@ -302,22 +329,26 @@ def _run(
                 out[f"hub_ingest_cpu_us_per_alert_{part}_{n_col}"] = round(used / counted * 1e6, 1)
             out[f"hub_ingest_collector_start_cpu_s_{n_col}"] = round(
                 cpu0.get("collectors", 0.0), 2)  # fmt: skip
+            took = max(t_last - (t_first or t_start), 1e-6)
+            out[f"hub_ingest_alerts_per_s_{n_col}"] = round((total - first_count) / took, 1)
+            rounds = 1
+            if n_col == 2:  # live: the devices publish while both collectors ingest
+                out.update(_live(gen, store, broker, pg, pids, per_device, 2 * total))
+                rounds = 2
             time.sleep(0.5)
             _stop(procs)
             count = store.alert_count()
             distinct = store._query("SELECT count(DISTINCT id) AS d FROM alerts")[0]["d"]
             per = {r["device"]: r["n"] for r in store._query(
                 "SELECT device, count(DISTINCT seq) AS n FROM alerts GROUP BY device")}  # fmt: skip
-            holes = sum(per_device - per.get(name, 0) for name, _ in devices)
-            lost += max(total - distinct, holes)
+            holes = sum(rounds * per_device - per.get(name, 0) for name, _ in devices)
+            lost += max(rounds * total - distinct, holes)
             dups += count - distinct
-            took = max(t_last - (t_first or t_start), 1e-6)
-            out[f"hub_ingest_alerts_per_s_{n_col}"] = round((distinct - first_count) / took, 1)
             store.close()
     finally:
         _stop(procs)
         gen.close()
-    out["hub_ingest_alerts"] = per_device * n_dev
+    out["hub_ingest_alerts"] = per_device * n_dev  # per run (the live round: as many again)
     out["hub_ingest_lost"] = lost
     out["hub_ingest_duplicates"] = dups
     out["hub_ingest_goal_per_s_2"] = 5000
