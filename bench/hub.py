@@ -36,6 +36,7 @@ from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import from_dict
 from appliance.hublink.link import HubLink
 from hub import provisioning as prov
+from hub.tls import client_context
 
 SIG = Signature(9_200_001, "bench finding", "Test", 2)
 TOPIC = "watchpost/v1/bench/dev1/alerts"
@@ -92,8 +93,9 @@ class _Subscriber:
             CallbackAPIVersion.VERSION2, client_id="bench-hub", protocol=mqtt.MQTTv5
         )
         h = ca_dir / "hubs" / "hub"
-        self.c.tls_set(ca_certs=str(h / "ca.pem"), certfile=str(h / "hub.pem"),
-                       keyfile=str(h / "hub.key"))  # fmt: skip
+        self.c.tls_set_context(
+            client_context(str(h / "ca.pem"), str(h / "hub.pem"), str(h / "hub.key"))
+        )
         self.c.on_message = self._on_message
         subscribed = threading.Event()
         self.c.on_subscribe = lambda *a: subscribed.set()
@@ -126,8 +128,9 @@ class _Subscriber:
 def _device_client(port: int, ca_dir: Path) -> mqtt.Client:
     d = ca_dir / "devices" / "dev1"
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-plain", protocol=mqtt.MQTTv5)
-    c.tls_set(ca_certs=str(d / "ca.pem"), certfile=str(d / "device.pem"),
-              keyfile=str(d / "device.key"))  # fmt: skip
+    c.tls_set_context(
+        client_context(str(d / "ca.pem"), str(d / "device.pem"), str(d / "device.key"))
+    )
     c.max_inflight_messages_set(100)
     up = threading.Event()
     c.on_connect = lambda *a: up.set()
