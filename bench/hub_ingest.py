@@ -22,12 +22,15 @@ the collectors ingest, not how fast one process can publish (reported apart,
   collectors run (broker, collectors, database and the generator share the machine), from the
   first write to the last stored alert; ``hub_ingest_live_cpu_us_per_alert_*_2`` by part.
 - ``hub_ingest_lost``: alerts published (PUBACKed by the broker) but not in the store, plus
-  seq holes, over both runs (must be 0); ``hub_ingest_duplicates``: rows beyond one per id.
+  seq holes, over both runs (must be 0); the two-collector run ends with a third round during
+  which one collector is killed with SIGKILL and restarted with its session;
+  ``hub_ingest_duplicates``: rows beyond one per id.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import resource
@@ -241,6 +244,22 @@ def _live(gen: LoadGen, store: Any, broker: Any, pg: PgCluster, pids: list[int],
     return out
 
 
+def _kill_round(gen: LoadGen, store: Any, victim: Any, per_device: int, total: int,
+                restart: Any) -> Any:  # fmt: skip
+    """The devices' third round; a third of the way in, `victim` is killed with SIGKILL and
+    `restart()` brings it back (same client id: its session, its unacknowledged messages).
+    Returns the new process once the store holds all three rounds."""
+    encoded = gen.encode(per_device, 2 * per_device + 1)
+    for (c, _, _), data in zip(gen.clients, encoded, strict=True):
+        c.send(data)
+    gen.run_until(lambda: store.alert_count() >= 2 * total + total // 3, 120, "kill round")
+    victim.kill()
+    victim.wait()
+    proc = restart()
+    gen.run_until(lambda: store.alert_count() >= 3 * total, 180, "the kill round stored")
+    return proc
+
+
 def run(quick: bool) -> dict[str, Any]:
     if shutil.which("mosquitto") is None:
         raise RuntimeError("mosquitto is not installed")
@@ -334,7 +353,11 @@ def _run(
             rounds = 1
             if n_col == 2:  # live: the devices publish while both collectors ingest
                 out.update(_live(gen, store, broker, pg, pids, per_device, 2 * total))
-                rounds = 2
+                # Then a third round during which one collector is killed (SIGKILL) and
+                # restarted with its session: still every alert once, seqs without a hole.
+                again = functools.partial(_collector, port, ident, url, ids[0], group, log)
+                procs.append(_kill_round(gen, store, procs[0], per_device, total, again))
+                rounds = 3
             time.sleep(0.5)
             _stop(procs)
             count = store.alert_count()
