@@ -24,6 +24,7 @@ MODULES: tuple[str, ...] = (
     "bench.kernelpath",
     "bench.dissect",
     "bench.hub",
+    "bench.hub_ingest",
     "bench.detectors",
     "bench.hostile",
     "bench.rules",

@@ -5,8 +5,9 @@ Several collectors split the load through one shared subscription,
 subscribed by every collector directly, which the store's bd_seq rules make idempotent. Each
 collector has a persistent session (fixed client id, clean start off, session expiry), so the
 broker keeps its messages while it restarts, and acknowledges a message only after the batch
-holding it is committed (paho ``manual_ack``): device outbox -> broker -> database is
-at-least-once, and the store keeps each alert once (by alert id).
+holding it is committed (its PUBACKs leave in one write after the commit; hub/collector/mqtt.py):
+device outbox -> broker -> database is at-least-once, and the store keeps each alert once (by
+alert id).
 
 A killed collector's unacknowledged messages stay in its session; when it comes back (same
 client id) the broker sends them again. Bad messages are counted and quarantined, never raised.
@@ -14,10 +15,11 @@ client id) the broker sends them again. Bad messages are counted and quarantined
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
-import queue
+import select
 import socket
 import ssl
 import threading
@@ -27,20 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from hub.collector.metrics import Metrics
+from hub.collector.mqtt import Message, Refused, Session, reason_text
 from hub.collector.parse import MAX_BYTES, Registry, parse, reason_of
 from hub.store import AlertRow, BadRow, Batch, StatusRow, Store, SummaryRow, TelemetryRow
+from hub.tls import client_context
 from protocol import topics
 
 log = logging.getLogger("watchpost.hub.collector")
 
 SHARED_SUBS = (topics.ALERTS, topics.TELEMETRY, topics.SUMMARY)
+# What ends a connection (the IO thread then reconnects): socket and TLS errors, timeouts, a
+# broker DISCONNECT or a packet we do not speak, a malformed packet.
+_LINK_ERRORS = (OSError, TimeoutError, ValueError, IndexError)
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,12 @@ def load_registry(path: Path | None) -> Registry:
 
 
 class Collector:
-    """One consumer. `start()` connects and consumes in threads; `stop()` ends cleanly."""
+    """One consumer. `start()` connects and consumes in threads; `stop()` ends cleanly.
+
+    Threads: ``io`` owns the connection (connect, subscribe, read, write the PUBACKs, keep-alive,
+    reconnect), ``consume`` turns what it read into batches and commits them, ``upkeep`` does
+    fleet health. A batch's PUBACKs are handed back to ``io`` only after its commit and leave
+    in one TLS write."""
 
     def __init__(
         self,
@@ -97,34 +105,26 @@ class Collector:
         self._registry_mtime = 0.0
         self.registry = Registry(None)
         self._reload_registry()
-        self.inbox: queue.Queue[tuple[int, mqtt.MQTTMessage]] = queue.Queue()
-        self._gen = 0  # connection generation: acks of an older connection are void
-        self._stop = threading.Event()
+        self._tls: ssl.SSLContext | None = (
+            client_context(settings.ca, settings.cert, settings.key) if settings.ca else None
+        )
+        # Messages read, with their connection generation (acks of an older connection are
+        # void: the broker sends those messages again on the new one).
+        self._inbox: collections.deque[tuple[int, Message]] = collections.deque()
+        self._cond = threading.Condition()
+        self._acks: list[tuple[int, list[int]]] = []  # (generation, mids) of committed batches
+        self._acks_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._gen = 0
+        self._stop = threading.Event()  # no more reading: finish what was read, acknowledge it
+        self._io_stop = threading.Event()  # write the last acknowledgements, disconnect
         self._connected = threading.Event()
         self.problem = ""
         self.stored = 0
         self._threads: list[threading.Thread] = []
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if settings.ca:
-            try:
-                c.tls_set(
-                    ca_certs=settings.ca,
-                    certfile=settings.cert or None,
-                    keyfile=settings.key or None,
-                )
-            except (OSError, ssl.SSLError) as e:
-                raise ValueError(f"TLS files (ca/cert/key): {e}") from None
-        c.reconnect_delay_set(1, 5)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_message = self._on_message
-        c.on_subscribe = self._on_subscribe
-        self.client = c
+        self._io_thread: threading.Thread | None = None
 
     # -- registry -------------------------------------------------------------------------------
 
@@ -143,69 +143,101 @@ class Collector:
             self.registry = load_registry(p)
             self._registry_mtime = mtime
 
-    # -- MQTT -----------------------------------------------------------------------------------
+    # -- MQTT: the io thread --------------------------------------------------------------------
 
-    def _connect_props(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.s.session_expiry
-        props.ReceiveMaximum = self.s.receive_maximum
-        return props
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        if rc.is_failure:
-            self.problem = f"broker refused: {rc}"
-            self.metrics.connected.set(0)
-            return
-        self._gen += 1
-        sock = client.socket()
-        if sock is not None:  # acks (small packets) leave at once, not after a delayed ACK
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _subscriptions(self) -> list[tuple[str, int]]:
         site = self.s.site
-        subs = [
-            (f"$share/{self.s.group}/{topics.ROOT}/{site}/+/{sub}", SubscribeOptions(qos=1))
-            for sub in SHARED_SUBS
-        ]
-        subs.append((f"{topics.ROOT}/{site}/+/{topics.STATUS}", SubscribeOptions(qos=1)))
-        client.subscribe(subs)
-        self.problem = ""
-        self.metrics.connected.set(1)
-        log.info(
-            "collector %s connected (session present: %s)",
-            self.s.client_id,
-            getattr(flags, "session_present", "?"),
-        )
+        subs = [(f"$share/{self.s.group}/{topics.ROOT}/{site}/+/{sub}", 1) for sub in SHARED_SUBS]
+        subs.append((f"{topics.ROOT}/{site}/+/{topics.STATUS}", 1))
+        return subs
 
-    def _on_subscribe(self, client: Any, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
-        refused = [str(rc) for rc in rcs if rc.is_failure]
-        if refused:
-            self.problem = f"broker refused the subscriptions: {', '.join(refused)}"
-            log.error("collector %s: %s", self.s.client_id, self.problem)
-            return
-        self._connected.set()  # subscribed: from now on nothing is published past us
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"x")
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        self._connected.clear()
-        self.metrics.connected.set(0)
-        if not self._stop.is_set():
-            self.problem = f"disconnected: {rc}"
-            log.warning("collector %s disconnected: %s", self.s.client_id, rc)
+    def _io(self) -> None:
+        delay = 1.0
+        while not self._io_stop.is_set():
+            sess: Session | None = None
+            try:
+                sess = Session(
+                    self.s.host, self.s.port, self._tls, self.s.client_id,
+                    keepalive=self.s.keepalive, session_expiry=self.s.session_expiry,
+                    receive_maximum=self.s.receive_maximum,
+                )  # fmt: skip
+                codes = sess.subscribe(self._subscriptions())
+                refused = [reason_text(PacketTypes.SUBACK, rc) for rc in codes if rc >= 0x80]
+                if refused:
+                    self.problem = f"broker refused the subscriptions: {', '.join(refused)}"
+                    log.error("collector %s: %s", self.s.client_id, self.problem)
+                else:
+                    self._gen += 1
+                    self.problem = ""
+                    self.metrics.connected.set(1)
+                    self._connected.set()  # subscribed: from now on nothing is published past us
+                    log.info("collector %s connected (session present: %s)",
+                             self.s.client_id, sess.session_present)  # fmt: skip
+                    delay = 1.0
+                    self._serve(sess, self._gen)
+            except Refused as e:
+                self.problem = f"broker refused: {e}"
+                log.error("collector %s: %s", self.s.client_id, self.problem)
+            except _LINK_ERRORS as e:
+                was_up = self._connected.is_set()
+                where = f"{self.s.host}:{self.s.port}"
+                self.problem = f"disconnected: {e}" if was_up else f"cannot connect to {where}: {e}"
+                if not self._io_stop.is_set():
+                    log.warning("collector %s: %s", self.s.client_id, self.problem)
+            finally:
+                self._connected.clear()
+                self.metrics.connected.set(0)
+                if sess is not None:
+                    sess.close(graceful=self._io_stop.is_set())
+            if self._io_stop.wait(delay):
+                return
+            delay = min(delay * 2, 5.0)
 
-    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self.inbox.put((self._gen, msg))
+    def _serve(self, sess: Session, gen: int) -> None:
+        """Read, hand over, acknowledge, keep alive, until the connection fails or we stop."""
+        next_check = 0.0
+        while True:
+            stopping = self._io_stop.is_set()
+            reading = not self._stop.is_set()
+            self._write_acks(sess, gen)
+            if stopping:
+                return
+            readable = reading and sess.has_buffered()
+            if not readable:
+                rlist: list[Any] = [self._wake_r, sess.sock] if reading else [self._wake_r]
+                r, w, _ = select.select(rlist, [sess.sock] if sess.want_write() else [], [], 0.5)
+                if w:
+                    sess.flush()
+                if self._wake_r in r:
+                    with contextlib.suppress(BlockingIOError):
+                        self._wake_r.recv(4096)
+                readable = sess.sock in r
+            if readable:
+                msgs = sess.read()
+                if msgs:
+                    with self._cond:
+                        self._inbox.extend((gen, m) for m in msgs)
+                        self._cond.notify()
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + sess.keepalive_due()
+
+    def _write_acks(self, sess: Session, gen: int) -> None:
+        with self._acks_lock:
+            acks, self._acks = self._acks, []
+        mids = [m for g, batch in acks if g == gen for m in batch]
+        if mids:
+            sess.ack(mids)
+            sess.flush()
 
     def start(self, connect_timeout: float = 15.0) -> None:
-        try:
-            self.client.connect_async(
-                self.s.host,
-                self.s.port,
-                keepalive=self.s.keepalive,
-                clean_start=False,
-                properties=self._connect_props(),
-            )
-        except (OSError, ValueError) as e:
-            raise ConnectionError(f"cannot connect to {self.s.host}:{self.s.port}: {e}") from None
-        self.client.loop_start()
+        t = threading.Thread(target=self._io, name="collector-io", daemon=True)
+        t.start()
+        self._io_thread = t
         for target, name in ((self._consume, "consume"), (self._upkeep, "upkeep")):
             t = threading.Thread(target=target, name=f"collector-{name}", daemon=True)
             t.start()
@@ -218,32 +250,39 @@ class Collector:
             )
 
     def stop(self) -> None:
-        """Finish the batch in hand, acknowledge it, disconnect (the session stays)."""
+        """Read no more, finish and acknowledge what was read, disconnect (the session stays)."""
         self._stop.set()
+        self._wake()
+        with self._cond:
+            self._cond.notify_all()
         for t in self._threads:
             t.join(30)
-        with contextlib.suppress(Exception):
-            self.client.disconnect()
-        with contextlib.suppress(Exception):
-            self.client.loop_stop()
+        self._io_stop.set()
+        self._wake()
+        if self._io_thread is not None:
+            self._io_thread.join(30)
+        for s in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                s.close()
 
     # -- consuming ------------------------------------------------------------------------------
 
-    def _take(self) -> list[tuple[int, mqtt.MQTTMessage]]:
-        try:
-            first = self.inbox.get(timeout=0.2)
-        except queue.Empty:
-            return []
-        out = [first]
-        deadline = time.monotonic() + self.s.batch_wait
-        while len(out) < self.s.batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                out.append(self.inbox.get(timeout=max(0.0, remaining)) if remaining > 0
-                           else self.inbox.get_nowait())  # fmt: skip
-            except queue.Empty:
-                break
-        return out
+    def _take(self) -> list[tuple[int, Message]]:
+        """Up to batch_max messages: the first one, then what comes within batch_wait."""
+        inbox = self._inbox
+        with self._cond:
+            if not inbox:
+                self._cond.wait(0.2)
+                if not inbox:
+                    return []
+            deadline = time.monotonic() + self.s.batch_wait
+            while len(inbox) < self.s.batch_max and not self._stop.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            n = min(len(inbox), self.s.batch_max)
+            return [inbox.popleft() for _ in range(n)]
 
     def _consume(self) -> None:
         last_fold = 0.0
@@ -271,7 +310,7 @@ class Collector:
             self.metrics.store_errors.inc()
             log.error("collector: fold failed: %s", e)
 
-    def _handle_safely(self, msgs: list[tuple[int, mqtt.MQTTMessage]]) -> None:
+    def _handle_safely(self, msgs: list[tuple[int, Message]]) -> None:
         while True:
             try:
                 self.handle(msgs)
@@ -295,19 +334,19 @@ class Collector:
                 if self._stop.wait(1.0):
                     return  # not acknowledged: the broker sends them again next session
 
-    def handle(self, msgs: list[tuple[int, mqtt.MQTTMessage]], refused: str = "") -> None:
+    def handle(self, msgs: list[tuple[int, Message]], refused: str = "") -> None:
         now = time.time()
         batch = Batch()
         m = self.metrics
         for _gen, msg in msgs:
             row: Any
             if refused:
-                row = BadRow(msg.topic[:512], refused, bytes(msg.payload[:4096]), now)
+                row = BadRow(msg.topic[:512], refused, msg.payload[:4096], now)
             else:
                 row = parse(
                     msg.topic,
-                    bytes(msg.payload),
-                    retain=bool(msg.retain),
+                    msg.payload,
+                    retain=msg.retain,
                     now=now,
                     registry=self.registry,
                     max_bytes=self.s.max_bytes,
@@ -328,10 +367,14 @@ class Collector:
         t0 = time.perf_counter()
         res = self.store.ingest(batch, now)
         m.commit_seconds.observe(time.perf_counter() - t0)
-        # Only now, with the rows committed, tell the broker it may forget them.
-        for gen, msg in msgs:
-            if gen == self._gen and msg.qos > 0:
-                self.client.ack(msg.mid, msg.qos)
+        # Only now, with the rows committed, tell the broker it may forget them (the io thread
+        # writes a batch's PUBACKs in one go; those of an older connection are void).
+        gen = self._gen
+        mids = [msg.mid for g, msg in msgs if g == gen and msg.qos > 0]
+        if mids:
+            with self._acks_lock:
+                self._acks.append((gen, mids))
+            self._wake()
         m.messages.labels("alerts").inc(len(batch.alerts))
         m.messages.labels("status").inc(len(batch.statuses))
         m.messages.labels("telemetry").inc(len(batch.telemetry))

@@ -47,6 +47,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from hub.tls import client_context
 from protocol import envelope as env_mod
 from protocol import topics
 from protocol.topics import topic
@@ -206,13 +207,9 @@ class Connection:
         )
         if settings.ca:
             try:
-                c.tls_set(
-                    ca_certs=settings.ca,
-                    certfile=settings.cert or None,
-                    keyfile=settings.key or None,
-                )
-            except (OSError, ssl.SSLError) as e:
-                raise OperatorError(f"TLS files (ca/cert/key): {e}") from None
+                c.tls_set_context(client_context(settings.ca, settings.cert, settings.key))
+            except ValueError as e:
+                raise OperatorError(str(e)) from None
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
