@@ -28,6 +28,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from hub import provisioning as prov
 from hub.operator.connection import Ctx, fail
 from hub.operator.group import hub
+from hub.tls import client_context
 from protocol import topics
 
 log = logging.getLogger("watchpost.hub.renewal")
@@ -64,7 +65,7 @@ class RenewalService:
         self.ca_dir, self.days = ca_dir, days
         self.ready = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-        c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+        c.tls_set_context(client_context(ca, cert, key))
         c.on_connect = lambda cl, *a: cl.subscribe(
             [(f"{topics.ROOT}/+/+/{CSR}", SubscribeOptions(qos=1))]
         )
