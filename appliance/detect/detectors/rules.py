@@ -164,7 +164,8 @@ def parse_vars(opts: Options) -> dict[str, str]:
 
 class RulesDetector(Detector):
     name = "rules"
-    # replay --workers (Detector.partition): state per flow; "global" with threshold rules.
+    # replay --workers (Detector.partition): state per flow; "global" with threshold or
+    # detection_filter rules (their counts span flows).
     partition = "flow"
     signatures = ()  # one per loaded rule: see `watchpost rules check`
 
@@ -264,7 +265,9 @@ class RulesDetector(Detector):
         self._sigs = {}
         self.tracker = Tracker()
         self._hooks = ruleset.hooks() if ruleset is not None else set()
-        thresholds = ruleset is not None and any(r.threshold for r in ruleset.rules)
+        thresholds = ruleset is not None and any(
+            r.threshold is not None or r.detection_filter is not None for r in ruleset.rules
+        )  # both count matches across flows (by source, destination or rule)
         self.partition = "global" if thresholds else "flow"
         self._packet_groups = (
             ruleset.groups[HOOK_PACKET] if ruleset is not None and HOOK_PACKET in self._hooks

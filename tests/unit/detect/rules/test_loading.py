@@ -228,3 +228,30 @@ def test_rules_are_grouped_by_ip_protocol(tmp_path: Path) -> None:
     assert rs.group("packet", 47) is rs.group("packet", 17)  # the same rules share one
     assert sids("dns", 17) == sids("dns", 6) == [5]
     assert rs.group("dns", 1) is None and rs.group("http", 6) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "want"),
+    [
+        ("", "flow"),
+        ("threshold:type limit, track by_src, count 1, seconds 60; ", "global"),
+        ("detection_filter:track by_src, count 3, seconds 60; ", "global"),
+    ],
+)
+def test_rules_counted_across_flows_keep_replay_in_one_process(
+    tmp_path: Path, options: str, want: str
+) -> None:
+    """threshold and detection_filter count matches across flows: replay --workers must not
+    split them (Detector.partition "global"; detection_filter was once left "flow")."""
+    from appliance.replay.parallel import split_problems
+
+    from .kit import Rules
+
+    r = Rules(tmp_path, f'alert tcp any any -> any any (msg:"t"; content:"zap"; {options}sid:1;)\n')
+    r.run([])
+    assert r.harness is not None
+    engine = r.harness.engine
+    det = next(d for d in engine.detectors if d.name == "rules")
+    assert det.partition == want
+    problems = split_problems(engine.detectors, r.config)
+    assert (want == "global") == any("detector rules" in p for p in problems), problems
