@@ -1,9 +1,10 @@
 """`rules`: Suricata-style rules (``[detect.rules] paths``) on flow heads and all DNS.
 
 Each rule runs where its buffers are: payload and header rules on every queued packet, HTTP
-buffers on a dissected request head, TLS buffers (SNI, JA3, JA4) on a ClientHello, ``dns.query``
-on a DNS query. A match is an EVE alert with the rule's gid, sid, rev, msg, and the class type's
-description and severity (``watchpost.detector = "rules"``). ``drop`` rules put the flow's
+buffers on a dissected request head (on each of the requests pipelined in one segment), TLS
+buffers (SNI, JA3, JA4) on a ClientHello, ``dns.query`` on a DNS query. A match is an EVE
+alert with the rule's gid, sid, rev, msg, and the class type's description and severity
+(``watchpost.detector = "rules"``). ``drop`` rules put the flow's
 outside address into the kernel drop set in block mode (through the engine's block path, so
 `inline.never_block` applies); in monitor mode they alert as ``allowed``. A ``pass`` rule that
 matches a flow silences the rules for the rest of that flow.
@@ -428,6 +429,10 @@ class RulesDetector(Detector):
         hits = rs.match(HOOK_HTTP, pkt, flow, True, req, self.tracker)
         if hits:
             self._report(ctx, pkt, flow, hits, req.eve())
+        for more in req.pipelined:  # requests pipelined in the same segment, each on its own
+            hits = rs.match(HOOK_HTTP, pkt, flow, True, more, self.tracker)
+            if hits:
+                self._report(ctx, pkt, flow, hits, more.eve())
 
     def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
         rs = self.ruleset

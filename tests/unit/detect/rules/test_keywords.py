@@ -254,6 +254,33 @@ def test_http_buffers(tmp_path: Path) -> None:
     assert r.sids(plain) == []
 
 
+def test_pipelined_requests_each_meet_the_http_rules(tmp_path: Path) -> None:
+    """Three requests pipelined in one segment: a rule whose every buffer names the third
+    matches it (and its alert carries the third's URL); a rule mixing the buffers of two
+    requests matches none (each request has its own method/uri/host/user_agent/header)."""
+    segment = (
+        b"GET /first HTTP/1.1\r\nHost: a.example\r\nUser-Agent: agent-1\r\nX-Tag: one\r\n\r\n"
+        b"GET /second HTTP/1.1\r\nHost: b.example\r\nUser-Agent: agent-2\r\n\r\n"
+        b"PUT /third/up.php HTTP/1.1\r\nHost: C.Example:8080\r\nUser-Agent: agent-3\r\n"
+        b"X-Tag: three\r\nContent-Length: 0\r\n\r\n"
+    )
+    r = Rules(
+        tmp_path,
+        'alert http any any -> any any (msg:"third"; flow:to_server; http.method; content:"PUT"; '
+        'http.uri; content:"/third/"; http.host; content:"c.example"; http.user_agent; '
+        'content:"agent-3"; http.header; content:"X-Tag: three|0d 0a|"; sid:1;)\n'
+        'alert http any any -> any any (msg:"mixed"; http.uri; content:"/first"; '
+        'http.user_agent; content:"agent-3"; sid:2;)\n'
+        'alert http any any -> any any (msg:"header of another"; http.uri; content:"/second"; '
+        'http.header; content:"X-Tag"; sid:3;)\n',
+    )
+    alerts = r.run(tcp_flow(segment, dport=80))
+    assert [(a["alert"]["signature_id"], a["http"]["url"]) for a in alerts] == [
+        (1, "/third/up.php")
+    ]
+    assert alerts[0]["http"]["hostname"] == "C.Example:8080"
+
+
 def test_http_header_never_holds_cookies(tmp_path: Path) -> None:
     r = one(tmp_path, 'http.header; content:"session=";', "http any any -> any any")
     assert not hits(r, http_request("/", headers=("Cookie: session=abc",)))
