@@ -39,7 +39,7 @@ from appliance.detect.rules.addresses import SpecError, check_variables, default
 from appliance.detect.rules.classification import load as load_classes
 from appliance.detect.rules.matcher import HOOK_DNS, HOOK_HTTP, HOOK_PACKET, HOOK_TLS, Rule
 from appliance.detect.rules.parser import Parser
-from appliance.detect.rules.prefilter import Prefilter
+from appliance.detect.rules.prefilter import PortGroups
 from appliance.detect.rules.ruleset import (
     OTHER_PROTO,
     LoadReport,
@@ -176,7 +176,7 @@ class RulesDetector(Detector):
         self._vars: dict[str, str] = {}
         self._sigs: dict[int, Signature] = {}
         self._hooks: set[str] = set()
-        self._packet_groups: dict[int, Prefilter | None] | None = None
+        self._packet_groups: dict[int, PortGroups | None] | None = None
         self._opts: Options | None = None
         self._hub_paths: tuple[str, ...] = ()
         self._hub_sig: tuple = _UNCHECKED

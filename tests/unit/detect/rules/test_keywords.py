@@ -151,6 +151,26 @@ def test_bidirectional(tmp_path: Path) -> None:
     assert hits(both, back)
 
 
+def test_port_rules_through_the_engine(tmp_path: Path) -> None:
+    """The port groups change which rules are looked at, not what matches: each rule alerts
+    exactly on the packets its ports name (client payload, server banner, either way)."""
+    r = Rules(
+        tmp_path,
+        'alert tcp any any -> any 80 (msg:"to 80"; content:"zap"; sid:1;)\n'
+        'alert tcp any any -> any [8080,8000] (msg:"to 8080"; content:"zap"; sid:2;)\n'
+        'alert tcp any any -> any any (msg:"any"; content:"zap"; sid:3;)\n'
+        'alert tcp any 80 -> any any (msg:"from 80"; content:"zap"; sid:4;)\n'
+        'alert tcp any any <> any 80 (msg:"either 80"; content:"zap"; sid:5;)\n'
+        'alert tcp any any -> any !80 (msg:"not 80"; content:"zap"; sid:6;)\n'
+        'alert tcp any any -> any 80 (msg:"syn to 80"; flags:S; sid:7;)\n',
+    )
+    assert r.sids(tcp_flow(b"zap", dport=80)) == [1, 3, 5, 7]
+    assert r.sids(tcp_flow(b"zap", dport=8080)) == [2, 3, 6]
+    assert r.sids(tcp_flow(b"zap", dport=443)) == [3, 6]
+    assert r.sids(tcp_flow(banner=b"zap", dport=80)) == [3, 4, 5, 6, 7]  # 6: to the client port
+    assert r.sids(tcp_flow(banner=b"zap", dport=443)) == [3, 6]
+
+
 def test_protocols(tmp_path: Path) -> None:
     r = Rules(
         tmp_path,

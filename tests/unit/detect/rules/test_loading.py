@@ -255,3 +255,68 @@ def test_rules_counted_across_flows_keep_replay_in_one_process(
     assert det.partition == want
     problems = split_problems(engine.detectors, r.config)
     assert (want == "global") == any("detector rules" in p for p in problems), problems
+
+
+PORT_RULES = """\
+alert tcp any any -> any 80 (msg:"to 80"; content:"zap80"; sid:1;)
+alert tcp any any -> any [8080,8000] (msg:"to 8080/8000"; content:"zap8k"; sid:2;)
+alert tcp any any -> any any (msg:"any port"; content:"zapany"; sid:3;)
+alert tcp any 80 -> any any (msg:"from 80"; content:"zapfrom"; sid:4;)
+alert tcp any any <> any 81 (msg:"either way 81"; content:"zapboth"; sid:5;)
+alert tcp any any -> any 1024: (msg:"wide range"; content:"zapwide"; sid:6;)
+alert tcp any any -> any !80 (msg:"not 80"; content:"zapnot"; sid:7;)
+alert tcp any any -> any 80 (msg:"syn to 80"; flags:S; sid:8;)
+alert tcp any [1000:3000] -> any 25 (msg:"wide source, to 25"; content:"zap25"; sid:9;)
+"""
+
+
+def test_rules_are_grouped_by_port(tmp_path: Path) -> None:
+    """Suricata-style port groups: a rule with a port list is in each listed port's group, a
+    rule for any (or too wide a list of) ports in the "any" group; a packet consults the "any"
+    group and its two ports' groups only, so a packet to 443 never meets the rules for 80."""
+    rs = load_text(tmp_path, PORT_RULES)
+    pg = rs.group("packet", 6)
+    assert pg is not None
+
+    def sids(sport: int, dport: int) -> list[int]:
+        return sorted({r.sid for pf in pg.lookup(sport, dport) for r in pf.rules})
+
+    anywhere = [3, 6, 7]
+    assert sids(50000, 443) == anywhere
+    assert sids(50000, 80) == sorted([*anywhere, 1, 8])
+    assert sids(50000, 8080) == sids(50000, 8000) == sorted([*anywhere, 2])
+    assert sids(80, 50000) == sorted([*anywhere, 4])  # the server's answer: "from 80" rules
+    assert sids(50000, 81) == sids(81, 50000) == sorted([*anywhere, 5])
+    assert sids(2000, 25) == sorted([*anywhere, 9])  # wide source list: under its dest port
+    assert pg.lookup(50000, 8080)[1] is pg.lookup(50000, 8000)[1]  # same rules, one group
+    assert rs.group("packet", 17) is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_port_groups_hold_every_rule_whose_header_can_match(tmp_path: Path, seed: int) -> None:
+    """For random port lists (single, lists, ranges, negations, variables, both directions)
+    and random packets, the groups a packet consults hold every rule whose header matches it:
+    grouping only leaves out rules that cannot match."""
+    import random
+    from types import SimpleNamespace
+
+    rng = random.Random(seed)
+    specs = ["any", "80", "443", "[80,443,8080]", "1024:", ":1023", "!80", "[!80,!443]",
+             "8000:8010", "$HTTP_PORTS", "[25,110:111]", "53"]  # fmt: skip
+    lines = []
+    for sid in range(1, 201):
+        arrow = rng.choice(["->", "->", "<>"])
+        lines.append(
+            f"alert tcp any {rng.choice(specs)} {arrow} any {rng.choice(specs)} "
+            f'(msg:"r"; content:"z{sid}"; sid:{sid};)'
+        )
+    rs = load_text(tmp_path, "\n".join(lines) + "\n")
+    pg = rs.group("packet", 6)
+    assert pg is not None
+    ports = [25, 53, 80, 81, 110, 443, 1023, 1024, 8005, 8080, 40000, 65535]
+    for _ in range(400):
+        pkt = SimpleNamespace(proto=6, src=b"\xc6\x12\x00\x0b", dst=b"\xcb\x00\x71\x0a",
+                              sport=rng.choice(ports), dport=rng.choice(ports))  # fmt: skip
+        consulted = {r.sid for pf in pg.lookup(pkt.sport, pkt.dport) for r in pf.rules}
+        can = {r.sid for r in rs.rules if r.header_matches(pkt)}
+        assert can <= consulted, (pkt.sport, pkt.dport, sorted(can - consulted))
