@@ -68,7 +68,7 @@ class PortGroups:
     source port, nothing else: a packet to 443 never meets the rules for port 80. Each group is
     a `Prefilter` over its own rules (groups with the same rules share one)."""
 
-    __slots__ = ("_any_only", "any", "dst", "rules", "src")
+    __slots__ = ("_any_only", "any", "dst", "header_rules", "rules", "src")
 
     def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
         self.rules = rules
@@ -88,6 +88,8 @@ class PortGroups:
         self.dst = {port: _shared(rs, made) for port, rs in dst.items()}
         self.src = {port: _shared(rs, made) for port, rs in src.items()}
         self._any_only: tuple[Prefilter, ...] = (self.any,) if self.any is not None else ()
+        # whether any rule here can match a packet without payload (one without content)
+        self.header_rules = any(not r.chains for r in rules)
 
     def lookup(self, sport: int, dport: int) -> tuple[Prefilter, ...]:
         """The groups a packet with these ports consults (empty: no rule can match it)."""

@@ -28,6 +28,7 @@ from appliance.detect.rules.matcher import (
     HOOK_PACKET,
     HOOK_TLS,
     Rule,
+    intern_chains,
 )
 from appliance.detect.rules.parser import Parser, RuleSyntaxError, Unsupported
 from appliance.detect.rules.prefilter import PortGroups, Prefilter
@@ -118,6 +119,7 @@ class RuleSet:
         self.bound: Any = None
         for i, r in enumerate(rules):
             r.index = i
+        intern_chains(rules)
         # Port groups per hook and IP protocol: a packet consults only its protocol's groups
         # (a UDP packet never runs the automaton of TCP payload rules) and of those only the
         # "any" group and its ports' groups; OTHER_PROTO holds the rules for any protocol, for
@@ -174,6 +176,8 @@ class RuleSet:
         tracker: Tracker | None = None,
     ) -> list[Rule]:
         """`match` with the packet's protocol group already looked up (`group`)."""
+        if record is None and not pkt.payload_len and not pg.header_rules:
+            return []  # no buffer at all, and every rule here needs one
         pfs = pg.lookup(pkt.sport, pkt.dport)
         if not pfs:
             return []
@@ -195,11 +199,15 @@ class RuleSet:
             idxs = sorted(found)
         rules = self.rules
         out: list[Rule] = []
+        # one per packet when several candidates: rules sharing a header or a chain share the
+        # answer (the same method, the same HOME_NET -> EXTERNAL_NET)
+        heads: dict[Any, bool] | None = {} if len(idxs) > 1 else None
+        chains: dict[int, bool] | None = {} if len(idxs) > 1 else None
         for i in idxs:
             r = rules[i]
-            if not r.header_matches(pkt) or not r.state_matches(pkt, flow, from_client):
+            if not r.header_matches(pkt, heads) or not r.state_matches(pkt, flow, from_client):
                 continue
-            if r.chains and not r.content_matches(bufs):
+            if r.chains and not r.content_matches(bufs, chains):
                 continue
             if (
                 tracker is not None

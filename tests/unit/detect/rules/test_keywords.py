@@ -301,6 +301,35 @@ def test_pipelined_requests_each_meet_the_http_rules(tmp_path: Path) -> None:
     assert alerts[0]["http"]["hostname"] == "C.Example:8080"
 
 
+def test_rules_sharing_chains_and_headers_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Equal chains of one buffer are matched once per packet and shared (and equal headers
+    too): same contents in another buffer, with other modifiers, or negated stay apart."""
+    r = Rules(
+        tmp_path,
+        'alert http any any -> any any (msg:"1"; http.uri; content:"/a"; http.user_agent; '
+        'content:"x-agent"; sid:1;)\n'
+        'alert http any any -> any any (msg:"2"; http.uri; content:"/a"; http.user_agent; '
+        'content:"y-agent"; sid:2;)\n'
+        'alert http any any -> any any (msg:"3"; http.host; content:"/a"; sid:3;)\n'
+        'alert http any any -> any any (msg:"4"; http.uri; content:"/A"; nocase; sid:4;)\n'
+        'alert http any any -> any any (msg:"5"; http.uri; content:"/A"; sid:5;)\n'
+        'alert http any any -> any any (msg:"6"; http.uri; content:!"/a"; sid:6;)\n'
+        'alert http any any -> any any (msg:"7"; http.uri; content:"/a"; offset:1; sid:7;)\n'
+        'alert http any any -> any 8080 (msg:"8"; http.uri; content:"/a"; sid:8;)\n'
+        'alert http any any -> any any (msg:"9"; http.uri; content:"/a"; sid:9;)\n',
+    )
+    from appliance.detect.rules import load_files
+    from appliance.detect.rules.addresses import default_vars
+
+    loaded = load_files([r.path], default_vars(["198.18.0.0/24"]))
+    assert len(loaded) == 9 and loaded.report.error_count == 0
+    assert loaded.rules[0].chains["http.uri"] is loaded.rules[8].chains["http.uri"]  # shared
+    assert loaded.rules[0].chains["http.uri"] is not loaded.rules[6].chains["http.uri"]
+    assert r.sids(http_request("/a/b", ua="x-agent/1")) == [1, 4, 9]
+    assert r.sids(http_request("/a/b", ua="y-agent/1")) == [2, 4, 9]
+    assert r.sids(http_request("/c", ua="x-agent/1")) == [6]
+
+
 def test_http_header_never_holds_cookies(tmp_path: Path) -> None:
     r = one(tmp_path, 'http.header; content:"session=";', "http any any -> any any")
     assert not hits(r, http_request("/", headers=("Cookie: session=abc",)))
