@@ -292,7 +292,7 @@ def run(quick: bool) -> dict[str, Any]:
         ported = tmp / "bench-5k-ported.rules"
         ported.write_text(generate(ported=True))
         none_s, rules_s, ported_s = _cpu_per_packet(
-            [without, with_rules, _engine(ported, store)], packets, 6 if quick else 9
+            [without, with_rules, _engine(ported, store)], packets, 4 if quick else 5
         )
         loops = 200 if quick else 1000
         worst = _pcre_us(tmp, "/(a+)+$/", loops)
