@@ -24,7 +24,7 @@ from operator import itemgetter
 
 import ahocorasick
 
-from appliance.detect.rules.matcher import Rule
+from appliance.detect.rules.matcher import FLOW_TO_CLIENT, FLOW_TO_SERVER, Rule
 
 _second = itemgetter(1)
 PERIODIC = 2  # patterns whose smallest period is this or less are not put in the automaton
@@ -65,13 +65,34 @@ class PortGroups:
     """The rules of one hook and IP protocol by port, as Suricata's port groups: a rule with a
     port list is in the group of each port listed, a rule for any port in the "any" group.
     A packet looks up the "any" group, the group of its destination port and the group of its
-    source port, nothing else: a packet to 443 never meets the rules for port 80. Each group is
-    a `Prefilter` over its own rules (groups with the same rules share one)."""
+    source port, nothing else: a packet to 443 never meets the rules for port 80. As Suricata's
+    toserver / toclient groups, a rule with ``flow:to_server`` is only in the groups of packets
+    from the client, one with ``flow:to_client`` only in those of packets from the server. Each
+    group is a `Prefilter` over its own rules (groups with the same rules share one)."""
 
-    __slots__ = ("_any_only", "any", "dst", "header_rules", "rules", "src")
+    __slots__ = ("_ways", "header_rules", "rules")
 
     def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
         self.rules = rules
+        self._ways = (
+            _Ports([r for r in rules if r.flow_dir != FLOW_TO_SERVER], made),  # from the server
+            _Ports([r for r in rules if r.flow_dir != FLOW_TO_CLIENT], made),  # from the client
+        )
+        # whether any rule here can match a packet without payload (one without content)
+        self.header_rules = any(not r.chains for r in rules)
+
+    def lookup(self, sport: int, dport: int, from_client: bool = True) -> tuple[Prefilter, ...]:
+        """The groups a packet with these ports, from this side, consults (empty: no rule can
+        match it)."""
+        return self._ways[from_client].lookup(sport, dport)
+
+
+class _Ports:
+    """The port groups of rules for one direction."""
+
+    __slots__ = ("_any_only", "any", "dst", "src")
+
+    def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
         anywhere: list[Rule] = []
         dst: defaultdict[int, list[Rule]] = defaultdict(list)
         src: defaultdict[int, list[Rule]] = defaultdict(list)
@@ -88,11 +109,8 @@ class PortGroups:
         self.dst = {port: _shared(rs, made) for port, rs in dst.items()}
         self.src = {port: _shared(rs, made) for port, rs in src.items()}
         self._any_only: tuple[Prefilter, ...] = (self.any,) if self.any is not None else ()
-        # whether any rule here can match a packet without payload (one without content)
-        self.header_rules = any(not r.chains for r in rules)
 
     def lookup(self, sport: int, dport: int) -> tuple[Prefilter, ...]:
-        """The groups a packet with these ports consults (empty: no rule can match it)."""
         d = self.dst.get(dport)
         s = self.src.get(sport)
         if d is None and s is None:

@@ -178,7 +178,7 @@ class RuleSet:
         """`match` with the packet's protocol group already looked up (`group`)."""
         if record is None and not pkt.payload_len and not pg.header_rules:
             return []  # no buffer at all, and every rule here needs one
-        pfs = pg.lookup(pkt.sport, pkt.dport)
+        pfs = pg.lookup(pkt.sport, pkt.dport, from_client)
         if not pfs:
             return []
         bufs = Buffers(pkt, record)

@@ -292,11 +292,34 @@ def test_rules_are_grouped_by_port(tmp_path: Path) -> None:
     assert rs.group("packet", 17) is None
 
 
+def test_rules_are_grouped_by_flow_direction(tmp_path: Path) -> None:
+    """As Suricata's toserver / toclient groups: a packet from the server never meets the
+    flow:to_server rules, one from the client never the flow:to_client ones."""
+    rs = load_text(
+        tmp_path,
+        'alert tcp any any -> any any (msg:"c"; flow:to_server; content:"zapc"; sid:1;)\n'
+        'alert tcp any any -> any any (msg:"s"; flow:established,to_client; content:"zaps"; '
+        "sid:2;)\n"
+        'alert tcp any any -> any any (msg:"b"; flow:established; content:"zapb"; sid:3;)\n'
+        'alert tcp any 80 -> any any (msg:"s80"; flow:from_server; content:"zap8"; sid:4;)\n',
+    )
+    pg = rs.group("packet", 6)
+    assert pg is not None
+
+    def sids(sport: int, dport: int, from_client: bool) -> list[int]:
+        return sorted({r.sid for pf in pg.lookup(sport, dport, from_client) for r in pf.rules})
+
+    assert sids(50000, 80, True) == [1, 3]
+    assert sids(80, 50000, False) == [2, 3, 4]
+    assert sids(443, 50000, False) == [2, 3]
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_port_groups_hold_every_rule_whose_header_can_match(tmp_path: Path, seed: int) -> None:
-    """For random port lists (single, lists, ranges, negations, variables, both directions)
-    and random packets, the groups a packet consults hold every rule whose header matches it:
-    grouping only leaves out rules that cannot match."""
+    """For random port lists (single, lists, ranges, negations, variables, both directions),
+    flow directions and random packets from either side, the groups a packet consults hold
+    every rule whose header and flow direction match it: grouping only leaves out rules that
+    cannot match."""
     import random
     from types import SimpleNamespace
 
@@ -306,17 +329,22 @@ def test_port_groups_hold_every_rule_whose_header_can_match(tmp_path: Path, seed
     lines = []
     for sid in range(1, 201):
         arrow = rng.choice(["->", "->", "<>"])
+        flow = rng.choice(["", "", "flow:to_server; ", "flow:to_client; "])
         lines.append(
             f"alert tcp any {rng.choice(specs)} {arrow} any {rng.choice(specs)} "
-            f'(msg:"r"; content:"z{sid}"; sid:{sid};)'
+            f'(msg:"r"; {flow}content:"z{sid}"; sid:{sid};)'
         )
     rs = load_text(tmp_path, "\n".join(lines) + "\n")
     pg = rs.group("packet", 6)
     assert pg is not None
     ports = [25, 53, 80, 81, 110, 443, 1023, 1024, 8005, 8080, 40000, 65535]
+    flow = SimpleNamespace(proto=6, established=True, pkts_c=1, pkts_s=1)
     for _ in range(400):
         pkt = SimpleNamespace(proto=6, src=b"\xc6\x12\x00\x0b", dst=b"\xcb\x00\x71\x0a",
                               sport=rng.choice(ports), dport=rng.choice(ports))  # fmt: skip
-        consulted = {r.sid for pf in pg.lookup(pkt.sport, pkt.dport) for r in pf.rules}
-        can = {r.sid for r in rs.rules if r.header_matches(pkt)}
-        assert can <= consulted, (pkt.sport, pkt.dport, sorted(can - consulted))
+        side = rng.random() < 0.5
+        consulted = {r.sid for pf in pg.lookup(pkt.sport, pkt.dport, side) for r in pf.rules}
+        can = {
+            r.sid for r in rs.rules if r.header_matches(pkt) and r.state_matches(pkt, flow, side)
+        }
+        assert can <= consulted, (pkt.sport, pkt.dport, side, sorted(can - consulted))
