@@ -87,10 +87,17 @@ class PortGroups:
         return self._ways[from_client].lookup(sport, dport)
 
 
-class _Ports:
-    """The port groups of rules for one direction."""
+MERGED_GROUPS = 4  # port groups per side and table merged with the "any" group (one pass)
 
-    __slots__ = ("_any_only", "any", "dst", "src")
+
+class _Ports:
+    """The port groups of rules for one direction. A packet with a port group meets that
+    group's rules and the "any" group's: for the MERGED_GROUPS groups with the most patterns
+    (ports with the same rules share one group) one prefilter holds both, so such a packet
+    makes one automaton pass, not two; the others keep two (memory: each merge copies the
+    "any" group's patterns)."""
+
+    __slots__ = ("_any_only", "any", "dst_t", "src", "src_t")
 
     def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
         anywhere: list[Rule] = []
@@ -106,18 +113,43 @@ class _Ports:
             for port in where[1]:
                 src[port].append(r)
         self.any = _shared(anywhere, made) if anywhere else None
-        self.dst = {port: _shared(rs, made) for port, rs in dst.items()}
-        self.src = {port: _shared(rs, made) for port, rs in src.items()}
         self._any_only: tuple[Prefilter, ...] = (self.any,) if self.any is not None else ()
+        # what a packet with only that port grouped consults; and the source ports' own groups
+        # (added when both of a packet's ports are grouped)
+        self.src = {port: _shared(rs, made) for port, rs in src.items()}
+        self.dst_t = self._with_any(dst, anywhere, made)
+        self.src_t = self._with_any(src, anywhere, made)
+
+    def _with_any(
+        self,
+        by_port: dict[int, list[Rule]],
+        anywhere: list[Rule],
+        made: dict[tuple[int, ...], Prefilter],
+    ) -> dict[int, tuple[Prefilter, ...]]:
+        own = {port: tuple(r.index for r in rs) for port, rs in by_port.items()}
+        # only groups with patterns of their own (a group of flags rules makes no pass), the
+        # ones with the most first
+        patterns = {port: sum(1 for r in rs if r.fast is not None) for port, rs in by_port.items()}
+        sizes = {own[port]: n for port, n in patterns.items() if n}
+        biggest = sorted(sizes, key=lambda k: (-sizes[k], k))[:MERGED_GROUPS]
+        merged = set(biggest) if any(r.fast is not None for r in anywhere) else set()
+        out: dict[int, tuple[Prefilter, ...]] = {}
+        for port, rs in by_port.items():
+            if own[port] in merged:
+                both = sorted({r.index: r for r in (*rs, *anywhere)}.items())
+                out[port] = (_shared([r for _, r in both], made),)
+            else:
+                out[port] = (*self._any_only, _shared(rs, made))
+        return out
 
     def lookup(self, sport: int, dport: int) -> tuple[Prefilter, ...]:
-        d = self.dst.get(dport)
         s = self.src.get(sport)
-        if d is None and s is None:
-            return self._any_only
-        return tuple(
-            pf for pf in (self.any, d, None if s is d else s) if pf is not None
-        )  # fmt: skip
+        if s is None:
+            return self.dst_t.get(dport, self._any_only)
+        d = self.dst_t.get(dport)
+        if d is None:
+            return self.src_t[sport]
+        return d if s in d else (*d, s)  # both ports grouped (80 -> 80, <> rules): rare
 
 
 def _shared(rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> Prefilter:

@@ -288,7 +288,10 @@ def test_rules_are_grouped_by_port(tmp_path: Path) -> None:
     assert sids(80, 50000) == sorted([*anywhere, 4])  # the server's answer: "from 80" rules
     assert sids(50000, 81) == sids(81, 50000) == sorted([*anywhere, 5])
     assert sids(2000, 25) == sorted([*anywhere, 9])  # wide source list: under its dest port
-    assert pg.lookup(50000, 8080)[1] is pg.lookup(50000, 8000)[1]  # same rules, one group
+    # same rules, one group; merged with the "any" group: one prefilter, one automaton pass
+    assert pg.lookup(50000, 8080) == pg.lookup(50000, 8000)
+    assert len(pg.lookup(50000, 80)) == len(pg.lookup(50000, 8080)) == 1
+    assert len(pg.lookup(80, 81)) == 2  # both ports grouped: the source port's own group too
     assert rs.group("packet", 17) is None
 
 
@@ -348,3 +351,28 @@ def test_port_groups_hold_every_rule_whose_header_can_match(tmp_path: Path, seed
             r.sid for r in rs.rules if r.header_matches(pkt) and r.state_matches(pkt, flow, side)
         }
         assert can <= consulted, (pkt.sport, pkt.dport, side, sorted(can - consulted))
+
+
+def test_the_largest_port_groups_are_merged_with_the_any_group(tmp_path: Path) -> None:
+    """One automaton pass for a packet to one of the MERGED_GROUPS port groups with the most
+    patterns (its rules and the "any" group's in one prefilter); two for the other groups; a
+    group of rules without content is never merged (it makes no pass)."""
+    from appliance.detect.rules.prefilter import MERGED_GROUPS
+
+    ports = list(range(7001, 7001 + MERGED_GROUPS + 2))
+    lines = ['alert tcp any any -> any any (msg:"a"; content:"zapany"; sid:1;)']
+    sid = 10
+    for n, port in enumerate(ports):
+        for _ in range(len(ports) - n):  # 7001 has the most rules, the last port the fewest
+            sid += 1
+            lines.append(f'alert tcp any any -> any {port} (msg:"p"; content:"z{sid}"; sid:{sid};)')
+    lines.append('alert tcp any any -> any 6000 (msg:"f"; flags:S; sid:2;)')
+    rs = load_text(tmp_path, "\n".join(lines) + "\n")
+    pg = rs.group("packet", 6)
+    assert pg is not None
+    passes = [len(pg.lookup(50000, port)) for port in ports]
+    assert passes == [1] * MERGED_GROUPS + [2, 2]
+    assert len(pg.lookup(50000, 6000)) == 2 and len(pg.lookup(50000, 443)) == 1
+    for port in ports:  # merged or not, the same rules are consulted
+        got = {r.sid for pf in pg.lookup(50000, port) for r in pf.rules}
+        assert got == {1} | {r.sid for r in rs.rules if r.dport is not None and port in r.dport}
