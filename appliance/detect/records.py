@@ -189,6 +189,11 @@ class HttpRequest:
     # by the dissector and never reach a detector.
     basic_auth: bool = False
     header_names: list[str] = field(default_factory=list)
+    # Where this request's head starts in the segment (0 for the first; the header buffers of
+    # rules are cut from the payload there), and the complete requests pipelined after it in
+    # the same segment (set on the first request only; each has its own offset).
+    offset: int = 0
+    pipelined: tuple[HttpRequest, ...] = ()
 
     def eve(self) -> dict[str, Any]:
         http: dict[str, Any] = {

@@ -1,9 +1,10 @@
 """`rules`: Suricata-style rules (``[detect.rules] paths``) on flow heads and all DNS.
 
 Each rule runs where its buffers are: payload and header rules on every queued packet, HTTP
-buffers on a dissected request head, TLS buffers (SNI, JA3, JA4) on a ClientHello, ``dns.query``
-on a DNS query. A match is an EVE alert with the rule's gid, sid, rev, msg, and the class type's
-description and severity (``watchpost.detector = "rules"``). ``drop`` rules put the flow's
+buffers on a dissected request head (on each of the requests pipelined in one segment), TLS
+buffers (SNI, JA3, JA4) on a ClientHello, ``dns.query`` on a DNS query. A match is an EVE
+alert with the rule's gid, sid, rev, msg, and the class type's description and severity
+(``watchpost.detector = "rules"``). ``drop`` rules put the flow's
 outside address into the kernel drop set in block mode (through the engine's block path, so
 `inline.never_block` applies); in monitor mode they alert as ``allowed``. A ``pass`` rule that
 matches a flow silences the rules for the rest of that flow.
@@ -38,7 +39,7 @@ from appliance.detect.rules.addresses import SpecError, check_variables, default
 from appliance.detect.rules.classification import load as load_classes
 from appliance.detect.rules.matcher import HOOK_DNS, HOOK_HTTP, HOOK_PACKET, HOOK_TLS, Rule
 from appliance.detect.rules.parser import Parser
-from appliance.detect.rules.prefilter import Prefilter
+from appliance.detect.rules.prefilter import PortGroups
 from appliance.detect.rules.ruleset import (
     OTHER_PROTO,
     LoadReport,
@@ -164,7 +165,8 @@ def parse_vars(opts: Options) -> dict[str, str]:
 
 class RulesDetector(Detector):
     name = "rules"
-    # replay --workers (Detector.partition): state per flow; "global" with threshold rules.
+    # replay --workers (Detector.partition): state per flow; "global" with threshold or
+    # detection_filter rules (their counts span flows).
     partition = "flow"
     signatures = ()  # one per loaded rule: see `watchpost rules check`
 
@@ -174,7 +176,7 @@ class RulesDetector(Detector):
         self._vars: dict[str, str] = {}
         self._sigs: dict[int, Signature] = {}
         self._hooks: set[str] = set()
-        self._packet_groups: dict[int, Prefilter | None] | None = None
+        self._packet_groups: dict[int, PortGroups | None] | None = None
         self._opts: Options | None = None
         self._hub_paths: tuple[str, ...] = ()
         self._hub_sig: tuple = _UNCHECKED
@@ -264,7 +266,9 @@ class RulesDetector(Detector):
         self._sigs = {}
         self.tracker = Tracker()
         self._hooks = ruleset.hooks() if ruleset is not None else set()
-        thresholds = ruleset is not None and any(r.threshold for r in ruleset.rules)
+        thresholds = ruleset is not None and any(
+            r.threshold is not None or r.detection_filter is not None for r in ruleset.rules
+        )  # both count matches across flows (by source, destination or rule)
         self.partition = "global" if thresholds else "flow"
         self._packet_groups = (
             ruleset.groups[HOOK_PACKET] if ruleset is not None and HOOK_PACKET in self._hooks
@@ -425,6 +429,10 @@ class RulesDetector(Detector):
         hits = rs.match(HOOK_HTTP, pkt, flow, True, req, self.tracker)
         if hits:
             self._report(ctx, pkt, flow, hits, req.eve())
+        for more in req.pipelined:  # requests pipelined in the same segment, each on its own
+            hits = rs.match(HOOK_HTTP, pkt, flow, True, more, self.tracker)
+            if hits:
+                self._report(ctx, pkt, flow, hits, more.eve())
 
     def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
         rs = self.ruleset

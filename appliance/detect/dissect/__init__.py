@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from appliance.detect.dissect.dns import parse_dns
-from appliance.detect.dissect.http import parse_request
+from appliance.detect.dissect.http import parse_requests
 from appliance.detect.dissect.quic import (
     hello_from_crypto,
     initial_crypto,
@@ -50,7 +50,9 @@ class Dissectors:
         return self._run("tls", parse_client_hello, payload)
 
     def http(self, payload: bytes) -> HttpRequest | None:
-        return self._run("http", parse_request, payload)
+        """The segment's first request head, the complete ones pipelined after it in its
+        `pipelined`."""
+        return self._run("http", parse_requests, payload)
 
     def quic(self, payload: bytes) -> TlsHello | None:
         return self._run("quic", parse_initial, payload)

@@ -6,7 +6,7 @@
 - `matcher`: a rule's checks (header, flow, flags, dsize, contents and pcre per buffer);
 - `pcre`: pcre compiled to RE2 (linear time) over a capped buffer;
 - `buffers`: the sticky buffers built from the packet and its dissected record;
-- `prefilter`: one Aho-Corasick automaton per buffer, and a port index for rules without one;
+- `prefilter`: port groups (Suricata's), and in each one Aho-Corasick automaton per buffer;
 - `threshold`: threshold / detection_filter state;
 - `ruleset`: loading files into a `RuleSet` with a `LoadReport`, and matching one packet;
 - `check`: the ``watchpost rules check`` command.

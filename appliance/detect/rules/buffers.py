@@ -109,10 +109,11 @@ class Buffers:
                 return rec.host.encode("utf-8", "surrogateescape") if rec.host else None
             if name == "http.user_agent":
                 return rec.user_agent.encode("utf-8", "surrogateescape") if rec.user_agent else None
-            if name == "http.header":
-                return http_header(pkt.payload) or None
+            if name == "http.header":  # this request's own head (pipelined: at its offset)
+                return http_header(pkt.payload[rec.offset :] if rec.offset else pkt.payload) or None
             if name == "http.header.raw":
-                return http_header_raw(pkt.payload) or None
+                raw = pkt.payload[rec.offset :] if rec.offset else pkt.payload
+                return http_header_raw(raw) or None
             return None
         if name == "tls.sni":
             return rec.sni.encode("utf-8", "surrogateescape") if rec.sni else None

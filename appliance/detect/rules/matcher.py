@@ -207,11 +207,22 @@ class Rule:
     def key(self) -> tuple[int, int]:
         return (self.gid, self.sid)
 
-    def header_matches(self, pkt: Any) -> bool:
-        """Protocol, addresses and ports (either way round for ``<>``)."""
+    def header_matches(self, pkt: Any, memo: dict[Any, bool] | None = None) -> bool:
+        """Protocol, addresses and ports (either way round for ``<>``). With `memo` (one per
+        packet), rules whose header names the same lists (compiled once, shared) share one
+        answer."""
         protos = self.ipprotos
         if protos is not None and pkt.proto not in protos:
             return False
+        if memo is not None:
+            key = (self.src, self.dst, self.sport, self.dport, self.bidirectional)
+            got = memo.get(key)
+            if got is None:
+                got = memo[key] = self._either_way(pkt)
+            return got
+        return self._either_way(pkt)
+
+    def _either_way(self, pkt: Any) -> bool:
         if self._one_way(pkt.src, pkt.sport, pkt.dst, pkt.dport):
             return True
         return self.bidirectional and self._one_way(pkt.dst, pkt.dport, pkt.src, pkt.sport)
@@ -274,15 +285,44 @@ class Rule:
                 return False
         return True
 
-    def content_matches(self, buffers: Any) -> bool:
-        """Every buffer's chain; `buffers.get(name)` gives (bytes, lower) or None (absent)."""
+    def content_matches(self, buffers: Any, memo: dict[int, bool] | None = None) -> bool:
+        """Every buffer's chain; `buffers.get(name)` gives (bytes, lower) or None (absent).
+        With `memo` (one per packet and record), a chain shared by several rules (the rule set
+        gives equal chains of one buffer one tuple, `intern_chains`) is matched once."""
         for name, items in self.chains.items():
+            if memo is not None:
+                done = memo.get(id(items))
+                if done is not None:
+                    if not done:
+                        return False
+                    continue
             got = buffers.get(name)
-            if got is None:
-                return False  # as in Suricata: an absent buffer (no User-Agent) never matches
-            if not match_chain(items, got[0], got[1]):
+            # as in Suricata: an absent buffer (no User-Agent) never matches
+            ok = got is not None and match_chain(items, got[0], got[1])
+            if memo is not None:
+                memo[id(items)] = ok
+            if not ok:
                 return False
         return True
+
+
+def _item_key(it: Item) -> tuple[Any, ...]:
+    if isinstance(it, PcreItem):
+        p = it.pcre
+        return ("pcre", p.source, p.negated, p.relative, p.buffer)
+    return ("content", it.pattern, it.nocase, it.negated, it.offset, it.depth, it.distance,
+            it.within)  # fmt: skip
+
+
+def intern_chains(rules: list[Rule]) -> int:
+    """Give equal chains of one buffer (same items, in order) one tuple object, so a packet's
+    `content_matches` memo matches each once; returns how many distinct chains there are."""
+    canon: dict[tuple[Any, ...], tuple[Item, ...]] = {}
+    for r in rules:
+        for name, items in r.chains.items():
+            key = (name, tuple(_item_key(it) for it in items))
+            r.chains[name] = canon.setdefault(key, items)
+    return len(canon)
 
 
 def _established(flow: Any) -> bool:

@@ -1,12 +1,14 @@
-"""Which rules can match at all: one Aho-Corasick automaton per buffer, and a port index.
+"""Which rules can match at all: port groups, and in each one Aho-Corasick automaton per buffer.
 
-Every rule with a (non-negated) content has one prefilter pattern: its ``fast_pattern``
-content, else its longest. The patterns of all rules that look in one buffer go into ONE
-automaton (pyahocorasick), matched lower-cased, so finding the candidate rules of a packet costs
-one pass over its bytes whatever the number of rules; only candidates are checked in full.
-Rules without a usable content (flags, dsize or only negated contents) go into a small
-always-check list, indexed by IP protocol and port so a packet looks only at the few that name
-its port (plus those for any port).
+Rules are grouped by port first (`PortGroups`, one per hook and IP protocol): a rule with a
+port list is in the group of each port it lists, a rule for any port in the "any" group, and a
+packet consults only the "any" group and the groups of its own two ports. In each group
+(`Prefilter`), every rule with a (non-negated) content has one prefilter pattern: its
+``fast_pattern`` content, else its longest. The patterns of the group's rules that look in one
+buffer go into ONE automaton (pyahocorasick), matched lower-cased, so finding the candidate
+rules of a packet costs one pass over its bytes per group whatever the number of rules; only
+candidates are checked in full. Rules without a usable content (flags, dsize or only negated
+contents) are the group's always-check list.
 
 An automaton reports every occurrence, so a pattern that repeats itself with a short period
 (``aaaa``, ``|00 00 00 00|``) would be reported at nearly every byte of a run of that byte (a
@@ -18,16 +20,13 @@ PERIODIC + 1 bytes, which bounds the automaton's reports per packet.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
 from operator import itemgetter
-from typing import Any
 
 import ahocorasick
 
-from appliance.detect.rules.matcher import Rule
+from appliance.detect.rules.matcher import FLOW_TO_CLIENT, FLOW_TO_SERVER, Rule
 
 _second = itemgetter(1)
-ANY = -1
 PERIODIC = 2  # patterns whose smallest period is this or less are not put in the automaton
 
 
@@ -45,62 +44,120 @@ def period(word: str) -> int:
     return n - fail[-1] if n else 0
 
 
-class PortIndex:
-    """Rules by (IP protocol, port): a packet gets those naming its source or destination
-    port, and those for any port, of its protocol and of "any protocol"."""
+def index_ports(r: Rule) -> tuple[frozenset[int], frozenset[int]] | None:
+    """The port groups a rule goes into: (destination ports, source ports) a packet must have
+    one of for the rule's header to match it, or None (the "any" group) when its ports are any
+    or too wide to list. A one-way rule goes under its destination ports, else under its source
+    ports; a ``<>`` rule under its listed ports on both sides (either way round)."""
+    d = r.dport.ports if r.dport is not None else None
+    s = r.sport.ports if r.sport is not None else None
+    if r.bidirectional:
+        either = d or s
+        return (either, either) if either else None
+    if d:
+        return d, frozenset()
+    if s:
+        return frozenset(), s
+    return None
 
-    def __init__(self, rules: Iterable[Rule]) -> None:
-        by: defaultdict[tuple[int, int], list[Rule]] = defaultdict(list)
+
+class PortGroups:
+    """The rules of one hook and IP protocol by port, as Suricata's port groups: a rule with a
+    port list is in the group of each port listed, a rule for any port in the "any" group.
+    A packet looks up the "any" group, the group of its destination port and the group of its
+    source port, nothing else: a packet to 443 never meets the rules for port 80. As Suricata's
+    toserver / toclient groups, a rule with ``flow:to_server`` is only in the groups of packets
+    from the client, one with ``flow:to_client`` only in those of packets from the server. Each
+    group is a `Prefilter` over its own rules (groups with the same rules share one)."""
+
+    __slots__ = ("_ways", "header_rules", "rules")
+
+    def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
+        self.rules = rules
+        self._ways = (
+            _Ports([r for r in rules if r.flow_dir != FLOW_TO_SERVER], made),  # from the server
+            _Ports([r for r in rules if r.flow_dir != FLOW_TO_CLIENT], made),  # from the client
+        )
+        # whether any rule here can match a packet without payload (one without content)
+        self.header_rules = any(not r.chains for r in rules)
+
+    def lookup(self, sport: int, dport: int, from_client: bool = True) -> tuple[Prefilter, ...]:
+        """The groups a packet with these ports, from this side, consults (empty: no rule can
+        match it)."""
+        return self._ways[from_client].lookup(sport, dport)
+
+
+MERGED_GROUPS = 4  # port groups per side and table merged with the "any" group (one pass)
+
+
+class _Ports:
+    """The port groups of rules for one direction. A packet with a port group meets that
+    group's rules and the "any" group's: for the MERGED_GROUPS groups with the most patterns
+    (ports with the same rules share one group) one prefilter holds both, so such a packet
+    makes one automaton pass, not two; the others keep two (memory: each merge copies the
+    "any" group's patterns)."""
+
+    __slots__ = ("_any_only", "any", "dst_t", "src", "src_t")
+
+    def __init__(self, rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> None:
+        anywhere: list[Rule] = []
+        dst: defaultdict[int, list[Rule]] = defaultdict(list)
+        src: defaultdict[int, list[Rule]] = defaultdict(list)
         for r in rules:
-            protos = sorted(r.ipprotos) if r.ipprotos is not None else [ANY]
-            ports = _index_ports(r)
-            for p in protos:
-                for port in ports:
-                    by[(p, port)].append(r)
-        self._by = {k: tuple(v) for k, v in by.items()}
-        self.size = sum(len(v) for v in self._by.values())
-        # IP protocols with rules at all ("any protocol" rules are listed under each of the
-        # protocols packets come with, so a packet makes at most three lookups)
-        any_proto = {k[1]: v for k, v in self._by.items() if k[0] == ANY}
-        merged: defaultdict[tuple[int, int], list[Rule]] = defaultdict(list)
-        for (p, port), rs in self._by.items():
-            if p != ANY:
-                merged[(p, port)] += rs
-        for proto in (1, 6, 17, 58, *{k[0] for k in self._by if k[0] != ANY}):
-            for port, rs in any_proto.items():
-                merged[(proto, port)] += rs
-        self._merged = {
-            k: tuple(sorted({r.index: r for r in v}.values(), key=lambda r: r.index))
-            for k, v in merged.items()
-        }
-        self._any_proto = {port: tuple(rs) for port, rs in any_proto.items()}
+            where = index_ports(r)
+            if where is None:
+                anywhere.append(r)
+                continue
+            for port in where[0]:
+                dst[port].append(r)
+            for port in where[1]:
+                src[port].append(r)
+        self.any = _shared(anywhere, made) if anywhere else None
+        self._any_only: tuple[Prefilter, ...] = (self.any,) if self.any is not None else ()
+        # what a packet with only that port grouped consults; and the source ports' own groups
+        # (added when both of a packet's ports are grouped)
+        self.src = {port: _shared(rs, made) for port, rs in src.items()}
+        self.dst_t = self._with_any(dst, anywhere, made)
+        self.src_t = self._with_any(src, anywhere, made)
 
-    def candidates(self, proto: int, sport: int, dport: int) -> list[Rule]:
-        get = self._merged.get
-        if (proto, ANY) not in self._merged and proto not in (1, 6, 17, 58):
-            by_port = self._any_proto
-            out = list(by_port.get(ANY, ()))
-            out += by_port.get(dport, ())
-            if sport != dport:
-                out += by_port.get(sport, ())
-            return out
-        out = list(get((proto, ANY), ()))
-        out += get((proto, dport), ())
-        if sport != dport:
-            out += get((proto, sport), ())
+    def _with_any(
+        self,
+        by_port: dict[int, list[Rule]],
+        anywhere: list[Rule],
+        made: dict[tuple[int, ...], Prefilter],
+    ) -> dict[int, tuple[Prefilter, ...]]:
+        own = {port: tuple(r.index for r in rs) for port, rs in by_port.items()}
+        # only groups with patterns of their own (a group of flags rules makes no pass), the
+        # ones with the most first
+        patterns = {port: sum(1 for r in rs if r.fast is not None) for port, rs in by_port.items()}
+        sizes = {own[port]: n for port, n in patterns.items() if n}
+        biggest = sorted(sizes, key=lambda k: (-sizes[k], k))[:MERGED_GROUPS]
+        merged = set(biggest) if any(r.fast is not None for r in anywhere) else set()
+        out: dict[int, tuple[Prefilter, ...]] = {}
+        for port, rs in by_port.items():
+            if own[port] in merged:
+                both = sorted({r.index: r for r in (*rs, *anywhere)}.items())
+                out[port] = (_shared([r for _, r in both], made),)
+            else:
+                out[port] = (*self._any_only, _shared(rs, made))
         return out
 
+    def lookup(self, sport: int, dport: int) -> tuple[Prefilter, ...]:
+        s = self.src.get(sport)
+        if s is None:
+            return self.dst_t.get(dport, self._any_only)
+        d = self.dst_t.get(dport)
+        if d is None:
+            return self.src_t[sport]
+        return d if s in d else (*d, s)  # both ports grouped (80 -> 80, <> rules): rare
 
-def _index_ports(r: Rule) -> list[int]:
-    """The ports a rule can be found under; [ANY] when its ports are wide or unknown."""
-    if r.bidirectional:
-        a = r.dport.ports if r.dport is not None else None
-        b = r.sport.ports if r.sport is not None else None
-        return sorted(a | b) if a is not None and b is not None else [ANY]
-    for spec in (r.dport, r.sport):
-        if spec is not None and spec.ports is not None:
-            return sorted(spec.ports)
-    return [ANY]
+
+def _shared(rules: list[Rule], made: dict[tuple[int, ...], Prefilter]) -> Prefilter:
+    key = tuple(r.index for r in rules)
+    pf = made.get(key)
+    if pf is None:
+        pf = made[key] = Prefilter(rules)
+    return pf
 
 
 class Prefilter:
@@ -134,13 +191,14 @@ class Prefilter:
             self.automata[buf] = (auto if groups else None, groups)
             if direct:
                 self.periodic[buf] = tuple(direct)
-        self.always = PortIndex(always)
+        # rules checked on every packet of the group (no content to prefilter by)
+        self.always = tuple(r.index for r in always)
         self.buffers = tuple(self.automata)
 
-    def candidates(self, lowered: dict[str, str], pkt: object) -> list[int]:
-        """Indexes (into the rule set) of rules whose prefilter pattern occurs in a buffer
-        (`lowered`: buffer -> lower-case text, latin-1) or that are always checked."""
-        out: set[int] = set()
+    def candidates(self, lowered: dict[str, str], out: set[int]) -> None:
+        """Add to `out` the indexes (into the rule set) of rules whose prefilter pattern occurs
+        in a buffer (`lowered`: buffer -> lower-case text, latin-1) or that are always
+        checked."""
         periodic = self.periodic
         for buf, text in lowered.items():
             entry = self.automata.get(buf)
@@ -155,13 +213,4 @@ class Prefilter:
                 for word, idxs in direct:
                     if word in text:
                         out.update(idxs)
-        for r in self.always.candidates(pkt.proto, pkt.sport, pkt.dport):  # type: ignore[attr-defined]
-            out.add(r.index)
-        return sorted(out)
-
-    def header_only(self, pkt: Any) -> list[int]:
-        """Candidates of a packet without payload: only the always-checked rules can match."""
-        got = self.always.candidates(pkt.proto, pkt.sport, pkt.dport)
-        if len(got) < 2:
-            return [r.index for r in got]
-        return sorted({r.index for r in got})
+        out.update(self.always)

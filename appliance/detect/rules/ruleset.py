@@ -28,9 +28,10 @@ from appliance.detect.rules.matcher import (
     HOOK_PACKET,
     HOOK_TLS,
     Rule,
+    intern_chains,
 )
 from appliance.detect.rules.parser import Parser, RuleSyntaxError, Unsupported
-from appliance.detect.rules.prefilter import Prefilter
+from appliance.detect.rules.prefilter import PortGroups, Prefilter
 from appliance.detect.rules.threshold import Tracker
 
 HOOKS = (HOOK_PACKET, HOOK_HTTP, HOOK_TLS, HOOK_DNS)
@@ -118,10 +119,12 @@ class RuleSet:
         self.bound: Any = None
         for i, r in enumerate(rules):
             r.index = i
-        # One prefilter per hook and IP protocol: a packet consults only its protocol's group
-        # (a UDP packet never runs the automaton of TCP payload rules); OTHER_PROTO holds the
-        # rules for any protocol, for packets of protocols no rule names.
-        self.groups: dict[str, dict[int, Prefilter | None]] = {
+        intern_chains(rules)
+        # Port groups per hook and IP protocol: a packet consults only its protocol's groups
+        # (a UDP packet never runs the automaton of TCP payload rules) and of those only the
+        # "any" group and its ports' groups; OTHER_PROTO holds the rules for any protocol, for
+        # packets of protocols no rule names.
+        self.groups: dict[str, dict[int, PortGroups | None]] = {
             h: _groups([r for r in rules if r.hook == h]) for h in HOOKS
         }
         report.by_hook = Counter(r.hook for r in rules)
@@ -131,8 +134,9 @@ class RuleSet:
     def __len__(self) -> int:
         return len(self.rules)
 
-    def group(self, hook: str, proto: int) -> Prefilter | None:
-        """The prefilter of `hook`'s rules that can match IP protocol `proto` (None: none can)."""
+    def group(self, hook: str, proto: int) -> PortGroups | None:
+        """The port groups of `hook`'s rules that can match IP protocol `proto` (None: none
+        can)."""
         groups = self.groups[hook]
         return groups.get(proto, groups[OTHER_PROTO])
 
@@ -164,33 +168,46 @@ class RuleSet:
 
     def match_group(
         self,
-        pf: Prefilter,
+        pg: PortGroups,
         pkt: Any,
         flow: Any,
         from_client: bool,
         record: Any = None,
         tracker: Tracker | None = None,
     ) -> list[Rule]:
-        """`match` with the packet's group already looked up (`group`)."""
+        """`match` with the packet's protocol group already looked up (`group`)."""
+        if record is None and not pkt.payload_len and not pg.header_rules:
+            return []  # no buffer at all, and every rule here needs one
+        pfs = pg.lookup(pkt.sport, pkt.dport, from_client)
+        if not pfs:
+            return []
         bufs = Buffers(pkt, record)
+        idxs: Iterable[int]
         if record is None and not pkt.payload_len:
-            idxs = pf.header_only(pkt)  # no buffer at all: only rules without content
+            # no buffer at all: only rules without content (the groups' always-check lists)
+            one = len(pfs) == 1
+            idxs = pfs[0].always if one else sorted({i for pf in pfs for i in pf.always})
         else:
             lowered: dict[str, str] = {}
-            for name in pf.buffers:
-                got = bufs.get(name)
-                if got is not None:
-                    lowered[name] = got[1].decode("latin-1")
-            idxs = pf.candidates(lowered, pkt)
-        if not idxs:
-            return []
+            found: set[int] = set()
+            for pf in pfs:
+                for name in pf.buffers:
+                    if name not in lowered:
+                        got = bufs.get(name)
+                        lowered[name] = got[1].decode("latin-1") if got is not None else ""
+                pf.candidates(lowered, found)
+            idxs = sorted(found)
         rules = self.rules
         out: list[Rule] = []
+        # one per packet when several candidates: rules sharing a header or a chain share the
+        # answer (the same method, the same HOME_NET -> EXTERNAL_NET)
+        heads: dict[Any, bool] | None = {} if len(idxs) > 1 else None
+        chains: dict[int, bool] | None = {} if len(idxs) > 1 else None
         for i in idxs:
             r = rules[i]
-            if not r.header_matches(pkt) or not r.state_matches(pkt, flow, from_client):
+            if not r.header_matches(pkt, heads) or not r.state_matches(pkt, flow, from_client):
                 continue
-            if r.chains and not r.content_matches(bufs):
+            if r.chains and not r.content_matches(bufs, chains):
                 continue
             if (
                 tracker is not None
@@ -204,21 +221,23 @@ class RuleSet:
         return out
 
 
-def _groups(rules: list[Rule]) -> dict[int, Prefilter | None]:
-    """IP protocol -> the prefilter of the rules that can match it (None when there are none);
-    groups with the same rules share one prefilter."""
-    out: dict[int, Prefilter | None] = {}
-    made: dict[tuple[int, ...], Prefilter] = {}
+def _groups(rules: list[Rule]) -> dict[int, PortGroups | None]:
+    """IP protocol -> the port groups of the rules that can match it (None when there are
+    none); protocols with the same rules share them, and so do port groups with the same
+    rules."""
+    out: dict[int, PortGroups | None] = {}
+    made: dict[tuple[int, ...], PortGroups] = {}
+    shared: dict[tuple[int, ...], Prefilter] = {}
     for proto in (*GROUP_PROTOS, OTHER_PROTO):
         mine = [r for r in rules if r.ipprotos is None or proto in r.ipprotos]
         if not mine:
             out[proto] = None
             continue
         key = tuple(r.index for r in mine)
-        pf = made.get(key)
-        if pf is None:
-            pf = made[key] = Prefilter(mine)
-        out[proto] = pf
+        pg = made.get(key)
+        if pg is None:
+            pg = made[key] = PortGroups(mine, shared)
+        out[proto] = pg
     return out
 
 

@@ -63,6 +63,8 @@ def _seeds() -> dict[str, list[bytes]]:
     http = [
         *client_payloads(HANDSHAKES, 80).values(),
         b"GET /a?b=c HTTP/1.0\nHost: x\nAuthorization: Basic YTpi\n\n",
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /3 HTTP/1.1\r\nHost: c\r\n\r\n",  # pipelined
     ]
     hello = client_hello([0x1301, 0x1302], default_extensions(sni="q.example.com", alpn=(b"h3",)))
     frames = crypto_frame(40, hello[40:]) + b"\x01" + crypto_frame(0, hello[:40])
@@ -123,7 +125,7 @@ def recording(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes, BaseExc
 
         return wrapped
 
-    for name in ("parse_dns", "parse_client_hello", "parse_initial", "parse_request"):
+    for name in ("parse_dns", "parse_client_hello", "parse_initial", "parse_requests"):
         monkeypatch.setattr(dissect, name, wrap(name, getattr(dissect, name)))
     return errors
 

@@ -9,7 +9,13 @@ import shutil
 import pytest
 
 from appliance.detect.dissect import Dissectors
-from appliance.detect.dissect.http import MAX_HEADERS, parse_request
+from appliance.detect.dissect.http import (
+    MAX_HEAD,
+    MAX_HEADERS,
+    MAX_PIPELINED,
+    parse_request,
+    parse_requests,
+)
 from tests.unit.detect.dissect.build import client_payloads
 from tests.unit.detect.dissect.capture import (
     HANDSHAKES,
@@ -157,3 +163,62 @@ def test_dissectors_counts_http() -> None:
     assert d.http(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n") is not None
     assert d.http(b"GET nothing") is None
     assert d.parsed["http"] == 1 and d.malformed["http"] == 1
+
+
+# -- requests pipelined in one segment ---------------------------------------------------------
+
+PIPELINED = (
+    b"GET /one HTTP/1.1\r\nHost: a.example\r\nUser-Agent: agent-1\r\n\r\n"
+    b"POST /two HTTP/1.1\r\nHost: b.example\r\nContent-Length: 20\r\n\r\n"
+    b"GET /body HTTP/1.1\r\n"  # the body of /two (20 bytes): not a request of its own
+    b"GET /three HTTP/1.1\r\nHost: c.example\r\nUser-Agent: agent-3\r\n\r\n"
+)
+
+
+def test_pipelined_requests_are_each_parsed_with_their_offset() -> None:
+    req = parse_requests(PIPELINED)
+    assert req is not None and (req.path, req.host, req.offset) == ("/one", "a.example", 0)
+    got = [(r.method, r.path, r.host, r.user_agent) for r in req.pipelined]
+    assert got == [("POST", "/two", "b.example", ""), ("GET", "/three", "c.example", "agent-3")]
+    for r in req.pipelined:
+        assert PIPELINED[r.offset :].startswith(f"{r.method} {r.path} ".encode())
+        assert r.pipelined == ()
+    # parse_request alone still reads only the first (the heads of the others are not headers)
+    only = parse_request(PIPELINED)
+    assert only is not None and only.header_names == ["host", "user-agent"]
+    lf = parse_requests(b"GET /a HTTP/1.0\nHost: x\n\nGET /b HTTP/1.0\nHost: y\n\n")
+    assert lf is not None and [(r.path, r.host) for r in lf.pipelined] == [("/b", "y")]
+
+
+@pytest.mark.parametrize(
+    ("tail", "paths"),
+    [
+        (b"GET /cut HTTP/1.1\r\nHost: c.exa", []),  # its head goes on in the next segment
+        (b"\x16\x03\x01junk after the head", []),  # not a request
+        (b"GET /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nGET /\r\n0\r\n\r\n"
+         b"GET /after-chunked HTTP/1.1\r\n\r\n", ["/x"]),  # a chunked body ends the walk
+        (b"GET /y HTTP/1.1\r\nContent-Length: 99\r\n\r\nshort", ["/y"]),  # body past the end
+        (b"GET /z HTTP/1.1\r\nContent-Length: x1\r\n\r\nGET /w HTTP/1.1\r\n\r\n", ["/z"]),
+    ],
+)  # fmt: skip
+def test_pipelining_stops_where_the_next_request_is_not_known(
+    tail: bytes, paths: list[str]
+) -> None:
+    req = parse_requests(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" + tail)
+    assert req is not None and [r.path for r in req.pipelined] == paths
+
+
+def test_pipelining_is_bounded() -> None:
+    one = b"GET /p HTTP/1.1\r\nHost: h\r\n\r\n"
+    many = parse_requests(one * (MAX_PIPELINED + 10))
+    assert many is not None and len(many.pipelined) == MAX_PIPELINED
+    # nothing starting past MAX_HEAD bytes of the segment
+    padded = parse_requests(
+        b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * MAX_HEAD + b"\r\n\r\n" + one
+    )  # fmt: skip
+    assert padded is not None and padded.pipelined == ()
+    far = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % MAX_HEAD
+    beyond = parse_requests(far + b"x" * MAX_HEAD + one)
+    assert beyond is not None and beyond.pipelined == ()
+    assert Dissectors().http(PIPELINED) is not None
+    assert len(Dissectors().http(PIPELINED).pipelined) == 2  # type: ignore[union-attr]

@@ -151,6 +151,26 @@ def test_bidirectional(tmp_path: Path) -> None:
     assert hits(both, back)
 
 
+def test_port_rules_through_the_engine(tmp_path: Path) -> None:
+    """The port groups change which rules are looked at, not what matches: each rule alerts
+    exactly on the packets its ports name (client payload, server banner, either way)."""
+    r = Rules(
+        tmp_path,
+        'alert tcp any any -> any 80 (msg:"to 80"; content:"zap"; sid:1;)\n'
+        'alert tcp any any -> any [8080,8000] (msg:"to 8080"; content:"zap"; sid:2;)\n'
+        'alert tcp any any -> any any (msg:"any"; content:"zap"; sid:3;)\n'
+        'alert tcp any 80 -> any any (msg:"from 80"; content:"zap"; sid:4;)\n'
+        'alert tcp any any <> any 80 (msg:"either 80"; content:"zap"; sid:5;)\n'
+        'alert tcp any any -> any !80 (msg:"not 80"; content:"zap"; sid:6;)\n'
+        'alert tcp any any -> any 80 (msg:"syn to 80"; flags:S; sid:7;)\n',
+    )
+    assert r.sids(tcp_flow(b"zap", dport=80)) == [1, 3, 5, 7]
+    assert r.sids(tcp_flow(b"zap", dport=8080)) == [2, 3, 6]
+    assert r.sids(tcp_flow(b"zap", dport=443)) == [3, 6]
+    assert r.sids(tcp_flow(banner=b"zap", dport=80)) == [3, 4, 5, 6, 7]  # 6: to the client port
+    assert r.sids(tcp_flow(banner=b"zap", dport=443)) == [3, 6]
+
+
 def test_protocols(tmp_path: Path) -> None:
     r = Rules(
         tmp_path,
@@ -252,6 +272,62 @@ def test_http_buffers(tmp_path: Path) -> None:
     assert r.sids(pkts) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
     plain = http_request("/a/c.php", host="good.example", ua="Mozilla/5.0")
     assert r.sids(plain) == []
+
+
+def test_pipelined_requests_each_meet_the_http_rules(tmp_path: Path) -> None:
+    """Three requests pipelined in one segment: a rule whose every buffer names the third
+    matches it (and its alert carries the third's URL); a rule mixing the buffers of two
+    requests matches none (each request has its own method/uri/host/user_agent/header)."""
+    segment = (
+        b"GET /first HTTP/1.1\r\nHost: a.example\r\nUser-Agent: agent-1\r\nX-Tag: one\r\n\r\n"
+        b"GET /second HTTP/1.1\r\nHost: b.example\r\nUser-Agent: agent-2\r\n\r\n"
+        b"PUT /third/up.php HTTP/1.1\r\nHost: C.Example:8080\r\nUser-Agent: agent-3\r\n"
+        b"X-Tag: three\r\nContent-Length: 0\r\n\r\n"
+    )
+    r = Rules(
+        tmp_path,
+        'alert http any any -> any any (msg:"third"; flow:to_server; http.method; content:"PUT"; '
+        'http.uri; content:"/third/"; http.host; content:"c.example"; http.user_agent; '
+        'content:"agent-3"; http.header; content:"X-Tag: three|0d 0a|"; sid:1;)\n'
+        'alert http any any -> any any (msg:"mixed"; http.uri; content:"/first"; '
+        'http.user_agent; content:"agent-3"; sid:2;)\n'
+        'alert http any any -> any any (msg:"header of another"; http.uri; content:"/second"; '
+        'http.header; content:"X-Tag"; sid:3;)\n',
+    )
+    alerts = r.run(tcp_flow(segment, dport=80))
+    assert [(a["alert"]["signature_id"], a["http"]["url"]) for a in alerts] == [
+        (1, "/third/up.php")
+    ]
+    assert alerts[0]["http"]["hostname"] == "C.Example:8080"
+
+
+def test_rules_sharing_chains_and_headers_each_get_their_own_answer(tmp_path: Path) -> None:
+    """Equal chains of one buffer are matched once per packet and shared (and equal headers
+    too): same contents in another buffer, with other modifiers, or negated stay apart."""
+    r = Rules(
+        tmp_path,
+        'alert http any any -> any any (msg:"1"; http.uri; content:"/a"; http.user_agent; '
+        'content:"x-agent"; sid:1;)\n'
+        'alert http any any -> any any (msg:"2"; http.uri; content:"/a"; http.user_agent; '
+        'content:"y-agent"; sid:2;)\n'
+        'alert http any any -> any any (msg:"3"; http.host; content:"/a"; sid:3;)\n'
+        'alert http any any -> any any (msg:"4"; http.uri; content:"/A"; nocase; sid:4;)\n'
+        'alert http any any -> any any (msg:"5"; http.uri; content:"/A"; sid:5;)\n'
+        'alert http any any -> any any (msg:"6"; http.uri; content:!"/a"; sid:6;)\n'
+        'alert http any any -> any any (msg:"7"; http.uri; content:"/a"; offset:1; sid:7;)\n'
+        'alert http any any -> any 8080 (msg:"8"; http.uri; content:"/a"; sid:8;)\n'
+        'alert http any any -> any any (msg:"9"; http.uri; content:"/a"; sid:9;)\n',
+    )
+    from appliance.detect.rules import load_files
+    from appliance.detect.rules.addresses import default_vars
+
+    loaded = load_files([r.path], default_vars(["198.18.0.0/24"]))
+    assert len(loaded) == 9 and loaded.report.error_count == 0
+    assert loaded.rules[0].chains["http.uri"] is loaded.rules[8].chains["http.uri"]  # shared
+    assert loaded.rules[0].chains["http.uri"] is not loaded.rules[6].chains["http.uri"]
+    assert r.sids(http_request("/a/b", ua="x-agent/1")) == [1, 4, 9]
+    assert r.sids(http_request("/a/b", ua="y-agent/1")) == [2, 4, 9]
+    assert r.sids(http_request("/c", ua="x-agent/1")) == [6]
 
 
 def test_http_header_never_holds_cookies(tmp_path: Path) -> None:

@@ -228,3 +228,151 @@ def test_rules_are_grouped_by_ip_protocol(tmp_path: Path) -> None:
     assert rs.group("packet", 47) is rs.group("packet", 17)  # the same rules share one
     assert sids("dns", 17) == sids("dns", 6) == [5]
     assert rs.group("dns", 1) is None and rs.group("http", 6) is None
+
+
+@pytest.mark.parametrize(
+    ("options", "want"),
+    [
+        ("", "flow"),
+        ("threshold:type limit, track by_src, count 1, seconds 60; ", "global"),
+        ("detection_filter:track by_src, count 3, seconds 60; ", "global"),
+    ],
+)
+def test_rules_counted_across_flows_keep_replay_in_one_process(
+    tmp_path: Path, options: str, want: str
+) -> None:
+    """threshold and detection_filter count matches across flows: replay --workers must not
+    split them (Detector.partition "global"; detection_filter was once left "flow")."""
+    from appliance.replay.parallel import split_problems
+
+    from .kit import Rules
+
+    r = Rules(tmp_path, f'alert tcp any any -> any any (msg:"t"; content:"zap"; {options}sid:1;)\n')
+    r.run([])
+    assert r.harness is not None
+    engine = r.harness.engine
+    det = next(d for d in engine.detectors if d.name == "rules")
+    assert det.partition == want
+    problems = split_problems(engine.detectors, r.config)
+    assert (want == "global") == any("detector rules" in p for p in problems), problems
+
+
+PORT_RULES = """\
+alert tcp any any -> any 80 (msg:"to 80"; content:"zap80"; sid:1;)
+alert tcp any any -> any [8080,8000] (msg:"to 8080/8000"; content:"zap8k"; sid:2;)
+alert tcp any any -> any any (msg:"any port"; content:"zapany"; sid:3;)
+alert tcp any 80 -> any any (msg:"from 80"; content:"zapfrom"; sid:4;)
+alert tcp any any <> any 81 (msg:"either way 81"; content:"zapboth"; sid:5;)
+alert tcp any any -> any 1024: (msg:"wide range"; content:"zapwide"; sid:6;)
+alert tcp any any -> any !80 (msg:"not 80"; content:"zapnot"; sid:7;)
+alert tcp any any -> any 80 (msg:"syn to 80"; flags:S; sid:8;)
+alert tcp any [1000:3000] -> any 25 (msg:"wide source, to 25"; content:"zap25"; sid:9;)
+"""
+
+
+def test_rules_are_grouped_by_port(tmp_path: Path) -> None:
+    """Suricata-style port groups: a rule with a port list is in each listed port's group, a
+    rule for any (or too wide a list of) ports in the "any" group; a packet consults the "any"
+    group and its two ports' groups only, so a packet to 443 never meets the rules for 80."""
+    rs = load_text(tmp_path, PORT_RULES)
+    pg = rs.group("packet", 6)
+    assert pg is not None
+
+    def sids(sport: int, dport: int) -> list[int]:
+        return sorted({r.sid for pf in pg.lookup(sport, dport) for r in pf.rules})
+
+    anywhere = [3, 6, 7]
+    assert sids(50000, 443) == anywhere
+    assert sids(50000, 80) == sorted([*anywhere, 1, 8])
+    assert sids(50000, 8080) == sids(50000, 8000) == sorted([*anywhere, 2])
+    assert sids(80, 50000) == sorted([*anywhere, 4])  # the server's answer: "from 80" rules
+    assert sids(50000, 81) == sids(81, 50000) == sorted([*anywhere, 5])
+    assert sids(2000, 25) == sorted([*anywhere, 9])  # wide source list: under its dest port
+    # same rules, one group; merged with the "any" group: one prefilter, one automaton pass
+    assert pg.lookup(50000, 8080) == pg.lookup(50000, 8000)
+    assert len(pg.lookup(50000, 80)) == len(pg.lookup(50000, 8080)) == 1
+    assert len(pg.lookup(80, 81)) == 2  # both ports grouped: the source port's own group too
+    assert rs.group("packet", 17) is None
+
+
+def test_rules_are_grouped_by_flow_direction(tmp_path: Path) -> None:
+    """As Suricata's toserver / toclient groups: a packet from the server never meets the
+    flow:to_server rules, one from the client never the flow:to_client ones."""
+    rs = load_text(
+        tmp_path,
+        'alert tcp any any -> any any (msg:"c"; flow:to_server; content:"zapc"; sid:1;)\n'
+        'alert tcp any any -> any any (msg:"s"; flow:established,to_client; content:"zaps"; '
+        "sid:2;)\n"
+        'alert tcp any any -> any any (msg:"b"; flow:established; content:"zapb"; sid:3;)\n'
+        'alert tcp any 80 -> any any (msg:"s80"; flow:from_server; content:"zap8"; sid:4;)\n',
+    )
+    pg = rs.group("packet", 6)
+    assert pg is not None
+
+    def sids(sport: int, dport: int, from_client: bool) -> list[int]:
+        return sorted({r.sid for pf in pg.lookup(sport, dport, from_client) for r in pf.rules})
+
+    assert sids(50000, 80, True) == [1, 3]
+    assert sids(80, 50000, False) == [2, 3, 4]
+    assert sids(443, 50000, False) == [2, 3]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_port_groups_hold_every_rule_whose_header_can_match(tmp_path: Path, seed: int) -> None:
+    """For random port lists (single, lists, ranges, negations, variables, both directions),
+    flow directions and random packets from either side, the groups a packet consults hold
+    every rule whose header and flow direction match it: grouping only leaves out rules that
+    cannot match."""
+    import random
+    from types import SimpleNamespace
+
+    rng = random.Random(seed)
+    specs = ["any", "80", "443", "[80,443,8080]", "1024:", ":1023", "!80", "[!80,!443]",
+             "8000:8010", "$HTTP_PORTS", "[25,110:111]", "53"]  # fmt: skip
+    lines = []
+    for sid in range(1, 201):
+        arrow = rng.choice(["->", "->", "<>"])
+        flow = rng.choice(["", "", "flow:to_server; ", "flow:to_client; "])
+        lines.append(
+            f"alert tcp any {rng.choice(specs)} {arrow} any {rng.choice(specs)} "
+            f'(msg:"r"; {flow}content:"z{sid}"; sid:{sid};)'
+        )
+    rs = load_text(tmp_path, "\n".join(lines) + "\n")
+    pg = rs.group("packet", 6)
+    assert pg is not None
+    ports = [25, 53, 80, 81, 110, 443, 1023, 1024, 8005, 8080, 40000, 65535]
+    flow = SimpleNamespace(proto=6, established=True, pkts_c=1, pkts_s=1)
+    for _ in range(400):
+        pkt = SimpleNamespace(proto=6, src=b"\xc6\x12\x00\x0b", dst=b"\xcb\x00\x71\x0a",
+                              sport=rng.choice(ports), dport=rng.choice(ports))  # fmt: skip
+        side = rng.random() < 0.5
+        consulted = {r.sid for pf in pg.lookup(pkt.sport, pkt.dport, side) for r in pf.rules}
+        can = {
+            r.sid for r in rs.rules if r.header_matches(pkt) and r.state_matches(pkt, flow, side)
+        }
+        assert can <= consulted, (pkt.sport, pkt.dport, side, sorted(can - consulted))
+
+
+def test_the_largest_port_groups_are_merged_with_the_any_group(tmp_path: Path) -> None:
+    """One automaton pass for a packet to one of the MERGED_GROUPS port groups with the most
+    patterns (its rules and the "any" group's in one prefilter); two for the other groups; a
+    group of rules without content is never merged (it makes no pass)."""
+    from appliance.detect.rules.prefilter import MERGED_GROUPS
+
+    ports = list(range(7001, 7001 + MERGED_GROUPS + 2))
+    lines = ['alert tcp any any -> any any (msg:"a"; content:"zapany"; sid:1;)']
+    sid = 10
+    for n, port in enumerate(ports):
+        for _ in range(len(ports) - n):  # 7001 has the most rules, the last port the fewest
+            sid += 1
+            lines.append(f'alert tcp any any -> any {port} (msg:"p"; content:"z{sid}"; sid:{sid};)')
+    lines.append('alert tcp any any -> any 6000 (msg:"f"; flags:S; sid:2;)')
+    rs = load_text(tmp_path, "\n".join(lines) + "\n")
+    pg = rs.group("packet", 6)
+    assert pg is not None
+    passes = [len(pg.lookup(50000, port)) for port in ports]
+    assert passes == [1] * MERGED_GROUPS + [2, 2]
+    assert len(pg.lookup(50000, 6000)) == 2 and len(pg.lookup(50000, 443)) == 1
+    for port in ports:  # merged or not, the same rules are consulted
+        got = {r.sid for pf in pg.lookup(50000, port) for r in pf.rules}
+        assert got == {1} | {r.sid for r in rs.rules if r.dport is not None and port in r.dport}
