@@ -2,7 +2,8 @@
 
 Reads pcap and pcapng with our own reader (appliance/replay/reader.py: mmap + struct, no
 per-packet objects beyond the frame's bytes) and decodes with the same hot-path code the bridge
-uses, so a capture replays as it was judged inline.
+uses (appliance/replay/fast.py: the IP header found in place, then `decode_ip`), so a capture
+replays as it was judged inline.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from appliance.config import Config
 from appliance.detect import intel as intel_mod
 from appliance.detect.engine import Engine
 from appliance.packet.decode import LINKTYPES, DecodeStats, Packet, decode_frame
+from appliance.replay import fast
 from appliance.replay.reader import CaptureError, Reader
 
 
@@ -151,9 +153,13 @@ def replay(
     parallel.TickOrder(engine, pipeline).install(engine, pipeline.tick)
     stats = DecodeStats()
     readers: list[Reader] = []
-    process = engine.process
-    for pkt in read_capture(path, stats, progress, readers):
-        process(pkt)
+    try:
+        r = Reader(path)
+        readers.append(r)
+        with r:
+            fast.run(r, stats, engine.process, progress)
+    except (CaptureError, fast.UnsupportedLinktype) as e:
+        raise ReplayError(str(e)) from None
     if engine.stats.packets:
         engine.tick(engine.ctx.now + 1e9)  # end of capture: close every window
     pipeline.close()
@@ -181,7 +187,7 @@ def _replay_parallel(
 
     try:
         results = parallel.run_workers(str(path), config, store, n, progress)
-    except CaptureError as e:
+    except (CaptureError, fast.UnsupportedLinktype) as e:
         raise ReplayError(str(e)) from None
     for _index, _phase, _key, item in parallel.merged(results):
         if isinstance(item, float):  # worker 0's mark: the pipeline's tick, after the detectors'

@@ -39,7 +39,8 @@ from appliance.detect.base import HOOKS, Detector
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.packet.decode import DecodeStats, Packet
-from appliance.packet.flows import DIR_INTERNAL, DIR_OUTBOUND, Flow
+from appliance.packet.flows import DIR_INTERNAL, DIR_OUTBOUND, Flow, FlowTable
+from appliance.replay.reader import Reader
 
 # Partition keys a detector may declare (Detector.partition).
 COMPATIBLE = frozenset({"flow", "client", "inbound-server"})
@@ -132,6 +133,7 @@ class PartitionEngine(Engine):
         self.index = 0  # the current packet's index (1-based; ticks happen before it)
         self.phase = PACKET
         self.seq = 0
+        self.skipped = 0  # packets of other workers passed over undecoded (`feed`)
         super().__init__(config, store, self._sink)
         self.order = {d.name: i for i, d in enumerate(self.detectors)}
         self._own = self._hooks
@@ -142,10 +144,17 @@ class PartitionEngine(Engine):
                 hooks = self._replicated.setdefault(proto, {name: [] for name in HOOKS})
                 hooks["packet"] += [h for h in self._own["packet"] if h[0] == d.name]
         self._mine = True
+        # A lookup `feed` already made for the packet it hands to `process` next.
+        self.pending: tuple[Flow, bool] | None = None
         inner = self.flows.lookup
 
         def lookup(pkt: Packet) -> tuple[Flow, bool]:
-            flow, from_client = inner(pkt)
+            pending = self.pending
+            if pending is None:
+                flow, from_client = inner(pkt)
+            else:
+                self.pending = None
+                flow, from_client = pending
             self._mine = mine = self.owner(flow) == part
             self._hooks = self._own if mine else self._replicated.get(pkt.proto, self._none)
             return flow, from_client
@@ -185,21 +194,14 @@ _JOB: dict[str, Any] = {}
 
 
 def _worker(part: int) -> dict[str, Any]:
-    from appliance.replay import read_capture
-
     job = _JOB
     record: list[Any] = []
     engine = PartitionEngine(job["config"], job["store"], part, job["parts"], record)
     stats = DecodeStats()
-    readers: list[Any] = []
-    progress = job["progress"] if part == 0 else None
-    process = engine.process
-    n = 0
-    for pkt in read_capture(job["path"], stats, progress, readers):
-        n += 1
-        engine.index = n
-        process(pkt)
-    if n:
+    r = Reader(job["path"])
+    with r:
+        n = feed(engine, r, stats, job["progress"] if part == 0 else None)
+    if stats.ok:
         engine.index = n + 1
         engine.tick(engine.now + 1e9)
     return {
@@ -207,10 +209,151 @@ def _worker(part: int) -> dict[str, Any]:
         "packets": stats.ok + stats.malformed,
         "decoded": stats.ok,
         "malformed": stats.malformed,
-        "truncated_at": readers[0].truncated_at if readers else None,
+        "truncated_at": r.truncated_at,
         "holds_given_up": engine.stats.holds_given_up,
         "hook_errors": dict(engine.stats.hook_errors),
+        "skipped": engine.skipped,
     }
+
+
+def feed(
+    engine: PartitionEngine,
+    r: Reader,
+    stats: DecodeStats,
+    progress: Callable[[Reader, int], None] | None = None,
+) -> int:
+    """One worker's pass over the capture; the number of frames.
+
+    A frame whose IPv4 TCP/UDP headers are read in place (`fast.V4_HEAD`, on the conditions
+    under which `decode_ip`'s fast path decodes it), that belongs to a flow already in the table
+    and owned by another worker, and that is not DNS, is passed over: no copy, no decoding, no
+    packet record; only what `Engine.process` does for such a packet is done (the tick that
+    falls before it, and `FlowTable.lookup`'s update of the flow: activity order, counts, flags,
+    last time). Every other frame (a flow's first packet, this worker's, DNS, ICMP, IPv6, IPv4
+    with options or fragments, odd link layers, malformed ones) is decoded and processed as in
+    one process. So every worker keeps the whole flow table, ticks at the same times as one
+    process and decodes what it needs only."""
+    from appliance.replay import fast
+
+    mm = r.mm
+    part, parts = engine.part, engine.parts
+    flows_of = engine.flows._table_of  # per protocol number: that class's ordered dict
+    table_lookup = FlowTable.lookup.__get__(engine.flows)  # the table's own, not the wrapper
+    skip_protos = frozenset(p for p in (6, 17) if p not in engine._replicated)
+    unpack16 = fast.U16.unpack_from
+    head = fast.V4_HEAD.unpack_from
+    ip_types, vlan_types, raw_links = fast.IP_ETHERTYPES, fast.VLAN_ETHERTYPES, fast.RAW_LINKS
+    crc32 = zlib.crc32
+    by_client = frozenset({DIR_OUTBOUND, DIR_INTERNAL})  # flows owned by their client's hash
+    process = engine.process
+    decode_ip = fast.decode_ip
+    decode = fast.decode
+    skipped = created = 0  # other workers' packets: of flows in the table, first of a flow
+    last_skipped = 0
+    last_ts = 0.0
+    n = 0
+    for ts, link, start, end in fast.spans(r):
+        n += 1
+        if not n & 0xFFFF and progress is not None:
+            r.offset = end
+            progress(r, n)
+        off = -1
+        if link == 1:
+            if end - start >= 34:
+                etype = unpack16(mm, start + 12)[0]
+                if etype in ip_types:
+                    off = 14
+                elif etype in vlan_types and unpack16(mm, start + 16)[0] in ip_types:
+                    off = 18
+        elif link in raw_links:
+            off = 0
+        if off < 0:
+            pkt = decode(mm, ts, link, start, end, stats)
+            if pkt is not None:
+                engine.index = n
+                process(pkt)
+            continue
+        ip = start + off
+        cap = end - ip
+        if cap >= 34 and mm[ip] == 0x45:
+            _vihl, total, frag, proto, src, dst, sport, dport, doff, flags = head(mm, ip)
+            if (
+                proto in skip_protos
+                and not frag & 0x3FFF
+                and sport != 53
+                and dport != 53
+                and (
+                    (proto == 17 and total >= 28)
+                    or (
+                        cap >= 40
+                        and total >= 40
+                        and 20 <= (doff >> 4) * 4 <= (total if total < cap else cap) - 20
+                    )
+                )
+            ):
+                if proto == 17:
+                    flags = 0
+                if ts >= engine._next_tick:  # process() ticks before its lookup
+                    engine.index = n
+                    engine.now = ts
+                    engine.tick(ts)
+                if src < dst or (src == dst and sport <= dport):
+                    key = (proto, src, sport, dst, dport)
+                else:
+                    key = (proto, dst, dport, src, sport)
+                flows = flows_of[proto]
+                flow = flows.get(key)
+                if flow is None:  # a flow's first packet: its owner follows from the new flow
+                    pkt = decode_ip(mm[start:end], ts, stats, off)
+                    assert pkt is not None  # (the conditions above are decode_ip's fast path)
+                    engine.stats.packets += 1
+                    engine.now = ts
+                    flow, from_client = table_lookup(pkt)
+                    if flow.direction in by_client:
+                        mine = crc32(flow.client) % parts == part
+                    else:
+                        mine = part == 0
+                    if mine:
+                        engine.stats.packets -= 1  # process() counts it
+                        engine.pending = (flow, from_client)
+                        engine.index = n
+                        process(pkt)
+                    else:
+                        created += 1
+                    continue
+                if flow.direction in by_client:
+                    mine = crc32(flow.client) % parts == part
+                else:
+                    mine = part == 0
+                if not mine:
+                    # What Engine.process does for another worker's packet: FlowTable.lookup's
+                    # update of an existing flow (the stats and the clock: below).
+                    flows.move_to_end(key)
+                    if src == flow.client and sport == flow.client_port:
+                        flow.pkts_c += 1
+                        flow.tcp_flags_c |= flags
+                    else:
+                        flow.pkts_s += 1
+                        flow.tcp_flags_s |= flags
+                    flow.last = ts
+                    skipped += 1
+                    last_skipped = n
+                    last_ts = ts
+                    continue
+        pkt = decode_ip(mm[start:end], ts, stats, off)
+        if pkt is not None:
+            engine.index = n
+            process(pkt)
+    if progress is not None:
+        progress(r, n)
+    # The passed-over packets: decoded (they met decode_ip's fast path), counted by the engine;
+    # the clock at the last packet when that was one of them.
+    stats.ok += skipped
+    engine.stats.packets += skipped
+    if last_skipped > engine.index:
+        engine.now = last_ts
+    engine.skipped = skipped + created
+    return n
 
 
 def run_workers(

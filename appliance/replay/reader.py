@@ -1,10 +1,13 @@
 """A capture reader written for replay: pcap and pcapng over mmap, `struct` on the block
 headers, one `bytes` per frame and nothing else per packet.
 
-`frames(path)` yields ``(timestamp, linktype, data)``. pcap: both byte orders, microsecond and
-nanosecond magics, the link type of the file header (FCS bits masked). pcapng: every section
-(each with its own byte order), interface blocks with their link type and ``if_tsresol``,
-enhanced, simple and obsolete packet blocks; other blocks are skipped. A file that is not a
+Iterating a `Reader` yields ``(timestamp, linktype, data)``; `Reader.spans()` yields
+``(timestamp, linktype, start, end)`` instead, the frame's place in the mapped file (`Reader.mm`),
+for a loop that looks at a frame's headers in place and copies only the frames it decodes.
+pcap: both byte orders, microsecond and nanosecond magics, the link type of the file header
+(FCS bits masked). pcapng: every section (each with its own byte order), interface blocks with
+their link type and ``if_tsresol``, enhanced, simple and obsolete packet blocks; other blocks
+are skipped. A file that is not a
 capture, or whose structure breaks in the middle, raises `CaptureError` naming the file and the
 byte offset; a last record cut short (a capture still being written, a copy cut off) ends the
 iteration and is reported in `Reader.truncated_at`, as tcpdump and tshark treat it.
@@ -77,12 +80,25 @@ class Reader:
     def _bad(self, offset: int, why: str) -> CaptureError:
         return CaptureError(f"{self.path}: corrupt {self.kind} at byte offset {offset}: {why}")
 
+    @property
+    def mm(self) -> mmap.mmap:
+        """The mapped file (the buffer `spans` point into); valid until `close`."""
+        assert self._mm is not None
+        return self._mm
+
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        mm = self.mm
+        for ts, link, start, end in self.spans():
+            yield ts, link, mm[start:end]
+
+    def spans(self) -> Iterator[tuple[float, int, int, int]]:
+        """``(timestamp, linktype, start, end)`` of every frame: its bytes are
+        ``mm[start:end]``. The file header is read before the first span (`linktype`)."""
         return self._pcap() if self.kind == "pcap" else self._pcapng()
 
     # -- pcap ----------------------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
+    def _pcap(self) -> Iterator[tuple[float, int, int, int]]:
         mm, size = self._mm, self.size
         assert mm is not None
         if size < 24:
@@ -107,7 +123,7 @@ class Reader:
                 if end > size:
                     break
                 n += 1
-                yield sec + frac * unit, linktype, mm[off + 16 : end]
+                yield sec + frac * unit, linktype, off + 16, end
                 off = end
             if off < size:
                 self.truncated_at = off
@@ -117,7 +133,7 @@ class Reader:
 
     # -- pcapng --------------------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
+    def _pcapng(self) -> Iterator[tuple[float, int, int, int]]:
         mm, size = self._mm, self.size
         assert mm is not None
         off = 0
@@ -155,14 +171,14 @@ class Reader:
                         raise self._bad(off, f"captured length {cap} exceeds its block")
                     link, unit = ifaces[iface]
                     n += 1
-                    yield ((high << 32) | low) * unit, link, mm[body + 20 : body + 20 + cap]
+                    yield ((high << 32) | low) * unit, link, body + 20, body + 20 + cap
                 elif btype == 3:  # simple packet block: no timestamp, interface 0
                     if not ifaces:
                         raise self._bad(off, "simple packet block before any interface")
                     (orig,) = struct.unpack_from(order + "I", mm, body)
                     cap = min(orig, blen - 16)
                     n += 1
-                    yield 0.0, ifaces[0][0], mm[body + 4 : body + 4 + cap]
+                    yield 0.0, ifaces[0][0], body + 4, body + 4 + cap
                 elif btype == 2:  # obsolete packet block
                     iface, _drops, high, low, cap, _orig = struct.unpack_from(
                         order + "HHIIII", mm, body
@@ -171,7 +187,7 @@ class Reader:
                         raise self._bad(off, "bad obsolete packet block")
                     link, unit = ifaces[iface]
                     n += 1
-                    yield ((high << 32) | low) * unit, link, mm[body + 20 : body + 20 + cap]
+                    yield ((high << 32) | low) * unit, link, body + 20, body + 20 + cap
                 elif btype == 1:  # interface description block
                     link = struct.unpack_from(order + "H", mm, body)[0]
                     ifaces.append((link, self._tsresol(body + 8, end - 4, order)))
