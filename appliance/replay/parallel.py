@@ -7,19 +7,25 @@ whose clients are outside). Every detector declares how its state is keyed
 (exposure); all three keep whole under this partition. A detector that declares "global" (or
 none) cannot be split, and replay then runs in one process and says why.
 
-Every worker reads and decodes the whole capture and keeps the whole flow table (so ticks, flow
-ageing and the flow bound are those of one process), but runs dissectors and detector hooks
-only for its own flows. Engine state that spans flows is kept whole in every worker: DNS
-answers are dissected and believed everywhere (the name cache, the resolvers the block guard
-protects); detectors name the IP protocols whose packets their hook needs in every worker
-(`Detector.replicated`: portscan's ICMP time-exceeded notes).
+Every worker reads the whole capture and keeps the whole flow table (so ticks, flow ageing and
+the flow bound are those of one process), but decodes, dissects and runs detector hooks only for
+its own flows: another worker's packet of a flow already in the table is passed over from its
+headers read in place (`feed`), updating only its flow's entry. Engine state that spans flows
+is kept whole in every worker: DNS answers are dissected and believed everywhere (the name
+cache, the resolvers the block guard protects); detectors name the IP protocols whose packets
+their hook needs in every worker (`Detector.replicated`: portscan's ICMP time-exceeded notes).
 
 Order: alerts a packet's hooks raise come from the one worker owning the packet, in hook order;
 alerts raised in a tick are put in a canonical order (detector, then the alert's fields) in
 one process and in N alike, so the merged stream fed to the one alert pipeline (aggregation,
-rate limit, ids) is the same alert for alert. Per-partition bounds (a detector's table cap,
-the engine's partial-hello holders) are reached later with N workers: the run reports it when
-the engine's bound was reached.
+rate limit, ids) is the same alert for alert.
+
+Bounds: the flow table's is the same in every worker and in one process. The engine's
+partial-hello holders are per worker (only a flow's owner holds its hello); each worker logs
+when a flow starts and stops holding, and when the merged log shows more than HOLDING_FLOWS at
+once (one process would have given the oldest up) the parent replays in one process instead.
+A detector's own table cap bounds each worker's share of that table, so with N workers it is
+reached later; the output differs only once a cap is reached, which the run does not detect.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import multiprocessing
 import os
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -122,6 +129,49 @@ class TickOrder:
                 self.sink(alert)
 
 
+class _Holding(OrderedDict[int, Flow]):
+    """The engine's table of flows holding a partial hello, logging when a flow starts and
+    stops holding (`events`: packet index, +1 or -1), so the parent can tell whether one
+    process, holding the flows of every worker, would have reached HOLDING_FLOWS."""
+
+    def __init__(self, engine: PartitionEngine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.events: list[tuple[int, int]] = []
+
+    def __setitem__(self, key: int, flow: Flow) -> None:
+        if key not in self:
+            self.events.append((self.engine.index, 1))
+        super().__setitem__(key, flow)
+
+    def pop(self, key: int, *default: Any) -> Any:
+        if key in self:
+            self.events.append((self.engine.index, -1))
+        return super().pop(key, *default)
+
+    def popitem(self, last: bool = True) -> tuple[int, Flow]:
+        item = super().popitem(last)
+        self.events.append((self.engine.index, -1))
+        return item
+
+
+def holding_bound_reached(results: list[dict[str, Any]]) -> bool:
+    """Whether one process would have had more than HOLDING_FLOWS flows holding a partial hello
+    at once (and given the oldest up), from the workers' holding events: a packet's hello is
+    held and let go in the one worker owning the packet, so the events of all workers in packet
+    order are one process's."""
+    from appliance.detect import engine as engine_mod
+
+    bound = engine_mod.HOLDING_FLOWS
+    events = sorted((e for r in results for e in r["holding"]), key=lambda e: e[0])
+    held = 0
+    for _index, delta in events:
+        held += delta
+        if held > bound:
+            return True
+    return False
+
+
 class PartitionEngine(Engine):
     """One worker's engine: the whole flow table, hooks only for its own flows."""
 
@@ -136,6 +186,7 @@ class PartitionEngine(Engine):
         self.skipped = 0  # packets of other workers passed over undecoded (`feed`)
         super().__init__(config, store, self._sink)
         self.order = {d.name: i for i, d in enumerate(self.detectors)}
+        self._holding = self.holding = _Holding(self)
         self._own = self._hooks
         self._none: dict[str, list[Any]] = {name: [] for name in HOOKS}
         self._replicated: dict[int, dict[str, list[Any]]] = {}
@@ -211,6 +262,7 @@ def _worker(part: int) -> dict[str, Any]:
         "malformed": stats.malformed,
         "truncated_at": r.truncated_at,
         "holds_given_up": engine.stats.holds_given_up,
+        "holding": engine.holding.events,
         "hook_errors": dict(engine.stats.hook_errors),
         "skipped": engine.skipped,
     }

@@ -16,12 +16,14 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror
 
 from appliance.alerts.pipeline import AlertPipeline
 from appliance.config import from_dict, load
+from appliance.detect import engine as engine_mod
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.packet.decode import DecodeStats
 from appliance.packet.flows import Flow
 from appliance.replay import fast, parallel, replay
 from appliance.replay.reader import Reader
+from bench.engine import tls_client_hello
 from bench.mix import RESOLVER, office_mix_timed, write_pcap
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -243,3 +245,68 @@ def test_workers_give_one_process_output_on_other_link_layers(
     assert [re.sub("'id': '[^']*'", "", e) for e in one] == [
         re.sub("'id': '[^']*'", "", e) for e in _eve(pcap, cfg, 1)
     ]
+
+
+def _split_hellos(path: Path, clients: int) -> None:
+    """`clients` office hosts each open a TLS connection and send the first half of a
+    ClientHello for a listed name; the second halves all come later."""
+    hello = tls_client_hello("bad1.example.org")
+    t = 1_800_000_000.0
+    out: list[tuple[float, bytes]] = []
+    hosts = [(f"198.18.0.{100 + i}", 42000 + i) for i in range(clients)]
+    for c, port in hosts:
+        for pkt in (
+            IP(src=c, dst="203.0.113.200") / TCP(sport=port, dport=443, flags="S"),
+            IP(src="203.0.113.200", dst=c) / TCP(sport=443, dport=port, flags="SA"),
+            IP(src=c, dst="203.0.113.200") / TCP(sport=port, dport=443, flags="A"),
+            IP(src=c, dst="203.0.113.200") / TCP(sport=port, dport=443, flags="PA")
+            / hello[:160],
+        ):  # fmt: skip
+            t += 0.001
+            out.append((t, bytes(pkt)))
+    for c, port in hosts:
+        t += 0.001
+        pkt = IP(src=c, dst="203.0.113.200") / TCP(sport=port, dport=443, flags="PA") / hello[160:]
+        out.append((t, bytes(pkt)))
+    write_pcap(path, out)
+
+
+def test_more_partial_hellos_than_one_process_holds_are_replayed_in_one_process(
+    mix: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers would each hold up to HOLDING_FLOWS partial hellos, one process holds that
+    many over all: when the workers' holds together pass the bound, the run is made again in
+    one process (same output) and says so; under the bound the workers' output stands."""
+    _pcap, cfg = mix
+    pcap = tmp_path / "split.pcap"
+    _split_hellos(pcap, 12)
+    one = _eve(pcap, cfg, 1)
+    assert len(one) == 12  # every flow's hello was whole in the end: the listed name, 12 times
+    assert _eve(pcap, cfg, 2) == one
+    monkeypatch.setattr(engine_mod, "HOLDING_FLOWS", 4)
+    one = _eve(pcap, cfg, 1)
+    assert len(one) == 4  # the 8 oldest gave up: judged on half a hello, no name
+    lines: list[str] = []
+    result = replay(pcap, load(cfg), [lambda e: lines.append(repr(sorted(e.items())))], workers=2)
+    assert result.workers == 1 and lines == one
+    assert any("one process (with 2 workers more than 4 flows" in n for n in result.intel)
+
+
+def test_the_flow_table_bound_evicts_as_in_one_process(
+    mix: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Every worker keeps the whole flow table (other workers' flows too, updated without
+    decoding), so inline.max_flows evicts the same flows at the same packets as one process."""
+    pcap, cfg = mix
+    small = tmp_path / "small.toml"
+    small.write_text(cfg.read_text().replace("[inline]\n", "[inline]\nmax_flows = 256\n"))
+    config = load(small)
+    one = Engine(config, IntelStore(), lambda a: None)
+    with Reader(pcap) as r:
+        fast.run(r, DecodeStats(), one.process)
+    assert one.flows.evicted > 1000
+    engine = parallel.PartitionEngine(config, IntelStore(), 1, 2, [])
+    with Reader(pcap) as r:
+        parallel.feed(engine, r, DecodeStats())
+    assert engine.flows.evicted == one.flows.evicted and _table(engine) == _table(one)
+    assert _eve(pcap, small, 2) == _eve(pcap, small, 1)
