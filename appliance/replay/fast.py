@@ -41,6 +41,8 @@ U16 = struct.Struct("!H")
 # IPv4 (no options) and the first bytes of TCP/UDP in place: version/IHL, total length, fragment
 # field, protocol, addresses, ports, (TCP) data offset and flags. 34 bytes.
 V4_HEAD = struct.Struct("!BxH2xHxB2x4s4sHH8xBB")
+# The same after an Ethernet header, with its ethertype first. 48 bytes.
+ETH_V4_HEAD = struct.Struct("!12xHBxH2xHxB2x4s4sHH8xBB")
 
 
 def ip_start(mm: mmap.mmap, start: int, end: int, link: int) -> int:
@@ -132,4 +134,13 @@ def run(
     return n
 
 
-__all__ = ["V4_HEAD", "CaptureError", "UnsupportedLinktype", "decode", "ip_start", "run", "spans"]
+__all__ = [
+    "ETH_V4_HEAD",
+    "V4_HEAD",
+    "CaptureError",
+    "UnsupportedLinktype",
+    "decode",
+    "ip_start",
+    "run",
+    "spans",
+]

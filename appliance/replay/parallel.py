@@ -34,10 +34,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import struct
 import uuid
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from appliance.alerts.model import Alert
@@ -45,7 +46,7 @@ from appliance.config import Config
 from appliance.detect.base import HOOKS, Detector
 from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
-from appliance.packet.decode import DecodeStats, Packet
+from appliance.packet.decode import LINKTYPES, DecodeStats, Packet
 from appliance.packet.flows import DIR_INTERNAL, DIR_OUTBOUND, Flow, FlowTable
 from appliance.replay.reader import Reader
 
@@ -288,13 +289,15 @@ def feed(
     from appliance.replay import fast
 
     mm = r.mm
+    size = r.size
     part, parts = engine.part, engine.parts
     flows_of = engine.flows._table_of  # per protocol number: that class's ordered dict
     table_lookup = FlowTable.lookup.__get__(engine.flows)  # the table's own, not the wrapper
     skip_protos = frozenset(p for p in (6, 17) if p not in engine._replicated)
-    unpack16 = fast.U16.unpack_from
+    eth_head = fast.ETH_V4_HEAD.unpack_from
     head = fast.V4_HEAD.unpack_from
-    ip_types, vlan_types, raw_links = fast.IP_ETHERTYPES, fast.VLAN_ETHERTYPES, fast.RAW_LINKS
+    ip_start = fast.ip_start
+    raw_links = fast.RAW_LINKS
     crc32 = zlib.crc32
     by_client = frozenset({DIR_OUTBOUND, DIR_INTERNAL})  # flows owned by their client's hash
     process = engine.process
@@ -304,31 +307,67 @@ def feed(
     last_skipped = 0
     last_ts = 0.0
     n = 0
-    for ts, link, start, end in fast.spans(r):
+    # pcap records are read here (the commonest case, without a generator between); pcapng
+    # frames come from `Reader.spans`.
+    spans: Iterator[tuple[float, int, int, int]] | None = None
+    pos = 24
+    if r.kind == "pcap":
+        order, unit, linktype, limit = r.pcap_header()
+        if linktype not in LINKTYPES:
+            raise fast.UnsupportedLinktype(f"{r.path}: unsupported link type {linktype}")
+        record = struct.Struct(order + "IIII").unpack_from
+    else:
+        spans = fast.spans(r)
+        record, unit, linktype, limit = None, 0.0, 0, 0
+    while True:
+        if spans is None:
+            if pos + 16 > size:
+                break
+            sec, frac, incl, _orig = record(mm, pos)  # type: ignore[misc]
+            if incl > limit:
+                raise r.bad_record(pos, incl, limit)
+            start = pos + 16
+            end = start + incl
+            if end > size:
+                break
+            pos = end
+            ts = sec + frac * unit
+            link = linktype
+        else:
+            frame = next(spans, None)
+            if frame is None:
+                break
+            ts, link, start, end = frame
         n += 1
         if not n & 0xFFFF and progress is not None:
             r.offset = end
             progress(r, n)
-        off = -1
+        fields: tuple[Any, ...] | None = None
         if link == 1:
-            if end - start >= 34:
-                etype = unpack16(mm, start + 12)[0]
-                if etype in ip_types:
+            if end - start >= 48:
+                fields = eth_head(mm, start)
+                if fields[0] == 0x0800 and fields[1] == 0x45:
                     off = 14
-                elif etype in vlan_types and unpack16(mm, start + 16)[0] in ip_types:
-                    off = 18
+                else:
+                    fields = None
+                    off = ip_start(mm, start, end, link)
+            else:
+                off = ip_start(mm, start, end, link)
         elif link in raw_links:
             off = 0
+        else:
+            off = -1
         if off < 0:
             pkt = decode(mm, ts, link, start, end, stats)
             if pkt is not None:
                 engine.index = n
                 process(pkt)
             continue
-        ip = start + off
-        cap = end - ip
-        if cap >= 34 and mm[ip] == 0x45:
-            _vihl, total, frag, proto, src, dst, sport, dport, doff, flags = head(mm, ip)
+        cap = end - start - off
+        if fields is None and cap >= 34 and mm[start + off] == 0x45:
+            fields = (0x0800, *head(mm, start + off))
+        if fields is not None:
+            _etype, _vihl, total, frag, proto, src, dst, sport, dport, doff, flags = fields
             if (
                 proto in skip_protos
                 and not frag & 0x3FFF
@@ -396,6 +435,11 @@ def feed(
         if pkt is not None:
             engine.index = n
             process(pkt)
+    if spans is None:
+        r.offset = pos
+        r.frames = n
+        if pos < size:
+            r.truncated_at = pos
     if progress is not None:
         progress(r, n)
     # The passed-over packets: decoded (they met decode_ip's fast path), counted by the engine;

@@ -98,9 +98,10 @@ class Reader:
 
     # -- pcap ----------------------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[tuple[float, int, int, int]]:
-        mm, size = self._mm, self.size
-        assert mm is not None
+    def pcap_header(self) -> tuple[str, float, int, int]:
+        """A pcap's file header: byte order, seconds per timestamp unit, link type and the
+        largest record length accepted; records start at byte 24. Raises CaptureError."""
+        mm, size = self.mm, self.size
         if size < 24:
             raise self._bad(0, f"file header cut short ({size} of 24 bytes)")
         order, unit = PCAP_MAGICS[mm[:4]]
@@ -110,6 +111,14 @@ class Reader:
         linktype = link & 0x0FFFFFFF
         self.linktype = linktype
         limit = max(snaplen, 65535) if 0 < snaplen <= MAX_FRAME else MAX_FRAME
+        return order, unit, linktype, limit
+
+    def bad_record(self, offset: int, length: int, limit: int) -> CaptureError:
+        return self._bad(offset, f"record length {length} exceeds the snap length {limit}")
+
+    def _pcap(self) -> Iterator[tuple[float, int, int, int]]:
+        mm, size = self.mm, self.size
+        order, unit, linktype, limit = self.pcap_header()
         rec = struct.Struct(order + "IIII")
         unpack = rec.unpack_from
         off = 24
@@ -118,7 +127,7 @@ class Reader:
             while off + 16 <= size:
                 sec, frac, incl, _orig = unpack(mm, off)
                 if incl > limit:
-                    raise self._bad(off, f"record length {incl} exceeds the snap length {limit}")
+                    raise self.bad_record(off, incl, limit)
                 end = off + 16 + incl
                 if end > size:
                     break

@@ -21,7 +21,7 @@ from appliance.detect.engine import Engine
 from appliance.detect.intel import IntelStore
 from appliance.packet.decode import DecodeStats
 from appliance.packet.flows import Flow
-from appliance.replay import fast, parallel, replay
+from appliance.replay import ReplayError, fast, parallel, replay
 from appliance.replay.reader import Reader
 from bench.engine import tls_client_hello
 from bench.mix import RESOLVER, office_mix_timed, write_pcap
@@ -310,3 +310,23 @@ def test_the_flow_table_bound_evicts_as_in_one_process(
         parallel.feed(engine, r, DecodeStats())
     assert engine.flows.evicted == one.flows.evicted and _table(engine) == _table(one)
     assert _eve(pcap, small, 2) == _eve(pcap, small, 1)
+
+
+def test_workers_report_a_cut_capture_and_refuse_a_corrupt_one(
+    mix: tuple[Path, Path], tmp_path: Path
+) -> None:
+    pcap, cfg = mix
+    data = pcap.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) // 2])
+    results = [replay(cut, load(cfg), [], workers=w) for w in (1, 2)]
+    assert results[0].truncated_at is not None
+    assert [(r.packets, r.truncated_at, r.alerts) for r in results] == [
+        (results[0].packets, results[0].truncated_at, results[0].alerts)
+    ] * 2
+    bad = bytearray(data)
+    bad[24 + 8 : 24 + 12] = (10**7).to_bytes(4, "little")  # the first record's length
+    corrupt = tmp_path / "corrupt.pcap"
+    corrupt.write_bytes(bytes(bad))
+    with pytest.raises(ReplayError, match="corrupt pcap at byte offset 24"):
+        replay(corrupt, load(cfg), [], workers=2)
