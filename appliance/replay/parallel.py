@@ -282,7 +282,8 @@ def feed(
     and owned by another worker, and that is not DNS, is passed over: no copy, no decoding, no
     packet record; only what `Engine.process` does for such a packet is done (the tick that
     falls before it, and `FlowTable.lookup`'s update of the flow: activity order, counts, flags,
-    last time). Every other frame (a flow's first packet, this worker's, DNS, ICMP, IPv6, IPv4
+    last time). For the worker's own packet that update is handed to `process` (no second
+    lookup). Every other frame (a flow's first packet, this worker's, DNS, ICMP, IPv6, IPv4
     with options or fragments, odd link layers, malformed ones) is decoded and processed as in
     one process. So every worker keeps the whole flow table, ticks at the same times as one
     process and decodes what it needs only."""
@@ -412,25 +413,32 @@ def feed(
                     else:
                         created += 1
                     continue
+                # FlowTable.lookup's update of an existing flow, made here once for every
+                # packet: handed to process() for this worker's own.
+                flows.move_to_end(key)
+                from_client = src == flow.client and sport == flow.client_port
+                if from_client:
+                    flow.pkts_c += 1
+                    flow.tcp_flags_c |= flags
+                else:
+                    flow.pkts_s += 1
+                    flow.tcp_flags_s |= flags
+                flow.last = ts
                 if flow.direction in by_client:
                     mine = crc32(flow.client) % parts == part
                 else:
                     mine = part == 0
-                if not mine:
-                    # What Engine.process does for another worker's packet: FlowTable.lookup's
-                    # update of an existing flow (the stats and the clock: below).
-                    flows.move_to_end(key)
-                    if src == flow.client and sport == flow.client_port:
-                        flow.pkts_c += 1
-                        flow.tcp_flags_c |= flags
-                    else:
-                        flow.pkts_s += 1
-                        flow.tcp_flags_s |= flags
-                    flow.last = ts
+                if not mine:  # another worker's: the stats and the clock below
                     skipped += 1
                     last_skipped = n
                     last_ts = ts
                     continue
+                pkt = decode_ip(mm[start:end], ts, stats, off)
+                assert pkt is not None
+                engine.pending = (flow, from_client)
+                engine.index = n
+                process(pkt)
+                continue
         pkt = decode_ip(mm[start:end], ts, stats, off)
         if pkt is not None:
             engine.index = n
