@@ -399,7 +399,6 @@ def feed(
                     pkt = decode_ip(mm[start:end], ts, stats, off)
                     assert pkt is not None  # (the conditions above are decode_ip's fast path)
                     engine.stats.packets += 1
-                    engine.now = ts
                     flow, from_client = table_lookup(pkt)
                     if flow.direction in by_client:
                         mine = crc32(flow.client) % parts == part
@@ -412,6 +411,8 @@ def feed(
                         process(pkt)
                     else:
                         created += 1
+                        last_skipped = n
+                        last_ts = ts
                     continue
                 # FlowTable.lookup's update of an existing flow, made here once for every
                 # packet: handed to process() for this worker's own.
@@ -451,7 +452,7 @@ def feed(
     if progress is not None:
         progress(r, n)
     # The passed-over packets: decoded (they met decode_ip's fast path), counted by the engine;
-    # the clock at the last packet when that was one of them.
+    # the clock at the last packet when that was one of them (a flow's first packet included).
     stats.ok += skipped
     engine.stats.packets += skipped
     if last_skipped > engine.index:

@@ -330,3 +330,24 @@ def test_workers_report_a_cut_capture_and_refuse_a_corrupt_one(
     corrupt.write_bytes(bytes(bad))
     with pytest.raises(ReplayError, match="corrupt pcap at byte offset 24"):
         replay(corrupt, load(cfg), [], workers=2)
+
+
+def test_a_worker_ends_on_the_clock_of_the_last_packet_even_when_it_passed_it_over(
+    tmp_path: Path,
+) -> None:
+    """The end-of-capture tick is at the last packet's time + 1e9 in every worker: here worker
+    0's last packets are another worker's (one of a known flow, then a flow's first)."""
+    other, own = "198.18.0.12", "198.18.0.10"  # crc32 % 2: worker 1, worker 0
+    pkts = [
+        IP(src=other, dst="203.0.113.5") / TCP(sport=40000, dport=443, flags="S"),
+        IP(src=own, dst="203.0.113.5") / TCP(sport=40001, dport=443, flags="S"),
+        IP(src=other, dst="203.0.113.5") / TCP(sport=40000, dport=443, flags="A"),
+        IP(src=other, dst="203.0.113.6") / TCP(sport=40002, dport=443, flags="S"),
+    ]
+    pcap = tmp_path / "end.pcap"
+    write_pcap(pcap, [(1_800_000_000.0 + i * 0.25, bytes(p)) for i, p in enumerate(pkts)])
+    config = from_dict({"inline": {"home_nets": ["198.18.0.0/24"]}})
+    engine = parallel.PartitionEngine(config, IntelStore(), 0, 2, [])
+    with Reader(pcap) as r:
+        assert parallel.feed(engine, r, DecodeStats()) == 4
+    assert engine.skipped == 3 and engine.now == 1_800_000_000.75
