@@ -196,17 +196,18 @@ class PartitionEngine(Engine):
                 hooks = self._replicated.setdefault(proto, {name: [] for name in HOOKS})
                 hooks["packet"] += [h for h in self._own["packet"] if h[0] == d.name]
         self._mine = True
-        # A lookup `feed` already made for the packet it hands to `process` next.
+        # A lookup `feed` already made for the packet of this worker's it hands to `process`.
         self.pending: tuple[Flow, bool] | None = None
         inner = self.flows.lookup
 
         def lookup(pkt: Packet) -> tuple[Flow, bool]:
             pending = self.pending
-            if pending is None:
-                flow, from_client = inner(pkt)
-            else:
+            if pending is not None:  # `feed` found the flow and that it is this worker's
                 self.pending = None
-                flow, from_client = pending
+                self._mine = True
+                self._hooks = self._own
+                return pending
+            flow, from_client = inner(pkt)
             self._mine = mine = self.owner(flow) == part
             self._hooks = self._own if mine else self._replicated.get(pkt.proto, self._none)
             return flow, from_client
