@@ -5,12 +5,15 @@ sessions with ClientHellos, DNS with answers, some HTTP, QUIC, NTP, ICMP, with i
 timestamps (the engine ticks and ages state as inline). Figures: ``engine_pps`` (intel only)
 and ``engine_pps_all_detectors`` next to ``scapy_pps`` (scapy dissecting the same packets);
 ``replay_pps`` (`watchpost replay` end to end on a pcap of the mix: 1 M packets, 200 k quick)
-next to ``tshark_pps`` (``tshark -q -z io,phs``: every packet dissected), alternated, medians.
+next to ``tshark_pps`` (``tshark -q -z io,phs``: every packet dissected), alternated, medians;
+``replay_cpu_s`` / ``tshark_cpu_s`` (CPU seconds, replay's workers included) and the load
+average the runs started at go with them.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -208,10 +211,15 @@ def scapy_pps(packets: list[tuple[float, bytes]], seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def _timed(argv: list[str]) -> float:
+def _timed(argv: list[str]) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (the command and its children: replay's workers) of a run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu
 
 
 def replay_vs_tshark(n: int, tmp: Path, rounds: int) -> dict[str, float]:
@@ -225,15 +233,21 @@ def replay_vs_tshark(n: int, tmp: Path, rounds: int) -> dict[str, float]:
     cfg.write_text('[device]\nid = "bench"\n[inline]\nhome_nets = ["198.18.0.0/24"]\n')
     exe = str(Path(sys.executable).with_name("watchpost"))
     t_replay, t_tshark = [], []
+    load = os.getloadavg()[0]
     for _ in range(rounds):  # alternated: drift of the shared machine hits both alike
         t_replay.append(_timed([exe, "replay", str(pcap), "--config", str(cfg)]))
         t_tshark.append(_timed(["tshark", "-r", str(pcap), "-q", "-z", "io,phs"]))
-    r, t = statistics.median(t_replay), statistics.median(t_tshark)
+    r, t = statistics.median(w for w, _ in t_replay), statistics.median(w for w, _ in t_tshark)
     return {
         "replay_pps": round(n / r),
         "tshark_pps": round(n / t),
         "replay_vs_tshark_ratio": round(t / r, 2),
         "replay_capture_packets": n,
+        # CPU seconds (replay: its workers' too) next to the wall-clock figures, and the load
+        # the runs started at: on a shared machine the wall clock says how busy it was.
+        "replay_cpu_s": round(statistics.median(c for _, c in t_replay), 2),
+        "tshark_cpu_s": round(statistics.median(c for _, c in t_tshark), 2),
+        "replay_load_avg": round(load, 2),
     }
 
 

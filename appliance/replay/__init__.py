@@ -2,7 +2,8 @@
 
 Reads pcap and pcapng with our own reader (appliance/replay/reader.py: mmap + struct, no
 per-packet objects beyond the frame's bytes) and decodes with the same hot-path code the bridge
-uses, so a capture replays as it was judged inline.
+uses (appliance/replay/fast.py: the IP header found in place, then `decode_ip`), so a capture
+replays as it was judged inline.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import TextIO
 
 from appliance.alerts.pipeline import AlertPipeline, Sink
 from appliance.config import Config
+from appliance.detect import engine as engine_mod
 from appliance.detect import intel as intel_mod
 from appliance.detect.engine import Engine
 from appliance.packet.decode import LINKTYPES, DecodeStats, Packet, decode_frame
+from appliance.replay import fast
 from appliance.replay.reader import CaptureError, Reader
 
 
@@ -147,13 +150,24 @@ def replay(
             notes.append(f"replay: one process ({'; '.join(problems)})")
             n = 1
     if n > 1:
-        return _replay_parallel(path, config, store, pipeline, progress, n, notes)
+        done = _replay_parallel(path, config, store, pipeline, progress, n, notes)
+        if done is not None:
+            return done
+        notes.append(
+            f"replay: one process (with {n} workers more than {engine_mod.HOLDING_FLOWS} flows "
+            "would have held a partial hello at once, where one process gives the oldest up: "
+            "replayed again in one process for its output)"
+        )
     parallel.TickOrder(engine, pipeline).install(engine, pipeline.tick)
     stats = DecodeStats()
     readers: list[Reader] = []
-    process = engine.process
-    for pkt in read_capture(path, stats, progress, readers):
-        process(pkt)
+    try:
+        r = Reader(path)
+        readers.append(r)
+        with r:
+            fast.run(r, stats, engine.process, progress)
+    except (CaptureError, fast.UnsupportedLinktype) as e:
+        raise ReplayError(str(e)) from None
     if engine.stats.packets:
         engine.tick(engine.ctx.now + 1e9)  # end of capture: close every window
     pipeline.close()
@@ -176,13 +190,17 @@ def _replay_parallel(
     progress: Progress | None,
     n: int,
     notes: list[str],
-) -> ReplayResult:
+) -> ReplayResult | None:
+    """The run spread over `n` workers; None (and nothing sent to the sinks) when one process
+    would have given up a partial hello that the workers kept (run it in one process then)."""
     from appliance.replay import parallel
 
     try:
         results = parallel.run_workers(str(path), config, store, n, progress)
-    except CaptureError as e:
+    except (CaptureError, fast.UnsupportedLinktype) as e:
         raise ReplayError(str(e)) from None
+    if parallel.holding_bound_reached(results):
+        return None  # nothing was sent to the sinks yet
     for _index, _phase, _key, item in parallel.merged(results):
         if isinstance(item, float):  # worker 0's mark: the pipeline's tick, after the detectors'
             pipeline.tick(item)
@@ -190,9 +208,6 @@ def _replay_parallel(
             pipeline(item)
     pipeline.close()
     first = results[0]
-    if any(r["holds_given_up"] for r in results):
-        notes.append("replay: partial-hello bound reached (HOLDING_FLOWS): with several "
-                     "workers, flows gave up later than in one process")  # fmt: skip
     return ReplayResult(
         packets=first["packets"],
         decoded=first["decoded"],

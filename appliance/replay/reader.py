@@ -1,10 +1,13 @@
 """A capture reader written for replay: pcap and pcapng over mmap, `struct` on the block
 headers, one `bytes` per frame and nothing else per packet.
 
-`frames(path)` yields ``(timestamp, linktype, data)``. pcap: both byte orders, microsecond and
-nanosecond magics, the link type of the file header (FCS bits masked). pcapng: every section
-(each with its own byte order), interface blocks with their link type and ``if_tsresol``,
-enhanced, simple and obsolete packet blocks; other blocks are skipped. A file that is not a
+Iterating a `Reader` yields ``(timestamp, linktype, data)``; `Reader.spans()` yields
+``(timestamp, linktype, start, end)`` instead, the frame's place in the mapped file (`Reader.mm`),
+for a loop that looks at a frame's headers in place and copies only the frames it decodes.
+pcap: both byte orders, microsecond and nanosecond magics, the link type of the file header
+(FCS bits masked). pcapng: every section (each with its own byte order), interface blocks with
+their link type and ``if_tsresol``, enhanced, simple and obsolete packet blocks; other blocks
+are skipped. A file that is not a
 capture, or whose structure breaks in the middle, raises `CaptureError` naming the file and the
 byte offset; a last record cut short (a capture still being written, a copy cut off) ends the
 iteration and is reported in `Reader.truncated_at`, as tcpdump and tshark treat it.
@@ -77,14 +80,28 @@ class Reader:
     def _bad(self, offset: int, why: str) -> CaptureError:
         return CaptureError(f"{self.path}: corrupt {self.kind} at byte offset {offset}: {why}")
 
+    @property
+    def mm(self) -> mmap.mmap:
+        """The mapped file (the buffer `spans` point into); valid until `close`."""
+        assert self._mm is not None
+        return self._mm
+
     def __iter__(self) -> Iterator[tuple[float, int, bytes]]:
+        mm = self.mm
+        for ts, link, start, end in self.spans():
+            yield ts, link, mm[start:end]
+
+    def spans(self) -> Iterator[tuple[float, int, int, int]]:
+        """``(timestamp, linktype, start, end)`` of every frame: its bytes are
+        ``mm[start:end]``. The file header is read before the first span (`linktype`)."""
         return self._pcap() if self.kind == "pcap" else self._pcapng()
 
     # -- pcap ----------------------------------------------------------------------------------
 
-    def _pcap(self) -> Iterator[tuple[float, int, bytes]]:
-        mm, size = self._mm, self.size
-        assert mm is not None
+    def pcap_header(self) -> tuple[str, float, int, int]:
+        """A pcap's file header: byte order, seconds per timestamp unit, link type and the
+        largest record length accepted; records start at byte 24. Raises CaptureError."""
+        mm, size = self.mm, self.size
         if size < 24:
             raise self._bad(0, f"file header cut short ({size} of 24 bytes)")
         order, unit = PCAP_MAGICS[mm[:4]]
@@ -94,6 +111,14 @@ class Reader:
         linktype = link & 0x0FFFFFFF
         self.linktype = linktype
         limit = max(snaplen, 65535) if 0 < snaplen <= MAX_FRAME else MAX_FRAME
+        return order, unit, linktype, limit
+
+    def bad_record(self, offset: int, length: int, limit: int) -> CaptureError:
+        return self._bad(offset, f"record length {length} exceeds the snap length {limit}")
+
+    def _pcap(self) -> Iterator[tuple[float, int, int, int]]:
+        mm, size = self.mm, self.size
+        order, unit, linktype, limit = self.pcap_header()
         rec = struct.Struct(order + "IIII")
         unpack = rec.unpack_from
         off = 24
@@ -102,12 +127,12 @@ class Reader:
             while off + 16 <= size:
                 sec, frac, incl, _orig = unpack(mm, off)
                 if incl > limit:
-                    raise self._bad(off, f"record length {incl} exceeds the snap length {limit}")
+                    raise self.bad_record(off, incl, limit)
                 end = off + 16 + incl
                 if end > size:
                     break
                 n += 1
-                yield sec + frac * unit, linktype, mm[off + 16 : end]
+                yield sec + frac * unit, linktype, off + 16, end
                 off = end
             if off < size:
                 self.truncated_at = off
@@ -117,7 +142,7 @@ class Reader:
 
     # -- pcapng --------------------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[tuple[float, int, bytes]]:
+    def _pcapng(self) -> Iterator[tuple[float, int, int, int]]:
         mm, size = self._mm, self.size
         assert mm is not None
         off = 0
@@ -155,14 +180,14 @@ class Reader:
                         raise self._bad(off, f"captured length {cap} exceeds its block")
                     link, unit = ifaces[iface]
                     n += 1
-                    yield ((high << 32) | low) * unit, link, mm[body + 20 : body + 20 + cap]
+                    yield ((high << 32) | low) * unit, link, body + 20, body + 20 + cap
                 elif btype == 3:  # simple packet block: no timestamp, interface 0
                     if not ifaces:
                         raise self._bad(off, "simple packet block before any interface")
                     (orig,) = struct.unpack_from(order + "I", mm, body)
                     cap = min(orig, blen - 16)
                     n += 1
-                    yield 0.0, ifaces[0][0], mm[body + 4 : body + 4 + cap]
+                    yield 0.0, ifaces[0][0], body + 4, body + 4 + cap
                 elif btype == 2:  # obsolete packet block
                     iface, _drops, high, low, cap, _orig = struct.unpack_from(
                         order + "HHIIII", mm, body
@@ -171,7 +196,7 @@ class Reader:
                         raise self._bad(off, "bad obsolete packet block")
                     link, unit = ifaces[iface]
                     n += 1
-                    yield ((high << 32) | low) * unit, link, mm[body + 20 : body + 20 + cap]
+                    yield ((high << 32) | low) * unit, link, body + 20, body + 20 + cap
                 elif btype == 1:  # interface description block
                     link = struct.unpack_from(order + "H", mm, body)[0]
                     ifaces.append((link, self._tsresol(body + 8, end - 4, order)))

@@ -15,6 +15,7 @@ from appliance.inline.firewall import JUMPS, MARK_DEEP, MARK_MASK, MARK_PASS
 from lab.netns import Lab
 
 pytestmark = pytest.mark.root
+HTTP_PORTS = (47080, 47089)  # the client ports of the HTTP connection whose mark is checked
 
 
 def conntrack(lab: Lab) -> list[str]:
@@ -27,7 +28,12 @@ def test_ping_and_tcp_through_the_daemon_with_verdicts_in_conntrack(
     serve.http("web")
     d = daemons.start()
     assert ping(lab, "pc1", lab.addr("web")) == 3
-    res = lab.exec("pc1", "curl", "-sS", "-m", "5", "http://www.example.com/inline")
+    # From its own source ports: earlier tests of the session leave port-80 entries of their
+    # own in conntrack (TIME_WAIT, up to 120 s), with other marks (none, when inspection was
+    # paused); only this connection's entry is judged here.
+    ports = f"{HTTP_PORTS[0]}-{HTTP_PORTS[1]}"
+    res = lab.exec("pc1", "curl", "-sS", "-m", "5", "--local-port", ports,
+                   "http://www.example.com/inline")  # fmt: skip
     assert "lab page /inline" in res.stdout
     k = kernel(lab)
     # The heads went through the daemon: the kernel handed packets to our queue.
@@ -35,7 +41,13 @@ def test_ping_and_tcp_through_the_daemon_with_verdicts_in_conntrack(
     assert k["counters"]["queued"] >= k["queues"][0]["id_sequence"]
     # The HTTP connection was judged after its request: PASS (or DEEP: HTTP is followed for
     # detect.cleartext.http_head_packets, and this one closed first) is in its conntrack mark.
-    http = [ln for ln in conntrack(lab) if " dport=80 " in ln and "src=198.18.0.11" in ln]
+    http = [
+        ln
+        for ln in conntrack(lab)
+        if "src=198.18.0.11" in ln
+        and (m := re.search(r" sport=(\d+) dport=80 ", ln))
+        and HTTP_PORTS[0] <= int(m.group(1)) <= HTTP_PORTS[1]
+    ]
     assert http, "no conntrack entry for the HTTP connection"
     marks = [int(re.search(r" mark=(\d+)", ln).group(1)) for ln in http]
     assert all(m & MARK_MASK in (MARK_PASS, MARK_DEEP) for m in marks)

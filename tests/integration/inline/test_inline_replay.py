@@ -90,6 +90,9 @@ def test_capture_on_the_bridge_pauses_inspection(
         assert "WATCHPOST" not in lab.exec("app", "iptables", "-w", "-S").stdout
     finally:
         stop(dump)
+        # The connections made while paused got no verdict (mark 0); their conntrack entries
+        # (TIME_WAIT: up to 120 s) must not meet later tests that judge port-80 entries' marks.
+        lab.exec("app", "conntrack", "-D", "-p", "tcp", "--orig-port-dst", "80", check=False)
     wait_for(lambda: "inspection resumed" in log.read_text(), 10, "the resume")
     assert "-N WATCHPOST" in lab.exec("app", "iptables", "-w", "-S").stdout
     assert ping(lab, "pc1", lab.addr("evil")) == 3
