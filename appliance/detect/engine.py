@@ -404,10 +404,12 @@ class Engine:
 
     def process(self, pkt: Packet) -> int:
         """Run one packet through everything; returns the flow's verdict (VERDICT_*)."""
-        self.stats.packets += 1
-        self.now = pkt.ts
-        if pkt.ts >= self._next_tick:
-            self.tick(pkt.ts)
+        stats = self.stats
+        stats.packets += 1
+        ts = pkt.ts
+        self.now = ts
+        if ts >= self._next_tick:
+            self.tick(ts)
         flow, from_client = self.flows.lookup(pkt)
         if self._hooks is not self._dispatch_src:
             self._dispatch_packets(self._hooks)
@@ -415,16 +417,24 @@ class Engine:
             hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
         else:
             hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
-        for name, fn, ctx in hooks:
-            try:
-                fn(ctx, pkt, flow, from_client)
-            except Exception:
-                self._hook_failed(name, "packet")
-        if pkt.payload_len and pkt.fragment != 2:
+        if hooks:
+            for name, fn, ctx in hooks:
+                try:
+                    fn(ctx, pkt, flow, from_client)
+                except Exception:
+                    self._hook_failed(name, "packet")
+        verdict = flow.verdict
+        # `_dissect` does nothing for a judged flow (PASS, BLOCK) unless it is DNS: not called.
+        if (
+            pkt.payload_len
+            and pkt.fragment != 2
+            and (verdict in (VERDICT_NONE, VERDICT_DEEP) or pkt.sport == 53 or pkt.dport == 53)
+        ):
             self._dissect(pkt, flow, from_client)
-        if flow.verdict == VERDICT_BLOCK:
-            self.stats.blocked_packets += 1
-        return flow.verdict
+            verdict = flow.verdict
+        if verdict == VERDICT_BLOCK:
+            stats.blocked_packets += 1
+        return verdict
 
     def _dissect(self, pkt: Packet, flow: Flow, from_client: bool) -> None:
         d = self.dissect
@@ -433,7 +443,8 @@ class Engine:
             if msg is not None:
                 flow.app = "dns"
                 if not msg.response:
-                    if dnstrust.note_query(flow, msg):
+                    # (a resolver already protected is not parsed from text again)
+                    if dnstrust.note_query(flow, msg) and flow.server not in self.guard.protected:
                         self.guard.protect(ip_to_str(flow.server), "resolver")
                 elif dnstrust.believe_answer(flow, msg, from_client, pkt.side):
                     msg.trusted = True
