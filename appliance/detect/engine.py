@@ -227,6 +227,7 @@ class Context:
 
 # (detector name, bound hook, its context): what the engine calls, in detector order.
 HookList = list[tuple[str, Callable[..., None], Context]]
+PortHooks = dict[int, HookList]  # server port -> its hook list
 
 
 class Engine:
@@ -262,6 +263,12 @@ class Engine:
         self._packet_later: HookList = []
         self._packet_first_port: dict[int, HookList] = {}
         self._packet_later_port: dict[int, HookList] = {}
+        # The same for packets of a passed flow (VERDICT_PASS, not DNS): without the detectors
+        # that set `packet_passed = False`.
+        self._packet_passed_first: HookList = []
+        self._packet_passed_later: HookList = []
+        self._packet_passed_first_port: dict[int, HookList] = {}
+        self._packet_passed_later_port: dict[int, HookList] = {}
         self._dispatch_src: dict[str, HookList] = {}
         self._dispatched: dict[int, tuple[dict[str, HookList], tuple[Any, ...]]] = {}
         self.guard = BlockGuard(self._home, self._never_block)
@@ -327,37 +334,52 @@ class Engine:
     def _dispatch_packets(self, hooks_by_name: dict[str, HookList]) -> None:
         """Precomputed `packet` hook lists (dispatch as data) from `hooks_by_name["packet"]`:
         for a flow's first packet from a side and for later ones, by server port (ports no
-        detector named share one list), each in detector order, holding only the detectors
-        that declared interest. Built once per hook table (a replay worker swaps tables)."""
+        detector named share one list), and the same for packets of a passed flow, each in
+        detector order, holding only the detectors that declared interest. Built once per hook
+        table (a replay worker swaps tables)."""
         self._dispatch_src = hooks_by_name
         done = self._dispatched.get(id(hooks_by_name))
         if done is None or done[0] is not hooks_by_name:
             by_name = {d.name: d for d in self.detectors}
             want = [
-                (by_name[h[0]].packet_first_only, by_name[h[0]].packet_ports, h)
+                (
+                    by_name[h[0]].packet_first_only,
+                    by_name[h[0]].packet_ports,
+                    by_name[h[0]].packet_passed,
+                    h,
+                )
                 for h in hooks_by_name["packet"]
             ]
-            ports = set().union(*(p for _, p, _ in want if p is not None))
+            ports = set().union(*(p for _, p, _, _ in want if p is not None))
 
-            def hooks(first: bool, port: int | None) -> HookList:
+            def hooks(first: bool, port: int | None, passed: bool) -> HookList:
                 return [
                     h
-                    for first_only, only, h in want
-                    if (first or not first_only) and (only is None or port in only)
+                    for first_only, only, on_passed, h in want
+                    if (first or not first_only)
+                    and (only is None or port in only)
+                    and (on_passed or not passed)
                 ]
 
-            lists = (
-                hooks(True, None),
-                hooks(False, None),
-                {port: hooks(True, port) for port in ports},
-                {port: hooks(False, port) for port in ports},
-            )
+            def four(passed: bool) -> tuple[HookList, HookList, PortHooks, PortHooks]:
+                return (
+                    hooks(True, None, passed),
+                    hooks(False, None, passed),
+                    {port: hooks(True, port, passed) for port in ports},
+                    {port: hooks(False, port, passed) for port in ports},
+                )
+
+            lists = four(False) + four(True)
             done = self._dispatched[id(hooks_by_name)] = (hooks_by_name, lists)
         (
             self._packet_first,
             self._packet_later,
             self._packet_first_port,
             self._packet_later_port,
+            self._packet_passed_first,
+            self._packet_passed_later,
+            self._packet_passed_first_port,
+            self._packet_passed_later_port,
         ) = done[1]
 
     def set_intel(self, intel: IntelStore) -> None:
@@ -413,10 +435,16 @@ class Engine:
         flow, from_client = self.flows.lookup(pkt)
         if self._hooks is not self._dispatch_src:
             self._dispatch_packets(self._hooks)
-        if (flow.pkts_c if from_client else flow.pkts_s) == 1:
-            hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+        first = (flow.pkts_c if from_client else flow.pkts_s) == 1
+        if flow.verdict != VERDICT_PASS or pkt.sport == 53 or pkt.dport == 53:
+            if first:
+                hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+            else:
+                hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
+        elif first:
+            hooks = self._packet_passed_first_port.get(flow.server_port, self._packet_passed_first)
         else:
-            hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
+            hooks = self._packet_passed_later_port.get(flow.server_port, self._packet_passed_later)
         if hooks:
             for name, fn, ctx in hooks:
                 try:

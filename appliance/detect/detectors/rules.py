@@ -166,6 +166,7 @@ class RulesDetector(Detector):
     name = "rules"
     # replay --workers (Detector.partition): state per flow; "global" with threshold rules.
     partition = "flow"
+    packet_passed = False  # the packet hook returns at once for a passed flow (DNS aside)
     signatures = ()  # one per loaded rule: see `watchpost rules check`
 
     def __init__(self) -> None:
