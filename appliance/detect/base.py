@@ -14,7 +14,8 @@ engine calls only hooks a detector actually defines:
 
 A detector whose `packet` hook only looks at a flow's first packet from each side sets
 ``packet_first_only``; one that only looks at some server ports has ``packet_ports`` (a
-frozenset, set in `configure`): the engine then never calls it for other packets.
+frozenset, set in `configure`): the engine then never calls it for other packets. One that
+returns at once for a passed flow (`VERDICT_PASS`; DNS aside) sets ``packet_passed = False``.
 
 Any other public method is an error when the detector is loaded (a misspelt hook would never be
 called); helpers start with ``_``. Each detector gets its own `ctx`, so ``ctx.alert(signature,
@@ -91,6 +92,10 @@ class Detector:
     # that would return at once; the hook still checks its own conditions.
     packet_first_only: ClassVar[bool] = False
     packet_ports: frozenset[int] | None = None
+    # False: the `packet` hook is not called for packets of a flow the engine already passed
+    # (VERDICT_PASS when the packet's hooks start; DNS on port 53 excepted): inline, the kernel
+    # queues none of them, so only a replay has them to skip.
+    packet_passed: ClassVar[bool] = True
 
     @classmethod
     def load(cls, loader: Loader) -> None:

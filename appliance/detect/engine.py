@@ -227,6 +227,7 @@ class Context:
 
 # (detector name, bound hook, its context): what the engine calls, in detector order.
 HookList = list[tuple[str, Callable[..., None], Context]]
+PortHooks = dict[int, HookList]  # server port -> its hook list
 
 
 class Engine:
@@ -262,6 +263,12 @@ class Engine:
         self._packet_later: HookList = []
         self._packet_first_port: dict[int, HookList] = {}
         self._packet_later_port: dict[int, HookList] = {}
+        # The same for packets of a passed flow (VERDICT_PASS, not DNS): without the detectors
+        # that set `packet_passed = False`.
+        self._packet_passed_first: HookList = []
+        self._packet_passed_later: HookList = []
+        self._packet_passed_first_port: dict[int, HookList] = {}
+        self._packet_passed_later_port: dict[int, HookList] = {}
         self._dispatch_src: dict[str, HookList] = {}
         self._dispatched: dict[int, tuple[dict[str, HookList], tuple[Any, ...]]] = {}
         self.guard = BlockGuard(self._home, self._never_block)
@@ -327,37 +334,52 @@ class Engine:
     def _dispatch_packets(self, hooks_by_name: dict[str, HookList]) -> None:
         """Precomputed `packet` hook lists (dispatch as data) from `hooks_by_name["packet"]`:
         for a flow's first packet from a side and for later ones, by server port (ports no
-        detector named share one list), each in detector order, holding only the detectors
-        that declared interest. Built once per hook table (a replay worker swaps tables)."""
+        detector named share one list), and the same for packets of a passed flow, each in
+        detector order, holding only the detectors that declared interest. Built once per hook
+        table (a replay worker swaps tables)."""
         self._dispatch_src = hooks_by_name
         done = self._dispatched.get(id(hooks_by_name))
         if done is None or done[0] is not hooks_by_name:
             by_name = {d.name: d for d in self.detectors}
             want = [
-                (by_name[h[0]].packet_first_only, by_name[h[0]].packet_ports, h)
+                (
+                    by_name[h[0]].packet_first_only,
+                    by_name[h[0]].packet_ports,
+                    by_name[h[0]].packet_passed,
+                    h,
+                )
                 for h in hooks_by_name["packet"]
             ]
-            ports = set().union(*(p for _, p, _ in want if p is not None))
+            ports = set().union(*(p for _, p, _, _ in want if p is not None))
 
-            def hooks(first: bool, port: int | None) -> HookList:
+            def hooks(first: bool, port: int | None, passed: bool) -> HookList:
                 return [
                     h
-                    for first_only, only, h in want
-                    if (first or not first_only) and (only is None or port in only)
+                    for first_only, only, on_passed, h in want
+                    if (first or not first_only)
+                    and (only is None or port in only)
+                    and (on_passed or not passed)
                 ]
 
-            lists = (
-                hooks(True, None),
-                hooks(False, None),
-                {port: hooks(True, port) for port in ports},
-                {port: hooks(False, port) for port in ports},
-            )
+            def four(passed: bool) -> tuple[HookList, HookList, PortHooks, PortHooks]:
+                return (
+                    hooks(True, None, passed),
+                    hooks(False, None, passed),
+                    {port: hooks(True, port, passed) for port in ports},
+                    {port: hooks(False, port, passed) for port in ports},
+                )
+
+            lists = four(False) + four(True)
             done = self._dispatched[id(hooks_by_name)] = (hooks_by_name, lists)
         (
             self._packet_first,
             self._packet_later,
             self._packet_first_port,
             self._packet_later_port,
+            self._packet_passed_first,
+            self._packet_passed_later,
+            self._packet_passed_first_port,
+            self._packet_passed_later_port,
         ) = done[1]
 
     def set_intel(self, intel: IntelStore) -> None:
@@ -404,27 +426,43 @@ class Engine:
 
     def process(self, pkt: Packet) -> int:
         """Run one packet through everything; returns the flow's verdict (VERDICT_*)."""
-        self.stats.packets += 1
-        self.now = pkt.ts
-        if pkt.ts >= self._next_tick:
-            self.tick(pkt.ts)
+        stats = self.stats
+        stats.packets += 1
+        ts = pkt.ts
+        self.now = ts
+        if ts >= self._next_tick:
+            self.tick(ts)
         flow, from_client = self.flows.lookup(pkt)
         if self._hooks is not self._dispatch_src:
             self._dispatch_packets(self._hooks)
-        if (flow.pkts_c if from_client else flow.pkts_s) == 1:
-            hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+        first = (flow.pkts_c if from_client else flow.pkts_s) == 1
+        if flow.verdict != VERDICT_PASS or pkt.sport == 53 or pkt.dport == 53:
+            if first:
+                hooks = self._packet_first_port.get(flow.server_port, self._packet_first)
+            else:
+                hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
+        elif first:
+            hooks = self._packet_passed_first_port.get(flow.server_port, self._packet_passed_first)
         else:
-            hooks = self._packet_later_port.get(flow.server_port, self._packet_later)
-        for name, fn, ctx in hooks:
-            try:
-                fn(ctx, pkt, flow, from_client)
-            except Exception:
-                self._hook_failed(name, "packet")
-        if pkt.payload_len and pkt.fragment != 2:
+            hooks = self._packet_passed_later_port.get(flow.server_port, self._packet_passed_later)
+        if hooks:
+            for name, fn, ctx in hooks:
+                try:
+                    fn(ctx, pkt, flow, from_client)
+                except Exception:
+                    self._hook_failed(name, "packet")
+        verdict = flow.verdict
+        # `_dissect` does nothing for a judged flow (PASS, BLOCK) unless it is DNS: not called.
+        if (
+            pkt.payload_len
+            and pkt.fragment != 2
+            and (verdict in (VERDICT_NONE, VERDICT_DEEP) or pkt.sport == 53 or pkt.dport == 53)
+        ):
             self._dissect(pkt, flow, from_client)
-        if flow.verdict == VERDICT_BLOCK:
-            self.stats.blocked_packets += 1
-        return flow.verdict
+            verdict = flow.verdict
+        if verdict == VERDICT_BLOCK:
+            stats.blocked_packets += 1
+        return verdict
 
     def _dissect(self, pkt: Packet, flow: Flow, from_client: bool) -> None:
         d = self.dissect
@@ -433,7 +471,8 @@ class Engine:
             if msg is not None:
                 flow.app = "dns"
                 if not msg.response:
-                    if dnstrust.note_query(flow, msg):
+                    # (a resolver already protected is not parsed from text again)
+                    if dnstrust.note_query(flow, msg) and flow.server not in self.guard.protected:
                         self.guard.protect(ip_to_str(flow.server), "resolver")
                 elif dnstrust.believe_answer(flow, msg, from_client, pkt.side):
                     msg.trusted = True

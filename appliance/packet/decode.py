@@ -74,6 +74,8 @@ _ICMP = struct.Struct("!BB")
 _V4TCP = struct.Struct("!2xH2xHB3x4s4sHH8xBB")
 _V4UDP = struct.Struct("!2xH2xHB3x4s4sHH")
 _new = object.__new__
+_v4tcp = _V4TCP.unpack_from
+_v4udp = _V4UDP.unpack_from
 
 _ntop = socket.inet_ntop
 _AF = {4: socket.AF_INET, 6: socket.AF_INET6}
@@ -180,7 +182,7 @@ def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packe
     if n >= 28 and data[off] == 0x45:
         proto = data[off + 9]
         if proto == 6 and n >= 40:
-            total, frag, ttl, src, dst, sport, dport, doff, flags = _V4TCP.unpack_from(data, off)
+            total, frag, ttl, src, dst, sport, dport, doff, flags = _v4tcp(data, off)
             if total >= 40 and not frag & 0x3FFF:
                 hlen = (doff >> 4) * 4
                 room = (total if total < n else n) - 20
@@ -205,7 +207,7 @@ def decode_ip(data: bytes, ts: float, stats: DecodeStats, off: int = 0) -> Packe
                     stats.ok += 1
                     return p
         elif proto == 17:
-            total, frag, ttl, src, dst, sport, dport = _V4UDP.unpack_from(data, off)
+            total, frag, ttl, src, dst, sport, dport = _v4udp(data, off)
             if total >= 28 and not frag & 0x3FFF:
                 p = _new(Packet)
                 p.ts = ts

@@ -104,6 +104,7 @@ class CleartextDetector(Detector):
     name = "cleartext"
     # replay --workers (Detector.partition): state only per flow.
     partition = "flow"
+    packet_passed = False  # the packet hook returns at once for a passed flow
     signatures = (FTP, TELNET, HTTP_BASIC, POP3, IMAP, SMTP)
 
     def __init__(self) -> None:

@@ -168,6 +168,7 @@ class RulesDetector(Detector):
     # replay --workers (Detector.partition): state per flow; "global" with threshold or
     # detection_filter rules (their counts span flows).
     partition = "flow"
+    packet_passed = False  # the packet hook returns at once for a passed flow (DNS aside)
     signatures = ()  # one per loaded rule: see `watchpost rules check`
 
     def __init__(self) -> None:

@@ -312,8 +312,11 @@ def test_packet_dispatch_as_data_calls_no_hook_that_would_act() -> None:
         if everything:  # the reference: every packet hook on every packet
             eng._packet_first = eng._packet_later = eng._hooks["packet"]
             eng._packet_first_port = eng._packet_later_port = {}
+            eng._packet_passed_first = eng._packet_passed_later = eng._hooks["packet"]
+            eng._packet_passed_first_port = eng._packet_passed_later_port = {}
         else:
             assert len(eng._packet_later) < len(eng._hooks["packet"])
+            assert len(eng._packet_passed_later) < len(eng._packet_later)
         for ts, raw in raws:
             pkt = decode_ip(raw, ts, h.stats)
             if pkt is not None:
