@@ -22,7 +22,7 @@ from appliance.detect.blockguard import BLOCK_LIMIT, BlockGuard
 from appliance.detect.dissect import Dissectors
 from appliance.detect.dissect.sniff import server_greeting
 from appliance.detect.intel import IntelStore
-from appliance.detect.records import DnsMessage
+from appliance.detect.records import DnsMessage, HttpRequest
 from appliance.packet.addrset import AddrSet, packed_address
 from appliance.packet.decode import TCP, UDP, Packet, ip_to_str
 from appliance.packet.flows import (
@@ -506,7 +506,7 @@ class Engine:
                 if flow.app == "http" and 0x41 <= payload[0] <= 0x5A:
                     req = d.http(payload)
                     if req is not None:
-                        self._run("http", pkt, flow, req)
+                        self._run_http(pkt, flow, req)
             elif payload[0] == 0x16:
                 hello = d.tls(payload)
                 if hello is not None and hello.partial:
@@ -522,7 +522,7 @@ class Engine:
                 req = d.http(payload)
                 if req is not None:
                     flow.app = "http"
-                    self._run("http", pkt, flow, req)
+                    self._run_http(pkt, flow, req)
             if flow.verdict in (VERDICT_NONE, VERDICT_DEEP) and not (eng and "hello" in eng):
                 self._judge_head(flow)
         elif pkt.proto == UDP and pkt.dport == 443 and pkt.data[pkt.payload_off] & 0xC0 == 0xC0:
@@ -583,6 +583,13 @@ class Engine:
                     notes["quic_done"] = True
             self.stats.holds_given_up += 1
         holding[key] = flow  # (the reference keeps the id unique while it is held)
+
+    def _run_http(self, pkt: Packet, flow: Flow, req: HttpRequest) -> None:
+        """The http hooks on a request head and on each request pipelined behind it in the
+        same segment (the dissector's `pipelined`), in order, each with its own buffers."""
+        self._run("http", pkt, flow, req)
+        for more in req.pipelined:
+            self._run("http", pkt, flow, more)
 
     def _run(self, hook_name: str, pkt: Packet, flow: Flow, record: Any) -> None:
         for name, fn, ctx in self._hooks[hook_name]:

@@ -430,10 +430,6 @@ class RulesDetector(Detector):
         hits = rs.match(HOOK_HTTP, pkt, flow, True, req, self.tracker)
         if hits:
             self._report(ctx, pkt, flow, hits, req.eve())
-        for more in req.pipelined:  # requests pipelined in the same segment, each on its own
-            hits = rs.match(HOOK_HTTP, pkt, flow, True, more, self.tracker)
-            if hits:
-                self._report(ctx, pkt, flow, hits, more.eve())
 
     def tls(self, ctx: Context, pkt: Packet, flow: Flow, hello: TlsHello) -> None:
         rs = self.ruleset

@@ -1,8 +1,8 @@
 """`web`: attacks in plain-HTTP requests, and risky downloads.
 
-Works on the request head the HTTP dissector hands over (method, target, Host, User-Agent),
-which is the first request of each connection: the engine judges a flow after its first
-payload. Checks:
+Works on the request heads the HTTP dissector hands over (method, target, Host, User-Agent):
+every request within the flow's head, the keep-alive ones and those pipelined in one segment.
+Checks:
 
 - the request target, percent-decoded once and then again (attackers double-encode to slip past
   filters), for SQL injection, path traversal, command injection and cross-site scripting;

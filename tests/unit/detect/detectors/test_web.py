@@ -467,3 +467,23 @@ def test_odd_requests_never_break_the_hook() -> None:
         req = HttpRequest(r.choice(["GET", "POST", "HEAD"]), text, "HTTP/1.1", host, text[::-1])
         engine.now = T0 + i
         det.http(engine.contexts[det.name], pkt, flow, req)
+
+
+def test_an_attack_pipelined_behind_a_harmless_request_is_seen() -> None:
+    """Two requests in one segment: the web hooks see the second too (the engine runs every
+    http hook on each pipelined request); alone, the harmless first raises nothing."""
+    first = "GET /index.html HTTP/1.1\r\nHost: office.example.com\r\n\r\n"
+    second = "GET /../../../../etc/passwd HTTP/1.1\r\nHost: office.example.com\r\n\r\n"
+    c, s = IP(src=ATK, dst=PC2), IP(src=PC2, dst=ATK)
+
+    def flow(payload: str) -> list:
+        return [
+            at(c / TCP(sport=41000, dport=80, flags="S", seq=100), T0),
+            at(s / TCP(sport=80, dport=41000, flags="SA", seq=500, ack=101), T0 + 0.001),
+            at(c / TCP(sport=41000, dport=80, flags="A", seq=101, ack=501), T0 + 0.002),
+            at(c / TCP(sport=41000, dport=80, flags="PA", seq=101, ack=501) / payload, T0 + 0.003),
+        ]
+
+    assert checks(run(flow(first))) == []
+    found = checks(run(flow(first + second)))
+    assert found and all(check == "path-traversal" for _, check in found), found
