@@ -454,3 +454,25 @@ def test_stop_waits_for_a_rules_reload_the_final_tick_started(tmp_path: Path, mo
     assert started.is_set()  # the flush tick did start the hub bundles' load
     assert not any(t.name == "rules-reload" for t in threading.enumerate())
     assert det._loaded  # its result is in, nothing left running
+
+
+def test_stop_waits_for_an_intel_reload(tmp_path: Path, monkeypatch) -> None:
+    """An intel reload (SIGHUP, the hub's intel push) writes the cache under the state dir:
+    stop returns only once it is done."""
+    import threading
+    import time
+
+    path = write_config(tmp_path / "wp.toml")
+    svc = built_service(path, [])
+    assert svc.intel is not None
+    real = svc.intel.load
+
+    def slow_load() -> Any:
+        time.sleep(0.5)
+        return real()
+
+    monkeypatch.setattr(svc.intel, "load", slow_load)
+    thread = svc.intel.reload()
+    svc.stop()
+    assert not thread.is_alive()
+    assert not any(t.name == "intel-load" for t in threading.enumerate())
