@@ -513,7 +513,8 @@ def plot(samples: list[dict[str, Any]], warmup: dict[str, float | None], path: P
     ax3.set_ylabel("flows")
     ax3.set_xlabel("seconds")
     for ax in (ax1, ax2, ax3):
-        ax.legend(loc="upper left")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
