@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 TICK = 1.0  # seconds between component/engine ticks
 FAIL_OPEN_CHECK = 30.0  # seconds between fail-open checks (they read kernel counters)
+# How long a stop waits for the loads running in threads (an intel reload; the rules detector's
+# reload of the hub's bundles, which the final flush tick may start) before it goes on.
+STOP_LOAD_WAIT = 10.0
 
 
 class ServiceError(RuntimeError):
@@ -425,6 +428,9 @@ class Service:
         log.info("stopping")
         self._release_packet_path()
         self._flush_alerts()
+        # No load of ours still reads or writes the state dir once stop returns (a caller may
+        # remove it next); the hub link, which installs rule bundles there, stops after this.
+        self._wait_background_loads(STOP_LOAD_WAIT)
         for comp in reversed(self.components):
             try:
                 comp.stop()
@@ -453,6 +459,22 @@ class Service:
                 self.pipeline.close()
         except Exception:
             log.exception("flushing open alerts failed")
+
+    def _wait_background_loads(self, timeout: float) -> None:
+        """Wait (at most `timeout` s in all) for the loads running in threads: the intel
+        manager's reload (it writes the intel cache under the state dir) and the engine's
+        detectors' (``_wait_reload``: the rules detector's hub-bundle reload)."""
+        deadline = time.monotonic() + timeout
+        waits = [("intel", self.intel.wait)] if self.intel is not None else []
+        for det in self.engine.detectors if self.engine is not None else []:
+            wait = getattr(det, "_wait_reload", None)
+            if wait is not None:
+                waits.append((det.name, wait))
+        for name, wait in waits:
+            try:
+                wait(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                log.exception("waiting for the %s load to finish failed", name)
 
     def _teardown(self) -> None:
         """Undo a failed start."""

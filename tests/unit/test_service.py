@@ -413,3 +413,66 @@ def test_the_view_reaches_the_leds_and_the_firewall(tmp_path: Path) -> None:
     assert view.config is svc.config and view.running is False
     view.request_stop()
     assert svc._stop_requested
+
+
+# -- stop order ----------------------------------------------------------------------------------
+
+
+def test_stop_waits_for_a_rules_reload_the_final_tick_started(tmp_path: Path, monkeypatch) -> None:
+    """The stop's flush tick may see new hub rule bundles and start their load in the
+    background; stop returns only once that load is done, so nothing reads the state dir after
+    it (a caller removing the dir next raced it: the soak's teardown)."""
+    import threading
+    import time
+
+    from appliance.detect.detectors import rules as rules_mod
+
+    local = tmp_path / "local.rules"
+    local.write_text('alert tcp any any -> any any (msg:"l"; content:"LOCALWORD"; sid:1;)\n')
+    path = write_config(tmp_path / "wp.toml")
+    path.write_text(path.read_text() + f'\n[detect.rules]\npaths = ["{local}"]\n')
+    svc = built_service(path, [])
+    assert svc.engine is not None
+    det = next(d for d in svc.engine.detectors if d.name == "rules")
+    svc.engine.tick(1000.0)  # the first look at the (empty) hub folder: at once
+    svc.engine.stats.packets = 1  # as after traffic: stop flushes with a tick
+    hub = Path(svc.config.device.state_dir) / "rules"
+    hub.mkdir(parents=True)
+    (hub / "hub.rules").write_text(
+        'alert tcp any any -> any any (msg:"h"; content:"HUBWORD"; sid:2;)\n'
+    )
+    real = rules_mod.load_files
+    started = threading.Event()
+
+    def slow_load(*args: Any, **kw: Any) -> Any:
+        started.set()
+        time.sleep(0.5)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(rules_mod, "load_files", slow_load)
+    svc.stop()
+    assert started.is_set()  # the flush tick did start the hub bundles' load
+    assert not any(t.name == "rules-reload" for t in threading.enumerate())
+    assert det._loaded  # its result is in, nothing left running
+
+
+def test_stop_waits_for_an_intel_reload(tmp_path: Path, monkeypatch) -> None:
+    """An intel reload (SIGHUP, the hub's intel push) writes the cache under the state dir:
+    stop returns only once it is done."""
+    import threading
+    import time
+
+    path = write_config(tmp_path / "wp.toml")
+    svc = built_service(path, [])
+    assert svc.intel is not None
+    real = svc.intel.load
+
+    def slow_load() -> Any:
+        time.sleep(0.5)
+        return real()
+
+    monkeypatch.setattr(svc.intel, "load", slow_load)
+    thread = svc.intel.reload()
+    svc.stop()
+    assert not thread.is_alive()
+    assert not any(t.name == "intel-load" for t in threading.enumerate())
